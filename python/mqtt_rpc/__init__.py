@@ -1,0 +1,31 @@
+"""mqtt-rpc: request/response over MQTT for asyncio services.
+
+    from mqtt_rpc import MqttRpcClient
+
+    async with MqttRpcClient("localhost", 1883) as client:
+        reply = await client.call("dev1/device/control/set", '{"action": "GET_HEALTH_CHECK"}')
+"""
+
+from ._core import __version__
+from .client import MqttRpcClient
+from .errors import (
+    ConnectionLostError,
+    MqttRpcError,
+    NotConnectedError,
+    PayloadError,
+    RemoteError,
+    RpcTimeoutError,
+    SubscriptionRefusedError,
+)
+
+__all__ = [
+    "MqttRpcClient",
+    "MqttRpcError",
+    "RpcTimeoutError",
+    "RemoteError",
+    "NotConnectedError",
+    "ConnectionLostError",
+    "SubscriptionRefusedError",
+    "PayloadError",
+    "__version__",
+]

@@ -1,0 +1,58 @@
+"""The native core of mqtt-rpc (Rust). Use `mqtt_rpc.MqttRpcClient`; this module is its engine."""
+
+import asyncio
+from typing import Any, Dict, Optional, Tuple, Union
+
+__version__: str
+
+class CoreClient:
+    """One MQTT connection with its pending-call table; wrapped by `MqttRpcClient`."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        client_id: Optional[str],
+        protocol: str,
+        qos: int,
+        keepalive: float,
+        username: Optional[str],
+        password: Optional[str],
+        reply_filter: Optional[str],
+        max_reply_subscriptions: int,
+        max_in_flight: int,
+        max_packet_size: int,
+        connect_timeout: float,
+    ) -> None: ...
+    def connect(self, event_loop: asyncio.AbstractEventLoop) -> "asyncio.Future[None]":
+        """Connects; the future resolves when the client is ready, or fails with
+        `NotConnectedError`."""
+    def close(self, event_loop: asyncio.AbstractEventLoop) -> "asyncio.Future[None]":
+        """Fails pending calls, disconnects; call `detach` once the future resolves."""
+    def detach(self, running_loop: asyncio.AbstractEventLoop) -> None:
+        """Delivers queued results and stops watching every loop this client used."""
+    def start_call(
+        self,
+        event_loop: asyncio.AbstractEventLoop,
+        topic: str,
+        payload: Union[str, bytes, bytearray],
+        timeout: float,
+    ) -> Tuple["asyncio.Future[Dict[str, Any]]", str]:
+        """Starts a call and returns its future and request id. Raises `PayloadError` or
+        `ValueError` before anything is published."""
+    def forget(self, request_id: str) -> bool:
+        """Drops a call whose caller stopped waiting; returns whether it was pending."""
+    @property
+    def pending(self) -> int: ...
+    @property
+    def reply_subscriptions(self) -> int: ...
+    @property
+    def connected(self) -> bool: ...
+    @property
+    def client_id(self) -> str: ...
+    def stats(self) -> Dict[str, int]: ...
+
+class LoopBridge:
+    """The per-event-loop end through which results reach asyncio (internal)."""
+
+    def __call__(self) -> None: ...

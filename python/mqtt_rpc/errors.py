@@ -1,0 +1,64 @@
+"""The exceptions of mqtt-rpc: one tree under `MqttRpcError`, each also a builtin that a
+Python programmer already catches (`TimeoutError`, `ConnectionError`, `ValueError`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MqttRpcError(Exception):
+    """Base class of every error raised by mqtt-rpc."""
+
+
+class RpcTimeoutError(MqttRpcError, TimeoutError):
+    """No answer arrived within the call's timeout.
+
+    The message is the one the hand-written client raised:
+    ``MQTT call timed out after {timeout}s for topic '{topic}'``.
+    """
+
+    def __init__(self, message: str, timeout: Any = None, topic: str | None = None) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+        self.topic = topic
+
+
+class RemoteError(MqttRpcError):
+    """The device answered with an error object: ``{"error": {"code", "message", "data"}}``."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(f"remote error {code}: {message}")
+        self.code = code
+        self.message = message
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.code, self.message, self.data))
+
+
+class NotConnectedError(MqttRpcError, ConnectionError):
+    """The client is not connected: `connect()` was not called, failed, or `close()` was."""
+
+
+class ConnectionLostError(MqttRpcError, ConnectionError):
+    """The connection (or the client) went away while the call was waiting."""
+
+
+class SubscriptionRefusedError(MqttRpcError):
+    """The broker refused the reply subscription, so no answer could ever arrive."""
+
+
+class PayloadError(MqttRpcError, ValueError):
+    """The request was refused before anything was sent: the payload is not a JSON object,
+    is too large, or the topic has wildcards or empty levels."""
+
+
+__all__ = [
+    "MqttRpcError",
+    "RpcTimeoutError",
+    "RemoteError",
+    "NotConnectedError",
+    "ConnectionLostError",
+    "SubscriptionRefusedError",
+    "PayloadError",
+]

@@ -1,0 +1,823 @@
+//! The RPC client: one MQTT connection, its event-loop task, its deadline sweeper, and
+//! `start_call()`, which turns a publish into a call that ends with exactly one outcome.
+//!
+//! It is generic over the `Waiter` that wakes a caller, so the same core serves Rust
+//! callers (a oneshot) and the Python binding (a handle on an asyncio future) without
+//! depending on pyo3. Locking: one mutex guards the pending table and the reply
+//! subscriptions together; waiters are completed only after it is released, since
+//! completing one may run a caller's code.
+
+use crate::link::{self, Events, Inbound, LinkOptions, Outbox, Protocol};
+use crate::pending::{Admission, Call, PendingTable, Stage};
+use crate::protocol::{self, InputError, RemoteError, Reply, ReplyOutcome};
+use crate::subscriptions::{Need, ReplySubscriptions, Settled};
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, watch, Notify};
+use tokio::task::JoinHandle;
+
+/// Everything a client is configured with. `Default` gives a local broker on 1883.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub protocol: Protocol,
+    pub qos: u8,
+    pub keepalive: Duration,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// One filter that covers every reply; then no per-topic reply subscription is made.
+    pub reply_filter: Option<String>,
+    /// Idle per-topic reply filters held beyond this are unsubscribed, least recently used first.
+    pub max_reply_subscriptions: usize,
+    /// Calls published and unanswered at once; more wait for a slot within their timeout.
+    pub max_in_flight: usize,
+    pub max_packet_size: usize,
+    pub connect_timeout: Duration,
+    /// Pause between reconnect attempts after the connection is lost.
+    pub reconnect_delay: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            host: "localhost".into(),
+            port: 1883,
+            client_id: default_client_id(),
+            protocol: Protocol::V311,
+            qos: 0,
+            keepalive: Duration::from_secs(60),
+            username: None,
+            password: None,
+            reply_filter: None,
+            max_reply_subscriptions: 1000,
+            max_in_flight: 4096,
+            max_packet_size: 1024 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            reconnect_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A client id that two replicas of one service never share (a shared id makes the broker
+/// disconnect one for the other, over and over).
+pub fn default_client_id() -> String {
+    format!("mqtt-rpc-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Why a call did not get an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallError {
+    /// Refused before anything was sent.
+    Input(InputError),
+    /// No answer before the deadline.
+    Timeout { topic: Arc<str> },
+    /// The device answered with an error object.
+    Remote(RemoteError),
+    /// The client is not connected (never was, or was closed).
+    NotConnected(String),
+    /// The connection, or the client, went away while the call waited.
+    ConnectionLost(String),
+    /// The broker refused the reply subscription, so no answer could arrive.
+    SubscribeRefused { filter: String },
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Input(e) => e.fmt(f),
+            CallError::Timeout { topic } => write!(f, "no answer in time for topic '{topic}'"),
+            CallError::Remote(e) => write!(f, "remote error {}: {}", e.code, e.message),
+            CallError::NotConnected(why) | CallError::ConnectionLost(why) => f.write_str(why),
+            CallError::SubscribeRefused { filter } => write!(
+                f,
+                "the broker refused the reply subscription '{filter}', so no answer can arrive"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
+
+/// A call's single result: the device's reply object, or why there is none.
+pub type Outcome = Result<Map<String, Value>, CallError>;
+
+/// Whatever wakes the caller of one call. `complete` is called exactly once, from a tokio
+/// thread or the caller's own, and never while the client's lock is held.
+pub trait Waiter: Send + 'static {
+    fn complete(self, outcome: Outcome);
+}
+
+impl Waiter for oneshot::Sender<Outcome> {
+    fn complete(self, outcome: Outcome) {
+        // The receiver is gone only if the caller stopped waiting: nothing to tell.
+        let _ = self.send(outcome);
+    }
+}
+
+/// Counters that only grow, plus the gauges derived from the live tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub calls_started: u64,
+    pub calls_succeeded: u64,
+    pub calls_timed_out: u64,
+    pub calls_failed_remotely: u64,
+    pub calls_cancelled: u64,
+    pub calls_failed: u64,
+    pub replies_dropped_stray: u64,
+    pub replies_dropped_malformed: u64,
+    pub reconnects: u64,
+    pub pending: u64,
+    pub reply_subscriptions: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    started: AtomicU64,
+    succeeded: AtomicU64,
+    timed_out: AtomicU64,
+    remote: AtomicU64,
+    cancelled: AtomicU64,
+    failed: AtomicU64,
+    stray: AtomicU64,
+    malformed: AtomicU64,
+    reconnects: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+struct State<W> {
+    calls: PendingTable<W>,
+    subscriptions: ReplySubscriptions,
+    /// The key of the user's `reply_filter` in `subscriptions`, if one was given.
+    pinned: Option<Arc<str>>,
+    /// Told once the connection is up and the `reply_filter` held (or that it failed).
+    ready: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// Waiters to wake once the lock is released.
+type Wakeups<W> = Vec<(W, Outcome)>;
+
+struct Shared<W> {
+    options: ClientOptions,
+    outbox: Outbox,
+    state: Mutex<State<W>>,
+    counters: Counters,
+    connected: AtomicBool,
+    closed: AtomicBool,
+    timer_wake: Notify,
+    shutdown: watch::Sender<bool>,
+}
+
+/// An MQTT RPC client. Dropping it stops its tasks and drops the connection.
+pub struct RpcClient<W: Waiter> {
+    shared: Arc<Shared<W>>,
+    events: Mutex<Option<Events>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl<W: Waiter> RpcClient<W> {
+    /// Checks the options and prepares the connection; nothing is sent before `connect()`.
+    pub fn new(options: ClientOptions) -> Result<Self, InputError> {
+        if let Some(filter) = &options.reply_filter {
+            protocol::validate_filter(filter)?;
+        }
+        let max_in_flight = options.max_in_flight.max(1);
+        let (outbox, events) = link::open(&LinkOptions {
+            host: options.host.clone(),
+            port: options.port,
+            client_id: options.client_id.clone(),
+            protocol: options.protocol,
+            keepalive: options.keepalive,
+            username: options.username.clone(),
+            password: options.password.clone(),
+            max_packet_size: options.max_packet_size,
+            // Room for every in-flight publish plus the subscribes that precede them.
+            request_capacity: max_in_flight + 1024,
+            max_inflight: u16::try_from(max_in_flight).unwrap_or(u16::MAX),
+            connect_timeout: options.connect_timeout,
+        });
+        let (shutdown, _) = watch::channel(false);
+        let shared = Shared {
+            state: Mutex::new(State {
+                calls: PendingTable::new(max_in_flight),
+                subscriptions: ReplySubscriptions::new(options.max_reply_subscriptions),
+                pinned: None,
+                ready: None,
+            }),
+            options,
+            outbox,
+            counters: Counters::default(),
+            connected: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            timer_wake: Notify::new(),
+            shutdown,
+        };
+        Ok(RpcClient {
+            shared: Arc::new(shared),
+            events: Mutex::new(Some(events)),
+            tasks: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn options(&self) -> &ClientOptions {
+        &self.shared.options
+    }
+
+    /// Connects (and subscribes the `reply_filter`, if any) within `connect_timeout`.
+    /// Must run inside a tokio runtime: the client's tasks are spawned on it.
+    pub async fn connect(&self) -> Result<(), CallError> {
+        let shared = &self.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(CallError::NotConnected("the client is closed".into()));
+        }
+        let Some(events) = lock(&self.events).take() else {
+            return Err(CallError::NotConnected(
+                "connect() was already called on this client".into(),
+            ));
+        };
+        let (ready_tx, ready_rx) = oneshot::channel();
+        {
+            let mut state = shared.lock();
+            state.ready = Some(ready_tx);
+            if let Some(filter) = &shared.options.reply_filter {
+                let key = state.subscriptions.pin(filter);
+                state.pinned = Some(key);
+            }
+        }
+        if let Some(filter) = &shared.options.reply_filter {
+            if shared.outbox.subscribe(filter, shared.options.qos).is_err() {
+                return Err(CallError::NotConnected(
+                    "could not queue the reply_filter subscription".into(),
+                ));
+            }
+        }
+        {
+            let mut tasks = lock(&self.tasks);
+            tasks.push(tokio::spawn(drive_events(shared.clone(), events)));
+            tasks.push(tokio::spawn(sweep_deadlines(shared.clone())));
+        }
+        let address = format!("{}:{}", shared.options.host, shared.options.port);
+        // The event loop reports its own connect timeout; this bound also covers the SUBACK.
+        let bound = shared.options.connect_timeout + Duration::from_secs(1);
+        let failure = match tokio::time::timeout(bound, ready_rx).await {
+            Ok(Ok(Ok(()))) => return Ok(()),
+            Ok(Ok(Err(why))) => why,
+            Ok(Err(_)) => "the connection task ended".to_string(),
+            Err(_) => format!("no answer within {:?}", shared.options.connect_timeout),
+        };
+        self.stop();
+        Err(CallError::NotConnected(format!(
+            "could not connect to the MQTT broker at {address}: {failure}"
+        )))
+    }
+
+    /// Starts a call: validates, builds the request and publishes it (or queues it for a
+    /// slot or for its reply filter's SUBACK). `make_waiter` is called only once the input
+    /// is known to be good. Returns the request id, which `forget()` takes.
+    pub fn start_call(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        timeout: Duration,
+        make_waiter: impl FnOnce() -> W,
+    ) -> Result<String, CallError> {
+        let shared = &self.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(CallError::NotConnected(
+                "the client is not connected: it was closed, or its connect() failed".into(),
+            ));
+        }
+        if !shared.connected.load(Ordering::Acquire) && lock(&self.events).is_some() {
+            return Err(CallError::NotConnected(
+                "the client is not connected: call connect() (or use `async with`) first".into(),
+            ));
+        }
+        protocol::validate_request_topic(topic).map_err(CallError::Input)?;
+        let request_id = protocol::new_request_id();
+        if let Some(filter) = &shared.options.reply_filter {
+            let reply_topic = protocol::reply_topic(topic, &request_id);
+            if !protocol::topic_matches(filter, &reply_topic) {
+                return Err(CallError::Input(InputError::OutsideReplyFilter {
+                    reply_topic,
+                    filter: filter.clone(),
+                }));
+            }
+        }
+        let request = protocol::build_request(payload, &request_id).map_err(CallError::Input)?;
+        let size = packet_size(topic, &request, shared.outbox.protocol());
+        if size > shared.options.max_packet_size {
+            return Err(CallError::Input(InputError::TooLarge {
+                size,
+                limit: shared.options.max_packet_size,
+            }));
+        }
+        let waiter = make_waiter();
+        bump(&shared.counters.started);
+        let deadline = Instant::now() + timeout;
+        let mut wakeups = Vec::new();
+        let earliest = {
+            let mut state = shared.lock();
+            let topic_key = state
+                .subscriptions
+                .key_for(topic)
+                .unwrap_or_else(|| Arc::from(topic));
+            let (admission, earliest) =
+                state
+                    .calls
+                    .insert(request_id.clone(), topic_key, request, deadline, waiter);
+            if admission == Admission::Admitted {
+                shared.admit(&mut state, &request_id, &mut wakeups);
+            }
+            earliest
+        };
+        if earliest {
+            shared.timer_wake.notify_one();
+        }
+        shared.wake(wakeups);
+        Ok(request_id)
+    }
+
+    /// The caller gave up (its task was cancelled): drop the call now, not at its deadline.
+    /// Returns whether it was still pending.
+    pub fn forget(&self, request_id: &str) -> bool {
+        let shared = &self.shared;
+        let mut wakeups = Vec::new();
+        let call = {
+            let mut state = shared.lock();
+            shared.take_call(&mut state, request_id, &mut wakeups)
+        };
+        let found = call.is_some();
+        if found {
+            bump(&shared.counters.cancelled);
+        }
+        // The waiter may hold a caller's object: let it go outside the lock.
+        drop(call);
+        shared.wake(wakeups);
+        found
+    }
+
+    /// Calls not yet ended, in every stage (waiting for a slot, a SUBACK, or the answer).
+    pub fn pending(&self) -> usize {
+        self.shared.lock().calls.len()
+    }
+
+    /// Reply filters held or being subscribed.
+    pub fn reply_subscriptions(&self) -> usize {
+        self.shared.lock().subscriptions.len()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Acquire)
+    }
+
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (pending, reply_subscriptions) = {
+            let state = self.shared.lock();
+            (state.calls.len(), state.subscriptions.len())
+        };
+        Stats {
+            calls_started: get(&c.started),
+            calls_succeeded: get(&c.succeeded),
+            calls_timed_out: get(&c.timed_out),
+            calls_failed_remotely: get(&c.remote),
+            calls_cancelled: get(&c.cancelled),
+            calls_failed: get(&c.failed),
+            replies_dropped_stray: get(&c.stray),
+            replies_dropped_malformed: get(&c.malformed),
+            reconnects: get(&c.reconnects),
+            pending: pending as u64,
+            reply_subscriptions: reply_subscriptions as u64,
+        }
+    }
+
+    /// Fails every pending call with `ConnectionLost`, sends DISCONNECT and waits (bounded)
+    /// for the tasks to end. Closing twice is harmless.
+    pub async fn close(&self) {
+        let shared = &self.shared;
+        if shared.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let calls = shared.lock().calls.drain();
+        for (_, call) in calls {
+            bump(&shared.counters.failed);
+            call.waiter.complete(Err(CallError::ConnectionLost(
+                "the client was closed while the call was waiting".into(),
+            )));
+        }
+        // The event-loop task ends by itself once the DISCONNECT is written.
+        let disconnect_queued =
+            shared.connected.swap(false, Ordering::AcqRel) && shared.outbox.disconnect().is_ok();
+        let mut tasks = std::mem::take(&mut *lock(&self.tasks));
+        if disconnect_queued && !tasks.is_empty() {
+            join_bounded(tasks.remove(0)).await;
+        }
+        let _ = shared.shutdown.send(true);
+        for task in tasks {
+            join_bounded(task).await;
+        }
+    }
+
+    /// Stops the tasks without waiting: for a failed connect and for `Drop`.
+    fn stop(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.connected.store(false, Ordering::Release);
+        let _ = self.shared.shutdown.send(true);
+    }
+}
+
+impl<W: Waiter> Drop for RpcClient<W> {
+    fn drop(&mut self) {
+        self.stop();
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl RpcClient<oneshot::Sender<Outcome>> {
+    /// A call for Rust callers: publish, then wait for the one outcome.
+    pub async fn call(&self, topic: &str, payload: &[u8], timeout: Duration) -> Outcome {
+        let (tx, rx) = oneshot::channel();
+        let request_id = self.start_call(topic, payload, timeout, || tx)?;
+        let mut forget_on_drop = ForgetOnDrop {
+            client: self,
+            request_id: Some(request_id),
+        };
+        let outcome = rx.await.unwrap_or_else(|_| {
+            Err(CallError::ConnectionLost(
+                "the client was dropped while the call was waiting".into(),
+            ))
+        });
+        forget_on_drop.request_id = None;
+        outcome
+    }
+}
+
+/// Cancellation for Rust callers: a dropped `call()` future forgets its call at once.
+struct ForgetOnDrop<'a, W: Waiter> {
+    client: &'a RpcClient<W>,
+    request_id: Option<String>,
+}
+
+impl<W: Waiter> Drop for ForgetOnDrop<'_, W> {
+    fn drop(&mut self) {
+        if let Some(id) = self.request_id.take() {
+            self.client.forget(&id);
+        }
+    }
+}
+
+/// Waits for a task to end, at most two seconds, then aborts it.
+async fn join_bounded(mut task: JoinHandle<()>) {
+    if tokio::time::timeout(Duration::from_secs(2), &mut task)
+        .await
+        .is_err()
+    {
+        task.abort();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave the tables half-updated in a way that
+    // matters more than stopping every caller would: keep going with the data as it is.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The size of the PUBLISH packet for a request, as the broker and rumqttc count it.
+fn packet_size(topic: &str, request: &[u8], protocol: Protocol) -> usize {
+    // fixed header (up to 5) + topic length prefix + topic + packet id
+    let base = 5 + 2 + topic.len() + 2 + request.len();
+    match protocol {
+        Protocol::V311 => base,
+        // properties: length, response topic (the reply topic), correlation data (the id)
+        Protocol::V5 => base + 4 + 3 + protocol::reply_topic_len(topic) + 3 + 36,
+    }
+}
+
+impl<W: Waiter> Shared<W> {
+    fn lock(&self) -> MutexGuard<'_, State<W>> {
+        lock(&self.state)
+    }
+
+    fn wake(&self, wakeups: Wakeups<W>) {
+        for (waiter, outcome) in wakeups {
+            waiter.complete(outcome);
+        }
+    }
+
+    /// The subscription key of a call: the pinned `reply_filter`, or its request topic.
+    fn subscription_key(state: &State<W>, topic: &Arc<str>) -> Arc<str> {
+        state.pinned.clone().unwrap_or_else(|| topic.clone())
+    }
+
+    /// A call that holds a slot: make sure its reply filter is held, then publish.
+    fn admit(&self, state: &mut State<W>, request_id: &str, wakeups: &mut Wakeups<W>) {
+        let Some(call) = state.calls.get_mut(request_id) else {
+            return;
+        };
+        let topic = call.topic.clone();
+        let key = Self::subscription_key(state, &topic);
+        let pinned = state.pinned.is_some();
+        let need = state.subscriptions.acquire(&key, request_id, |k| {
+            if pinned {
+                k.to_owned()
+            } else {
+                protocol::reply_filter_for(k)
+            }
+        });
+        match need {
+            Need::Ready => self.publish(state, request_id, wakeups),
+            Need::Wait => {}
+            Need::Subscribe(filter) => {
+                if self.outbox.subscribe(&filter, self.options.qos).is_err() {
+                    for id in state.subscriptions.subscribe_failed(&key) {
+                        self.fail(state, &id, Self::unsent(), wakeups);
+                    }
+                }
+                for idle in state.subscriptions.evict_idle() {
+                    let _ = self.outbox.unsubscribe(&idle);
+                }
+            }
+        }
+    }
+
+    fn unsent() -> CallError {
+        CallError::ConnectionLost(
+            "the request could not be queued: the connection is closed or its queue is full"
+                .into(),
+        )
+    }
+
+    fn publish(&self, state: &mut State<W>, request_id: &str, wakeups: &mut Wakeups<W>) {
+        let Some(call) = state.calls.get_mut(request_id) else {
+            return;
+        };
+        let Some(request) = call.request.take() else {
+            return;
+        };
+        call.stage = Stage::Published;
+        let (response_topic, correlation_data) = match self.outbox.protocol() {
+            Protocol::V311 => (None, None),
+            Protocol::V5 => (
+                Some(protocol::reply_topic(&call.topic, request_id)),
+                Some(Bytes::copy_from_slice(request_id.as_bytes())),
+            ),
+        };
+        let sent = self.outbox.publish(
+            &call.topic,
+            self.options.qos,
+            request,
+            response_topic,
+            correlation_data,
+        );
+        if sent.is_err() {
+            self.fail(state, request_id, Self::unsent(), wakeups);
+        }
+    }
+
+    /// Removes a call and gives its slot to the next queued one.
+    fn take_call(
+        &self,
+        state: &mut State<W>,
+        request_id: &str,
+        wakeups: &mut Wakeups<W>,
+    ) -> Option<Call<W>> {
+        let call = state.calls.remove(request_id)?;
+        if call.stage != Stage::WaitingForSlot {
+            let key = Self::subscription_key(state, &call.topic);
+            for filter in state.subscriptions.release(&key, request_id) {
+                // An unsubscribe that cannot be queued leaves a harmless extra filter.
+                let _ = self.outbox.unsubscribe(&filter);
+            }
+            while let Some(next) = state.calls.admit_next() {
+                self.admit(state, &next, wakeups);
+            }
+        }
+        Some(call)
+    }
+
+    fn fail(
+        &self,
+        state: &mut State<W>,
+        request_id: &str,
+        error: CallError,
+        wakeups: &mut Wakeups<W>,
+    ) {
+        if let Some(call) = self.take_call(state, request_id, wakeups) {
+            bump(&self.counters.failed);
+            wakeups.push((call.waiter, Err(error)));
+        }
+    }
+
+    fn on_inbound(&self, inbound: Inbound) {
+        match inbound {
+            Inbound::Message {
+                topic,
+                payload,
+                correlation_data,
+                ..
+            } => self.on_reply(&topic, &payload, correlation_data.as_deref()),
+            Inbound::SubscribeSent(packet_id) => self.lock().subscriptions.sent(packet_id),
+            Inbound::SubAck { packet_id, granted } => self.on_suback(packet_id, granted),
+            Inbound::Connected { session_present } => self.on_connected(session_present),
+            Inbound::DisconnectSent | Inbound::Other => {}
+        }
+    }
+
+    fn on_connected(&self, session_present: bool) {
+        self.connected.store(true, Ordering::Release);
+        let mut state = self.lock();
+        if state.ready.is_some() {
+            // The first connection: ready now, or once the reply_filter's SUBACK arrives.
+            if state.pinned.is_none() {
+                if let Some(ready) = state.ready.take() {
+                    let _ = ready.send(Ok(()));
+                }
+            }
+            return;
+        }
+        bump(&self.counters.reconnects);
+        if !session_present {
+            // The broker forgot our filters: subscribe them again; calls wait for the SUBACKs.
+            for filter in state.subscriptions.resubscribe_all() {
+                let _ = self.outbox.subscribe(&filter, self.options.qos);
+            }
+        }
+    }
+
+    fn on_suback(&self, packet_id: u16, granted: bool) {
+        let mut wakeups = Vec::new();
+        {
+            let mut state = self.lock();
+            match state.subscriptions.acknowledged(packet_id, granted) {
+                Settled::Granted(waiting) => {
+                    for id in waiting {
+                        self.publish(&mut state, &id, &mut wakeups);
+                    }
+                    if state.pinned.is_some() {
+                        if let Some(ready) = state.ready.take() {
+                            let _ = ready.send(Ok(()));
+                        }
+                    }
+                }
+                Settled::Refused { filter, waiting } => {
+                    for id in waiting {
+                        let error = CallError::SubscribeRefused {
+                            filter: filter.clone(),
+                        };
+                        self.fail(&mut state, &id, error, &mut wakeups);
+                    }
+                    if let Some(ready) = state.ready.take() {
+                        let _ = ready.send(Err(format!(
+                            "the broker refused the reply_filter subscription '{filter}'"
+                        )));
+                    }
+                }
+                Settled::Nothing => {}
+            }
+        }
+        self.wake(wakeups);
+    }
+
+    /// A message on a reply filter. Correlation: the MQTT 5 Correlation Data when present,
+    /// else the topic's last level, else the body's `request_id`. Anything that matches no
+    /// pending call, or names another id than the one it was matched by, is dropped and
+    /// counted: it never completes the wrong call.
+    fn on_reply(&self, topic: &str, payload: &[u8], correlation_data: Option<&[u8]>) {
+        let reply = match Reply::parse(payload) {
+            Ok(reply) => reply,
+            Err(_) => {
+                bump(&self.counters.malformed);
+                return;
+            }
+        };
+        let mut wakeups = Vec::new();
+        let outcome_for = {
+            let mut state = self.lock();
+            let request_id = match correlation_data {
+                Some(data) => std::str::from_utf8(data).ok().map(str::to_owned),
+                None => {
+                    let last = protocol::last_level(topic);
+                    if state.calls.contains(last) {
+                        Some(last.to_owned())
+                    } else {
+                        reply.request_id().map(str::to_owned)
+                    }
+                }
+            };
+            match request_id {
+                Some(id) if state.calls.contains(&id) => {
+                    if reply.may_answer(&id) {
+                        self.take_call(&mut state, &id, &mut wakeups)
+                    } else {
+                        bump(&self.counters.malformed);
+                        None
+                    }
+                }
+                _ => {
+                    bump(&self.counters.stray);
+                    None
+                }
+            }
+        };
+        if let Some(call) = outcome_for {
+            let outcome = match reply.into_outcome() {
+                ReplyOutcome::Answer(body) => {
+                    bump(&self.counters.succeeded);
+                    Ok(body)
+                }
+                ReplyOutcome::Remote(error) => {
+                    bump(&self.counters.remote);
+                    Err(CallError::Remote(error))
+                }
+            };
+            wakeups.push((call.waiter, outcome));
+        }
+        self.wake(wakeups);
+    }
+
+    /// Returns whether to keep polling (and so reconnect).
+    fn on_connection_lost(&self, why: &str) -> bool {
+        self.connected.store(false, Ordering::Release);
+        if let Some(ready) = self.lock().ready.take() {
+            let _ = ready.send(Err(why.to_owned()));
+            return false;
+        }
+        !self.closed.load(Ordering::Acquire)
+    }
+
+    fn expire(&self, now: Instant) {
+        let mut wakeups = Vec::new();
+        {
+            let mut state = self.lock();
+            for request_id in state.calls.expired(now) {
+                if let Some(call) = self.take_call(&mut state, &request_id, &mut wakeups) {
+                    bump(&self.counters.timed_out);
+                    let topic = call.topic.clone();
+                    wakeups.push((call.waiter, Err(CallError::Timeout { topic })));
+                }
+            }
+        }
+        self.wake(wakeups);
+    }
+}
+
+/// Polls the rumqttc event loop without pause (it only makes progress while polled) and
+/// hands every event to the client. After the first connection, a lost connection is
+/// retried after `reconnect_delay` until the client is closed.
+async fn drive_events<W: Waiter>(shared: Arc<Shared<W>>, mut events: Events) {
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            next = events.next() => next,
+        };
+        match next {
+            // Only close() queues a DISCONNECT: once it is written the work is done.
+            Ok(Inbound::DisconnectSent) => break,
+            Ok(inbound) => shared.on_inbound(inbound),
+            Err(why) => {
+                if !shared.on_connection_lost(&why) {
+                    break;
+                }
+                tokio::select! {
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                    _ = tokio::time::sleep(shared.options.reconnect_delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// One timer for all calls: sleeps until the earliest deadline (or until a call with an
+/// earlier one arrives) and fails what has expired.
+async fn sweep_deadlines<W: Waiter>(shared: Arc<Shared<W>>) {
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        let next = shared.lock().calls.next_deadline();
+        let sleep = async {
+            match next {
+                Some(deadline) => {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = shared.timer_wake.notified() => {}
+            _ = sleep => shared.expire(Instant::now()),
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! mqtt-rpc: request/response over MQTT. This file only assembles the crate: the pure
+//! protocol and tables, the Rust client, and (with the `python` feature) the Python module
+//! `mqtt_rpc._core`.
+
+pub mod client;
+pub mod link;
+pub mod pending;
+pub mod protocol;
+pub mod subscriptions;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use client::{CallError, ClientOptions, Outcome, RpcClient, Stats, Waiter};
+pub use link::Protocol;

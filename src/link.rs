@@ -1,0 +1,251 @@
+//! The one place where MQTT 3.1.1 and MQTT 5 differ: opening a rumqttc connection,
+//! publishing (with Response Topic and Correlation Data on 5), subscribing, and turning
+//! each version's events into one `Inbound` type that the rest of the crate handles.
+
+use bytes::Bytes;
+use rumqttc::v5;
+use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PublishProperties};
+use rumqttc::{Event as Event4, NetworkOptions, Outgoing, Packet as Packet4};
+use std::time::Duration;
+
+/// The MQTT protocol version of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    V311,
+    V5,
+}
+
+/// What a connection needs to be opened.
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub protocol: Protocol,
+    pub keepalive: Duration,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Largest packet accepted or sent; rumqttc's default (10 KiB) is too small for replies.
+    pub max_packet_size: usize,
+    /// Publishes and subscribes queued towards the event loop before `try_*` fails.
+    pub request_capacity: usize,
+    /// QoS 1 publishes awaiting PUBACK before rumqttc stops taking new requests.
+    pub max_inflight: u16,
+    pub connect_timeout: Duration,
+}
+
+/// What one event-loop poll reported, whatever the protocol version.
+#[derive(Debug)]
+pub enum Inbound {
+    Connected {
+        session_present: bool,
+    },
+    Message {
+        topic: String,
+        payload: Bytes,
+        correlation_data: Option<Bytes>,
+        response_topic: Option<String>,
+    },
+    SubscribeSent(u16),
+    SubAck {
+        packet_id: u16,
+        granted: bool,
+    },
+    DisconnectSent,
+    Other,
+}
+
+/// Why a request could not be handed to the event loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsent;
+
+/// The sending half of a connection: cheap to clone, never blocks.
+#[derive(Clone)]
+pub enum Outbox {
+    V311(rumqttc::AsyncClient),
+    V5(v5::AsyncClient),
+}
+
+/// The receiving half: the rumqttc event loop, which must be polled without pause.
+pub enum Events {
+    V311(Box<rumqttc::EventLoop>),
+    V5(Box<v5::EventLoop>),
+}
+
+pub fn open(options: &LinkOptions) -> (Outbox, Events) {
+    let mut network = NetworkOptions::new();
+    // rumqttc leaves Nagle's algorithm on: every small request would wait for an ACK.
+    network.set_tcp_nodelay(true);
+    network.set_connection_timeout(options.connect_timeout.as_secs().max(1));
+    match options.protocol {
+        Protocol::V311 => {
+            let mut mqtt =
+                rumqttc::MqttOptions::new(&options.client_id, &options.host, options.port);
+            mqtt.set_keep_alive(options.keepalive)
+                .set_max_packet_size(options.max_packet_size, options.max_packet_size)
+                .set_inflight(options.max_inflight)
+                .set_clean_session(true);
+            if let Some(user) = &options.username {
+                mqtt.set_credentials(user, options.password.clone().unwrap_or_default());
+            }
+            let (client, mut events) =
+                rumqttc::AsyncClient::new(mqtt, options.request_capacity);
+            events.set_network_options(network);
+            (Outbox::V311(client), Events::V311(Box::new(events)))
+        }
+        Protocol::V5 => {
+            let mut mqtt = v5::MqttOptions::new(&options.client_id, &options.host, options.port);
+            let max_packet = u32::try_from(options.max_packet_size).unwrap_or(u32::MAX);
+            mqtt.set_keep_alive(options.keepalive)
+                .set_max_packet_size(Some(max_packet))
+                .set_outgoing_inflight_upper_limit(options.max_inflight)
+                .set_clean_start(true)
+                .set_network_options(network);
+            if let Some(user) = &options.username {
+                mqtt.set_credentials(user, options.password.clone().unwrap_or_default());
+            }
+            let (client, events) = v5::AsyncClient::new(mqtt, options.request_capacity);
+            (Outbox::V5(client), Events::V5(Box::new(events)))
+        }
+    }
+}
+
+fn qos4(qos: u8) -> rumqttc::QoS {
+    if qos == 0 {
+        rumqttc::QoS::AtMostOnce
+    } else {
+        rumqttc::QoS::AtLeastOnce
+    }
+}
+
+fn qos5(qos: u8) -> v5::mqttbytes::QoS {
+    if qos == 0 {
+        v5::mqttbytes::QoS::AtMostOnce
+    } else {
+        v5::mqttbytes::QoS::AtLeastOnce
+    }
+}
+
+impl Outbox {
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Outbox::V311(_) => Protocol::V311,
+            Outbox::V5(_) => Protocol::V5,
+        }
+    }
+
+    /// Publishes `body`; on MQTT 5 with the Response Topic and Correlation Data given
+    /// (3.1.1 has no properties: the device finds its way back from the body and topic).
+    pub fn publish(
+        &self,
+        topic: &str,
+        qos: u8,
+        body: Vec<u8>,
+        response_topic: Option<String>,
+        correlation_data: Option<Bytes>,
+    ) -> Result<(), Unsent> {
+        match self {
+            Outbox::V311(client) => client
+                .try_publish(topic, qos4(qos), false, body)
+                .map_err(|_| Unsent),
+            Outbox::V5(client) => {
+                let properties = PublishProperties {
+                    response_topic,
+                    correlation_data,
+                    ..PublishProperties::default()
+                };
+                client
+                    .try_publish_with_properties(topic, qos5(qos), false, body, properties)
+                    .map_err(|_| Unsent)
+            }
+        }
+    }
+
+    pub fn subscribe(&self, filter: &str, qos: u8) -> Result<(), Unsent> {
+        match self {
+            Outbox::V311(client) => client.try_subscribe(filter, qos4(qos)).map_err(|_| Unsent),
+            Outbox::V5(client) => client.try_subscribe(filter, qos5(qos)).map_err(|_| Unsent),
+        }
+    }
+
+    pub fn unsubscribe(&self, filter: &str) -> Result<(), Unsent> {
+        match self {
+            Outbox::V311(client) => client.try_unsubscribe(filter).map_err(|_| Unsent),
+            Outbox::V5(client) => client.try_unsubscribe(filter).map_err(|_| Unsent),
+        }
+    }
+
+    pub fn disconnect(&self) -> Result<(), Unsent> {
+        match self {
+            Outbox::V311(client) => client.try_disconnect().map_err(|_| Unsent),
+            Outbox::V5(client) => client.try_disconnect().map_err(|_| Unsent),
+        }
+    }
+}
+
+impl Events {
+    /// The next event. An error means the connection is down; polling again reconnects.
+    pub async fn next(&mut self) -> Result<Inbound, String> {
+        match self {
+            Events::V311(events) => match events.poll().await {
+                Ok(Event4::Incoming(packet)) => Ok(match packet {
+                    Packet4::ConnAck(ack) => Inbound::Connected {
+                        session_present: ack.session_present,
+                    },
+                    Packet4::Publish(publish) => Inbound::Message {
+                        topic: publish.topic,
+                        payload: publish.payload,
+                        correlation_data: None,
+                        response_topic: None,
+                    },
+                    Packet4::SubAck(ack) => Inbound::SubAck {
+                        packet_id: ack.pkid,
+                        granted: ack
+                            .return_codes
+                            .iter()
+                            .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_))),
+                    },
+                    _ => Inbound::Other,
+                }),
+                Ok(Event4::Outgoing(outgoing)) => Ok(outgoing_event(outgoing)),
+                Err(e) => Err(e.to_string()),
+            },
+            Events::V5(events) => match events.poll().await {
+                Ok(v5::Event::Incoming(packet)) => Ok(match packet {
+                    Packet5::ConnAck(ack) => Inbound::Connected {
+                        session_present: ack.session_present,
+                    },
+                    Packet5::Publish(publish) => {
+                        let (correlation_data, response_topic) = match publish.properties {
+                            Some(p) => (p.correlation_data, p.response_topic),
+                            None => (None, None),
+                        };
+                        Inbound::Message {
+                            topic: String::from_utf8_lossy(&publish.topic).into_owned(),
+                            payload: publish.payload,
+                            correlation_data,
+                            response_topic,
+                        }
+                    }
+                    Packet5::SubAck(ack) => Inbound::SubAck {
+                        packet_id: ack.pkid,
+                        granted: ack.return_codes.iter().all(|c| {
+                            matches!(c, v5::mqttbytes::v5::SubscribeReasonCode::Success(_))
+                        }),
+                    },
+                    _ => Inbound::Other,
+                }),
+                Ok(v5::Event::Outgoing(outgoing)) => Ok(outgoing_event(outgoing)),
+                Err(e) => Err(e.to_string()),
+            },
+        }
+    }
+}
+
+fn outgoing_event(outgoing: Outgoing) -> Inbound {
+    match outgoing {
+        Outgoing::Subscribe(packet_id) => Inbound::SubscribeSent(packet_id),
+        Outgoing::Disconnect => Inbound::DisconnectSent,
+        _ => Inbound::Other,
+    }
+}

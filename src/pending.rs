@@ -1,0 +1,266 @@
+//! The pending-call table: every call from the moment it is accepted until its one outcome.
+//!
+//! A call is in exactly one stage: waiting for an in-flight slot (`max_in_flight` bounds
+//! what is published and unanswered), waiting for its reply filter's SUBACK, or published.
+//! All stages count in `len()`, which is what `client.pending` reports. Deadlines live
+//! beside the calls so one timer can sweep them; removing a call removes its deadline, its
+//! place in the slot queue and its slot, so nothing outlives the call.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    WaitingForSlot,
+    WaitingForSubscription,
+    Published,
+}
+
+/// One call in the table. `W` is whatever wakes the caller (a oneshot for Rust callers,
+/// a handle on an asyncio future for Python ones).
+#[derive(Debug)]
+pub struct Call<W> {
+    pub topic: Arc<str>,
+    /// The request body, kept until it is published.
+    pub request: Option<Vec<u8>>,
+    pub deadline: Instant,
+    pub stage: Stage,
+    pub waiter: W,
+    seq: u64,
+}
+
+/// Whether a new call may go ahead now or must wait for a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    Queued,
+}
+
+#[derive(Debug)]
+pub struct PendingTable<W> {
+    calls: HashMap<String, Call<W>>,
+    deadlines: BTreeMap<(Instant, u64), String>,
+    slot_queue: VecDeque<String>,
+    in_flight: usize,
+    max_in_flight: usize,
+    next_seq: u64,
+}
+
+impl<W> PendingTable<W> {
+    pub fn new(max_in_flight: usize) -> Self {
+        PendingTable {
+            calls: HashMap::new(),
+            deadlines: BTreeMap::new(),
+            slot_queue: VecDeque::new(),
+            in_flight: 0,
+            max_in_flight: max_in_flight.max(1),
+            next_seq: 0,
+        }
+    }
+
+    /// Calls in the table, in every stage.
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    /// Calls holding a slot (waiting for their subscription or published).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    pub fn contains(&self, request_id: &str) -> bool {
+        self.calls.contains_key(request_id)
+    }
+
+    pub fn get_mut(&mut self, request_id: &str) -> Option<&mut Call<W>> {
+        self.calls.get_mut(request_id)
+    }
+
+    /// Adds a call; it takes a slot at once if one is free, else queues for one.
+    /// Returns whether this call's deadline is now the earliest (the timer must know).
+    pub fn insert(
+        &mut self,
+        request_id: String,
+        topic: Arc<str>,
+        request: Vec<u8>,
+        deadline: Instant,
+        waiter: W,
+    ) -> (Admission, bool) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let earliest = self
+            .deadlines
+            .keys()
+            .next()
+            .is_none_or(|(first, _)| deadline < *first);
+        let admission = if self.in_flight < self.max_in_flight && self.slot_queue.is_empty() {
+            self.in_flight += 1;
+            Admission::Admitted
+        } else {
+            self.slot_queue.push_back(request_id.clone());
+            Admission::Queued
+        };
+        let stage = match admission {
+            Admission::Admitted => Stage::WaitingForSubscription,
+            Admission::Queued => Stage::WaitingForSlot,
+        };
+        self.deadlines.insert((deadline, seq), request_id.clone());
+        self.calls.insert(
+            request_id,
+            Call {
+                topic,
+                request: Some(request),
+                deadline,
+                stage,
+                waiter,
+                seq,
+            },
+        );
+        (admission, earliest)
+    }
+
+    /// Takes a call out of the table, whatever its stage, releasing its slot.
+    pub fn remove(&mut self, request_id: &str) -> Option<Call<W>> {
+        let call = self.calls.remove(request_id)?;
+        self.deadlines.remove(&(call.deadline, call.seq));
+        if call.stage == Stage::WaitingForSlot {
+            if let Some(pos) = self.slot_queue.iter().position(|id| id == request_id) {
+                self.slot_queue.remove(pos);
+            }
+        } else {
+            self.in_flight -= 1;
+        }
+        Some(call)
+    }
+
+    /// The next queued call that may take a freed slot, now moved to
+    /// `WaitingForSubscription`.
+    pub fn admit_next(&mut self) -> Option<String> {
+        if self.in_flight >= self.max_in_flight {
+            return None;
+        }
+        let request_id = self.slot_queue.pop_front()?;
+        if let Some(call) = self.calls.get_mut(&request_id) {
+            call.stage = Stage::WaitingForSubscription;
+            self.in_flight += 1;
+        }
+        Some(request_id)
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.keys().next().map(|(deadline, _)| *deadline)
+    }
+
+    /// The calls whose deadline is at or before `now`, earliest first (still in the table).
+    pub fn expired(&self, now: Instant) -> Vec<String> {
+        self.deadlines
+            .range(..=(now, u64::MAX))
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+
+    /// Empties the table (on close), returning every call.
+    pub fn drain(&mut self) -> Vec<(String, Call<W>)> {
+        self.deadlines.clear();
+        self.slot_queue.clear();
+        self.in_flight = 0;
+        self.calls.drain().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn topic() -> Arc<str> {
+        Arc::from("dev/set")
+    }
+
+    #[test]
+    fn calls_are_admitted_up_to_the_limit_then_queued() {
+        let now = Instant::now();
+        let mut table = PendingTable::new(2);
+        let later = now + Duration::from_secs(10);
+        assert_eq!(table.insert("a".into(), topic(), vec![], later, ()).0, Admission::Admitted);
+        assert_eq!(table.insert("b".into(), topic(), vec![], later, ()).0, Admission::Admitted);
+        assert_eq!(table.insert("c".into(), topic(), vec![], later, ()).0, Admission::Queued);
+        assert_eq!(table.len(), 3);
+        assert_eq!(table.in_flight(), 2);
+        assert_eq!(table.admit_next(), None);
+        assert!(table.remove("a").is_some());
+        assert_eq!(table.admit_next(), Some("c".to_string()));
+        assert_eq!(table.get_mut("c").unwrap().stage, Stage::WaitingForSubscription);
+        assert_eq!(table.in_flight(), 2);
+        assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn removing_a_queued_call_frees_nothing_and_leaves_no_trace() {
+        let now = Instant::now();
+        let mut table = PendingTable::new(1);
+        table.insert("a".into(), topic(), vec![], now, ());
+        table.insert("b".into(), topic(), vec![], now, ());
+        assert!(table.remove("b").is_some());
+        assert_eq!(table.in_flight(), 1);
+        assert!(table.remove("a").is_some());
+        assert_eq!(table.admit_next(), None);
+        assert!(table.is_empty());
+        assert_eq!(table.next_deadline(), None);
+        assert!(table.remove("a").is_none());
+    }
+
+    #[test]
+    fn a_new_call_joins_the_queue_behind_waiting_ones() {
+        let now = Instant::now();
+        let mut table = PendingTable::new(1);
+        table.insert("a".into(), topic(), vec![], now, ());
+        table.insert("b".into(), topic(), vec![], now, ());
+        table.remove("a");
+        // A slot is free but "b" waited first: "c" must not jump the queue.
+        assert_eq!(table.insert("c".into(), topic(), vec![], now, ()).0, Admission::Queued);
+        assert_eq!(table.admit_next(), Some("b".to_string()));
+    }
+
+    #[test]
+    fn deadlines_expire_in_order_and_report_the_earliest() {
+        let now = Instant::now();
+        let mut table = PendingTable::new(10);
+        let (_, earliest) =
+            table.insert("late".into(), topic(), vec![], now + Duration::from_secs(5), ());
+        assert!(earliest);
+        let (_, earliest) =
+            table.insert("soon".into(), topic(), vec![], now + Duration::from_secs(1), ());
+        assert!(earliest);
+        let (_, earliest) =
+            table.insert("mid".into(), topic(), vec![], now + Duration::from_secs(3), ());
+        assert!(!earliest);
+        assert_eq!(table.next_deadline(), Some(now + Duration::from_secs(1)));
+        let expired = table.expired(now + Duration::from_secs(3));
+        assert_eq!(expired, ["soon", "mid"]);
+        for id in &expired {
+            table.remove(id);
+        }
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.in_flight(), 1);
+        assert_eq!(table.next_deadline(), Some(now + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn drain_empties_everything() {
+        let now = Instant::now();
+        let mut table = PendingTable::new(1);
+        table.insert("a".into(), topic(), vec![], now, ());
+        table.insert("b".into(), topic(), vec![], now, ());
+        assert_eq!(table.drain().len(), 2);
+        assert!(table.is_empty());
+        assert_eq!(table.in_flight(), 0);
+        assert_eq!(table.next_deadline(), None);
+        assert_eq!(table.admit_next(), None);
+    }
+}

@@ -1,0 +1,503 @@
+//! The wire protocol of mqtt-rpc, with no I/O: request-topic rules, the request envelope
+//! (the caller's JSON object plus `request_id`), reply topics and filters, and reply parsing.
+//!
+//! Everything here is pure so that the rules devices depend on are unit-tested without a
+//! broker, and so that each rule is decided in exactly one place.
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// The level between a request topic and the request id in the seed reply topic:
+/// `{request_topic}/response/{request_id}`.
+pub const RESPONSE_LEVEL: &str = "response";
+
+/// The body member that carries the correlation id, in requests and replies.
+pub const REQUEST_ID_MEMBER: &str = "request_id";
+
+/// MQTT's limit on the length of a topic name or filter, in bytes.
+pub const MAX_TOPIC_BYTES: usize = 65_535;
+
+/// Why a request was refused before anything was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputError {
+    EmptyTopic,
+    WildcardInTopic(String),
+    EmptyTopicLevel(String),
+    NulInTopic,
+    TopicTooLong(usize),
+    NotJson(String),
+    NotAnObject,
+    TooLarge { size: usize, limit: usize },
+    OutsideReplyFilter { reply_topic: String, filter: String },
+    InvalidFilter(String),
+}
+
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InputError::EmptyTopic => write!(f, "the request topic is empty"),
+            InputError::WildcardInTopic(t) => write!(
+                f,
+                "the request topic '{t}' contains a wildcard ('+' or '#'); publish needs a concrete topic"
+            ),
+            InputError::EmptyTopicLevel(t) => write!(
+                f,
+                "the request topic '{t}' has an empty level (a leading, trailing or doubled '/')"
+            ),
+            InputError::NulInTopic => write!(f, "the request topic contains a NUL character"),
+            InputError::TopicTooLong(n) => write!(
+                f,
+                "the reply topic would be {n} bytes long; MQTT allows at most {MAX_TOPIC_BYTES}"
+            ),
+            InputError::NotJson(e) => write!(f, "the payload is not valid JSON: {e}"),
+            InputError::NotAnObject => write!(
+                f,
+                "the payload must be a JSON object (the request_id member is added to it)"
+            ),
+            InputError::TooLarge { size, limit } => write!(
+                f,
+                "the request is {size} bytes, over the maximum packet size of {limit} bytes"
+            ),
+            InputError::OutsideReplyFilter { reply_topic, filter } => write!(
+                f,
+                "the reply topic '{reply_topic}' is not covered by reply_filter '{filter}', so its answer could never arrive"
+            ),
+            InputError::InvalidFilter(e) => write!(f, "invalid topic filter: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for InputError {}
+
+/// Checks a request topic: concrete (no wildcards), no empty levels, no NUL, and short
+/// enough that its reply topic is still a legal MQTT topic.
+pub fn validate_request_topic(topic: &str) -> Result<(), InputError> {
+    if topic.is_empty() {
+        return Err(InputError::EmptyTopic);
+    }
+    if topic.contains(['+', '#']) {
+        return Err(InputError::WildcardInTopic(topic.to_owned()));
+    }
+    if topic.contains('\0') {
+        return Err(InputError::NulInTopic);
+    }
+    if topic.split('/').any(str::is_empty) {
+        return Err(InputError::EmptyTopicLevel(topic.to_owned()));
+    }
+    let reply_len = reply_topic_len(topic);
+    if reply_len > MAX_TOPIC_BYTES {
+        return Err(InputError::TopicTooLong(reply_len));
+    }
+    Ok(())
+}
+
+/// Checks a topic filter given by the user (for example `reply_filter`).
+pub fn validate_filter(filter: &str) -> Result<(), InputError> {
+    let bad = |why: &str| Err(InputError::InvalidFilter(format!("'{filter}': {why}")));
+    if filter.is_empty() {
+        return bad("it is empty");
+    }
+    if filter.len() > MAX_TOPIC_BYTES {
+        return bad("it is longer than 65535 bytes");
+    }
+    if filter.contains('\0') {
+        return bad("it contains a NUL character");
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        let is_last = i + 1 == levels.len();
+        if level.contains('#') && (*level != "#" || !is_last) {
+            return bad("'#' must be a whole level and the last one");
+        }
+        if level.contains('+') && *level != "+" {
+            return bad("'+' must be a whole level");
+        }
+    }
+    Ok(())
+}
+
+/// Whether `topic` matches the MQTT topic `filter` (`+` one level, `#` the rest).
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut topic_levels = topic.split('/');
+    for f in filter.split('/') {
+        match f {
+            "#" => return true,
+            "+" => {
+                if topic_levels.next().is_none() {
+                    return false;
+                }
+            }
+            level => {
+                if topic_levels.next() != Some(level) {
+                    return false;
+                }
+            }
+        }
+    }
+    topic_levels.next().is_none()
+}
+
+/// A fresh request id: a uuid4, canonical lowercase hyphenated, as devices expect.
+pub fn new_request_id() -> String {
+    uuid::Uuid::new_v4().hyphenated().to_string()
+}
+
+/// The seed reply topic of one call: `{request_topic}/response/{request_id}`.
+pub fn reply_topic(request_topic: &str, request_id: &str) -> String {
+    format!("{request_topic}/{RESPONSE_LEVEL}/{request_id}")
+}
+
+/// The filter that covers every reply to one request topic: `{request_topic}/response/+`.
+pub fn reply_filter_for(request_topic: &str) -> String {
+    format!("{request_topic}/{RESPONSE_LEVEL}/+")
+}
+
+/// The length of a seed reply topic for `request_topic`, without building it.
+pub fn reply_topic_len(request_topic: &str) -> usize {
+    // "/response/" + a 36-character uuid
+    request_topic.len() + RESPONSE_LEVEL.len() + 2 + 36
+}
+
+/// The last level of a topic: where the seed reply topic carries the request id.
+pub fn last_level(topic: &str) -> &str {
+    topic.rsplit('/').next().unwrap_or(topic)
+}
+
+/// Builds the request body: the caller's JSON object with `"request_id"` added.
+///
+/// The caller's bytes are kept as they are and the member is appended before the closing
+/// brace with Python's `json.dumps` separators, so a payload made by `json.dumps` or
+/// pydantic's `.json()` goes out exactly as the hand-written client sent it. A payload that
+/// already has a `request_id` gets it replaced in place, as `dict[...] = ...` did.
+pub fn build_request(payload: &[u8], request_id: &str) -> Result<Vec<u8>, InputError> {
+    let scan: ObjectScan =
+        serde_json::from_slice(payload).map_err(|e| classify_json_error(&e))?;
+    if scan.has_request_id {
+        let mut object: Map<String, Value> =
+            serde_json::from_slice(payload).map_err(|e| classify_json_error(&e))?;
+        object.insert(REQUEST_ID_MEMBER.to_owned(), Value::from(request_id));
+        return serde_json::to_vec(&object).map_err(|e| InputError::NotJson(e.to_string()));
+    }
+    // The scan proved this is a JSON object, so after trimming it ends with '}'.
+    let end = payload
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .ok_or(InputError::NotAnObject)?;
+    let content_end = payload[..end]
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .ok_or(InputError::NotAnObject)?;
+    let is_empty_object = payload[content_end] == b'{';
+    let mut out = Vec::with_capacity(payload.len() + 56);
+    out.extend_from_slice(&payload[..=content_end]);
+    if !is_empty_object {
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(b"\"request_id\": \"");
+    out.extend_from_slice(request_id.as_bytes());
+    out.push(b'"');
+    out.extend_from_slice(&payload[content_end + 1..]);
+    Ok(out)
+}
+
+fn classify_json_error(e: &serde_json::Error) -> InputError {
+    if e.is_data() {
+        InputError::NotAnObject
+    } else {
+        InputError::NotJson(e.to_string())
+    }
+}
+
+/// Validates a JSON document as an object without building it, noting whether it already
+/// has a `request_id` member.
+struct ObjectScan {
+    has_request_id: bool,
+}
+
+impl<'de> Deserialize<'de> for ObjectScan {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(ObjectScanVisitor)
+    }
+}
+
+struct ObjectScanVisitor;
+
+impl<'de> Visitor<'de> for ObjectScanVisitor {
+    type Value = ObjectScan;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ObjectScan, A::Error> {
+        let mut has_request_id = false;
+        while let Some(IsRequestId(is_id)) = map.next_key()? {
+            has_request_id |= is_id;
+            map.next_value::<IgnoredAny>()?;
+        }
+        Ok(ObjectScan { has_request_id })
+    }
+}
+
+/// A key, compared with `request_id` without allocating.
+struct IsRequestId(bool);
+
+impl<'de> Deserialize<'de> for IsRequestId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = IsRequestId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<IsRequestId, E> {
+                Ok(IsRequestId(key == REQUEST_ID_MEMBER))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// An error object sent by the device: `{"error": {"code", "message", "data"}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteError {
+    pub code: i64,
+    pub message: String,
+    pub data: Value,
+}
+
+/// What a well-formed reply means for its call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplyOutcome {
+    /// The decoded reply object, exactly as the device sent it.
+    Answer(Map<String, Value>),
+    /// The device answered with an error object and no result.
+    Remote(RemoteError),
+}
+
+/// Why a message on a reply topic cannot be anyone's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MalformedReply {
+    NotJson,
+    NotAnObject,
+}
+
+/// A reply body that parsed as a JSON object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub body: Map<String, Value>,
+}
+
+impl Reply {
+    pub fn parse(payload: &[u8]) -> Result<Reply, MalformedReply> {
+        match serde_json::from_slice::<Value>(payload) {
+            Ok(Value::Object(body)) => Ok(Reply { body }),
+            Ok(_) => Err(MalformedReply::NotAnObject),
+            Err(_) => Err(MalformedReply::NotJson),
+        }
+    }
+
+    /// The body's `request_id`, if it has a string one.
+    pub fn request_id(&self) -> Option<&str> {
+        self.body.get(REQUEST_ID_MEMBER).and_then(Value::as_str)
+    }
+
+    /// Whether this reply may answer the call `request_id`: a body that names another id is
+    /// not its answer (a body with no id is, when the topic or correlation data matched).
+    pub fn may_answer(&self, request_id: &str) -> bool {
+        match self.body.get(REQUEST_ID_MEMBER) {
+            None => true,
+            Some(Value::String(id)) => id == request_id,
+            Some(_) => false,
+        }
+    }
+
+    /// An `error` member without a `result` makes a remote error; anything else is the answer.
+    pub fn into_outcome(self) -> ReplyOutcome {
+        if self.body.contains_key("result") {
+            return ReplyOutcome::Answer(self.body);
+        }
+        match self.body.get("error") {
+            Some(Value::Object(error)) => ReplyOutcome::Remote(RemoteError {
+                code: error.get("code").and_then(Value::as_i64).unwrap_or(0),
+                message: match error.get("message") {
+                    Some(Value::String(m)) => m.clone(),
+                    Some(other) => other.to_string(),
+                    None => String::new(),
+                },
+                data: error.get("data").cloned().unwrap_or(Value::Null),
+            }),
+            Some(other) => ReplyOutcome::Remote(RemoteError {
+                code: 0,
+                message: match other {
+                    Value::String(m) => m.clone(),
+                    other => other.to_string(),
+                },
+                data: Value::Null,
+            }),
+            None => ReplyOutcome::Answer(self.body),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0b7c6a4e-5e0f-4c1e-9d0a-2f5a3b8c9d10";
+
+    #[test]
+    fn request_topic_rules() {
+        assert!(validate_request_topic("dev1/device/control/set").is_ok());
+        assert!(validate_request_topic("$aws/things/t1/shadow/get").is_ok());
+        assert_eq!(validate_request_topic(""), Err(InputError::EmptyTopic));
+        assert!(matches!(
+            validate_request_topic("dev/+/set"),
+            Err(InputError::WildcardInTopic(_))
+        ));
+        assert!(matches!(
+            validate_request_topic("dev/#"),
+            Err(InputError::WildcardInTopic(_))
+        ));
+        for t in ["/dev", "dev/", "dev//set"] {
+            assert!(matches!(
+                validate_request_topic(t),
+                Err(InputError::EmptyTopicLevel(_))
+            ));
+        }
+        assert_eq!(validate_request_topic("a\0b"), Err(InputError::NulInTopic));
+        let long = "a".repeat(MAX_TOPIC_BYTES - 40);
+        assert!(matches!(
+            validate_request_topic(&long),
+            Err(InputError::TopicTooLong(_))
+        ));
+    }
+
+    #[test]
+    fn filters_validate_and_match() {
+        assert!(validate_filter("+/device/control/set/response/+").is_ok());
+        assert!(validate_filter("a/#").is_ok());
+        assert!(validate_filter("a/#/b").is_err());
+        assert!(validate_filter("a/b+").is_err());
+        assert!(validate_filter("").is_err());
+        assert!(topic_matches("+/device/response/+", "d1/device/response/x"));
+        assert!(!topic_matches("+/device/response/+", "d1/device/response"));
+        assert!(!topic_matches("+/device/response/+", "d1/device/response/x/y"));
+        assert!(topic_matches("a/#", "a/b/c"));
+        assert!(topic_matches("#", "a"));
+        assert!(!topic_matches("a/b", "a/c"));
+    }
+
+    #[test]
+    fn reply_topics_follow_the_seed_convention() {
+        assert_eq!(
+            reply_topic("dev1/device/control/set", ID),
+            format!("dev1/device/control/set/response/{ID}")
+        );
+        assert_eq!(
+            reply_filter_for("dev1/device/control/set"),
+            "dev1/device/control/set/response/+"
+        );
+        assert_eq!(last_level(&reply_topic("a/b", ID)), ID);
+        assert_eq!(last_level("single"), "single");
+    }
+
+    #[test]
+    fn request_ids_are_canonical_uuid4() {
+        let id = new_request_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(id, id.to_lowercase());
+        assert_eq!(&id[14..15], "4");
+        assert_ne!(id, new_request_id());
+    }
+
+    #[test]
+    fn request_matches_pythons_json_dumps() {
+        let out = build_request(br#"{"action": "GET_HEALTH_CHECK"}"#, ID).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!(r#"{{"action": "GET_HEALTH_CHECK", "request_id": "{ID}"}}"#)
+        );
+        let out = build_request(b" {} \n", ID).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!(" {{\"request_id\": \"{ID}\"}} \n")
+        );
+        let out = build_request(b"{\n  \"a\": [1, {\"b\": 2}]\n}", ID).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["request_id"], ID);
+        assert_eq!(v["a"][1]["b"], 2);
+    }
+
+    #[test]
+    fn an_existing_request_id_is_replaced_in_place() {
+        let out = build_request(br#"{"request_id": "old", "x": 1}"#, ID).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!(r#"{{"request_id":"{ID}","x":1}}"#)
+        );
+    }
+
+    #[test]
+    fn bad_payloads_are_refused() {
+        assert_eq!(build_request(b"[1, 2]", ID), Err(InputError::NotAnObject));
+        assert_eq!(build_request(b"\"text\"", ID), Err(InputError::NotAnObject));
+        assert_eq!(build_request(b"42", ID), Err(InputError::NotAnObject));
+        assert!(matches!(
+            build_request(b"{\"a\": ", ID),
+            Err(InputError::NotJson(_))
+        ));
+        assert!(matches!(build_request(b"", ID), Err(InputError::NotJson(_))));
+        assert!(matches!(
+            build_request(b"{} {}", ID),
+            Err(InputError::NotJson(_))
+        ));
+        assert!(matches!(
+            build_request(b"\xff", ID),
+            Err(InputError::NotJson(_))
+        ));
+    }
+
+    #[test]
+    fn replies_parse_into_answers_and_remote_errors() {
+        let reply = Reply::parse(br#"{"request_id": "x", "result": {"ok": true}}"#).unwrap();
+        assert_eq!(reply.request_id(), Some("x"));
+        assert!(reply.may_answer("x"));
+        assert!(!reply.may_answer("y"));
+        match reply.into_outcome() {
+            ReplyOutcome::Answer(body) => assert_eq!(body["result"]["ok"], true),
+            other => panic!("expected an answer, got {other:?}"),
+        }
+        let reply =
+            Reply::parse(br#"{"request_id": "x", "error": {"code": -32000, "message": "busy", "data": [1]}}"#)
+                .unwrap();
+        assert_eq!(
+            reply.into_outcome(),
+            ReplyOutcome::Remote(RemoteError {
+                code: -32000,
+                message: "busy".into(),
+                data: serde_json::json!([1]),
+            })
+        );
+        let reply = Reply::parse(br#"{"error": "plain text"}"#).unwrap();
+        assert!(reply.may_answer("anything"));
+        assert!(matches!(reply.into_outcome(), ReplyOutcome::Remote(e) if e.message == "plain text"));
+    }
+
+    #[test]
+    fn malformed_replies_are_recognised() {
+        assert_eq!(Reply::parse(b"garbage"), Err(MalformedReply::NotJson));
+        assert_eq!(Reply::parse(b"[1]"), Err(MalformedReply::NotAnObject));
+        let reply = Reply::parse(br#"{"request_id": 7}"#).unwrap();
+        assert!(!reply.may_answer("7"));
+    }
+
+    #[test]
+    fn reply_keeps_key_order() {
+        let reply = Reply::parse(br#"{"z": 1, "a": 2, "request_id": "x"}"#).unwrap();
+        let keys: Vec<&String> = reply.body.keys().collect();
+        assert_eq!(keys, ["z", "a", "request_id"]);
+    }
+}

@@ -1,0 +1,18 @@
+//! The Python module `mqtt_rpc._core`: a thin layer that converts types and maps errors.
+//! No protocol logic lives here; it is all in the pure Rust core.
+
+mod bridge;
+mod client;
+mod convert;
+mod errors;
+mod runtime;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<client::CoreClient>()?;
+    m.add_class::<bridge::LoopBridge>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

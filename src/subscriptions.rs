@@ -1,0 +1,374 @@
+//! Reply subscriptions: which reply filters are held, which are being subscribed, which
+//! calls wait for a SUBACK, and which idle filters to drop when over the limit.
+//!
+//! Subscribe once, never per call: the first call to a request topic makes its filter
+//! `Subscribing` and every call that comes before the SUBACK joins the same wait. With a
+//! user-given `reply_filter` there is one pinned entry that all calls share.
+//!
+//! rumqttc's `subscribe()` returns nothing to wait on, but its event loop reports each
+//! SUBSCRIBE it writes with its packet id, in the order they were requested; so requested
+//! filters queue here until their packet id is known, and the SUBACK is matched by that id.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+#[derive(Debug)]
+enum State {
+    /// A SUBSCRIBE is on its way; these calls publish when its SUBACK arrives.
+    Subscribing { waiting: Vec<String> },
+    Active,
+}
+
+#[derive(Debug)]
+struct Entry {
+    filter: String,
+    state: State,
+    /// Calls holding a slot that use this filter: a filter in use is never dropped.
+    in_use: usize,
+    last_used: u64,
+    pinned: bool,
+}
+
+/// What a call must do about its reply filter.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Need {
+    /// The filter is held: publish now.
+    Ready,
+    /// A SUBACK is awaited; the call was added to its waiting list.
+    Wait,
+    /// The caller must send a SUBSCRIBE for this filter (the call waits on it).
+    Subscribe(String),
+}
+
+/// What a SUBACK settled.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// The filter is held: publish these waiting calls.
+    Granted(Vec<String>),
+    /// The broker refused the filter: fail these waiting calls.
+    Refused { filter: String, waiting: Vec<String> },
+    /// A SUBACK for a subscription nobody waits for any more.
+    Nothing,
+}
+
+#[derive(Debug)]
+pub struct ReplySubscriptions {
+    /// Keyed by request topic (per-topic filters) or by the pinned `reply_filter` itself.
+    entries: HashMap<Arc<str>, Entry>,
+    requested: VecDeque<Arc<str>>,
+    by_packet_id: HashMap<u16, Arc<str>>,
+    max_idle_held: usize,
+    clock: u64,
+}
+
+impl ReplySubscriptions {
+    pub fn new(max_reply_subscriptions: usize) -> Self {
+        ReplySubscriptions {
+            entries: HashMap::new(),
+            requested: VecDeque::new(),
+            by_packet_id: HashMap::new(),
+            max_idle_held: max_reply_subscriptions.max(1),
+            clock: 0,
+        }
+    }
+
+    /// Filters held or being subscribed.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Registers the one filter that covers every reply; it is never evicted.
+    pub fn pin(&mut self, filter: &str) -> Arc<str> {
+        let key: Arc<str> = Arc::from(filter);
+        self.entries.insert(
+            key.clone(),
+            Entry {
+                filter: filter.to_owned(),
+                state: State::Subscribing {
+                    waiting: Vec::new(),
+                },
+                in_use: 0,
+                last_used: 0,
+                pinned: true,
+            },
+        );
+        self.requested.push_back(key.clone());
+        key
+    }
+
+    /// The key a call on `topic` uses: the shared key from the table when there is one, so
+    /// that calls do not each allocate it.
+    pub fn key_for(&self, topic: &str) -> Option<Arc<str>> {
+        self.entries.get_key_value(topic).map(|(k, _)| k.clone())
+    }
+
+    /// A call with a slot starts using the filter `key` (whose filter string is
+    /// `filter_of(key)` if it must be created).
+    pub fn acquire(
+        &mut self,
+        key: &Arc<str>,
+        request_id: &str,
+        filter_of: impl FnOnce(&str) -> String,
+    ) -> Need {
+        self.clock += 1;
+        let now = self.clock;
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.in_use += 1;
+            entry.last_used = now;
+            return match &mut entry.state {
+                State::Active => Need::Ready,
+                State::Subscribing { waiting } => {
+                    waiting.push(request_id.to_owned());
+                    Need::Wait
+                }
+            };
+        }
+        let filter = filter_of(key);
+        self.entries.insert(
+            key.clone(),
+            Entry {
+                filter: filter.clone(),
+                state: State::Subscribing {
+                    waiting: vec![request_id.to_owned()],
+                },
+                in_use: 1,
+                last_used: now,
+                pinned: false,
+            },
+        );
+        self.requested.push_back(key.clone());
+        Need::Subscribe(filter)
+    }
+
+    /// A SUBSCRIBE could not even be queued: forget the filter and return its waiting calls.
+    pub fn subscribe_failed(&mut self, key: &str) -> Vec<String> {
+        if let Some(pos) = self.requested.iter().rposition(|k| &**k == key) {
+            self.requested.remove(pos);
+        }
+        match self.entries.remove(key) {
+            Some(Entry {
+                state: State::Subscribing { waiting },
+                ..
+            }) => waiting,
+            _ => Vec::new(),
+        }
+    }
+
+    /// A call that held a slot on `key` is gone (answered, timed out, cancelled).
+    /// Returns the filters to unsubscribe, least recently used first, to get back under
+    /// the limit.
+    pub fn release(&mut self, key: &str, request_id: &str) -> Vec<String> {
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.in_use = entry.in_use.saturating_sub(1);
+            if let State::Subscribing { waiting } = &mut entry.state {
+                waiting.retain(|id| id != request_id);
+            }
+        }
+        self.evict_idle()
+    }
+
+    /// Drops idle filters, least recently used first, until at most the limit are held
+    /// (filters in use stay, so the count can exceed the limit while they are busy).
+    /// Returns the filters to unsubscribe.
+    pub fn evict_idle(&mut self) -> Vec<String> {
+        let mut dropped = Vec::new();
+        while self.entries.len() > self.max_idle_held {
+            let oldest_idle = self
+                .entries
+                .iter()
+                .filter(|(_, e)| !e.pinned && e.in_use == 0 && matches!(e.state, State::Active))
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| k.clone());
+            let Some(key) = oldest_idle else { break };
+            if let Some(entry) = self.entries.remove(&key) {
+                dropped.push(entry.filter);
+            }
+        }
+        dropped
+    }
+
+    /// rumqttc wrote the oldest requested SUBSCRIBE with this packet id.
+    pub fn sent(&mut self, packet_id: u16) {
+        if let Some(key) = self.requested.pop_front() {
+            self.by_packet_id.insert(packet_id, key);
+        }
+    }
+
+    /// The SUBACK for `packet_id` arrived.
+    pub fn acknowledged(&mut self, packet_id: u16, granted: bool) -> Settled {
+        let Some(key) = self.by_packet_id.remove(&packet_id) else {
+            return Settled::Nothing;
+        };
+        let Some(entry) = self.entries.get_mut(&key) else {
+            return Settled::Nothing;
+        };
+        let State::Subscribing { waiting } = &mut entry.state else {
+            return Settled::Nothing;
+        };
+        let waiting = std::mem::take(waiting);
+        if granted {
+            entry.state = State::Active;
+            Settled::Granted(waiting)
+        } else {
+            let filter = entry.filter.clone();
+            self.entries.remove(&key);
+            Settled::Refused { filter, waiting }
+        }
+    }
+
+    /// After a reconnect without a kept session the broker has forgotten every filter: all
+    /// go back to `Subscribing` and are returned to be subscribed again; new calls wait.
+    pub fn resubscribe_all(&mut self) -> Vec<String> {
+        self.requested.clear();
+        self.by_packet_id.clear();
+        let mut filters = Vec::new();
+        for (key, entry) in self.entries.iter_mut() {
+            if matches!(entry.state, State::Active) {
+                entry.state = State::Subscribing {
+                    waiting: Vec::new(),
+                };
+            }
+            self.requested.push_back(key.clone());
+            filters.push(entry.filter.clone());
+        }
+        filters
+    }
+
+    /// Whether the filter under `key` is held (its SUBACK arrived).
+    pub fn is_active(&self, key: &str) -> bool {
+        matches!(
+            self.entries.get(key).map(|e| &e.state),
+            Some(State::Active)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(topic: &str) -> String {
+        format!("{topic}/response/+")
+    }
+
+    #[test]
+    fn concurrent_first_calls_share_one_subscribe() {
+        let mut subs = ReplySubscriptions::new(10);
+        let key: Arc<str> = Arc::from("dev/set");
+        assert_eq!(
+            subs.acquire(&key, "a", filter),
+            Need::Subscribe("dev/set/response/+".into())
+        );
+        assert_eq!(subs.acquire(&key, "b", filter), Need::Wait);
+        subs.sent(7);
+        assert_eq!(
+            subs.acknowledged(7, true),
+            Settled::Granted(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(subs.acquire(&key, "c", filter), Need::Ready);
+        assert!(subs.is_active("dev/set"));
+    }
+
+    #[test]
+    fn suback_is_matched_by_packet_id_in_request_order() {
+        let mut subs = ReplySubscriptions::new(10);
+        let (k1, k2): (Arc<str>, Arc<str>) = (Arc::from("one"), Arc::from("two"));
+        subs.acquire(&k1, "a", filter);
+        subs.acquire(&k2, "b", filter);
+        subs.sent(1);
+        subs.sent(2);
+        assert_eq!(subs.acknowledged(2, true), Settled::Granted(vec!["b".into()]));
+        assert!(!subs.is_active("one"));
+        assert_eq!(subs.acknowledged(1, true), Settled::Granted(vec!["a".into()]));
+        assert_eq!(subs.acknowledged(1, true), Settled::Nothing);
+    }
+
+    #[test]
+    fn a_refused_filter_fails_its_waiters_and_is_forgotten() {
+        let mut subs = ReplySubscriptions::new(10);
+        let key: Arc<str> = Arc::from("dev/set");
+        subs.acquire(&key, "a", filter);
+        subs.sent(3);
+        assert_eq!(
+            subs.acknowledged(3, false),
+            Settled::Refused {
+                filter: "dev/set/response/+".into(),
+                waiting: vec!["a".into()]
+            }
+        );
+        assert!(subs.is_empty());
+    }
+
+    fn hold(subs: &mut ReplySubscriptions, topic: &str, packet_id: u16) {
+        let key: Arc<str> = Arc::from(topic);
+        subs.acquire(&key, topic, filter);
+        subs.sent(packet_id);
+        subs.acknowledged(packet_id, true);
+    }
+
+    #[test]
+    fn idle_filters_beyond_the_limit_go_least_recently_used_first() {
+        let mut subs = ReplySubscriptions::new(2);
+        hold(&mut subs, "t1", 1);
+        hold(&mut subs, "t2", 2);
+        assert!(subs.release("t1", "t1").is_empty());
+        assert!(subs.release("t2", "t2").is_empty());
+        // t1 is used again, so t2 is now the least recently used.
+        let t1: Arc<str> = Arc::from("t1");
+        assert_eq!(subs.acquire(&t1, "again", filter), Need::Ready);
+        subs.release("t1", "again");
+        hold(&mut subs, "t3", 3);
+        assert_eq!(subs.evict_idle(), vec!["t2/response/+".to_string()]);
+        assert_eq!(subs.len(), 2);
+    }
+
+    #[test]
+    fn filters_in_use_are_never_evicted() {
+        let mut subs = ReplySubscriptions::new(1);
+        hold(&mut subs, "t1", 1);
+        hold(&mut subs, "t2", 2);
+        assert!(subs.evict_idle().is_empty());
+        assert_eq!(subs.len(), 2);
+        assert_eq!(subs.release("t2", "t2"), vec!["t2/response/+".to_string()]);
+        assert_eq!(subs.len(), 1);
+    }
+
+    #[test]
+    fn a_pinned_filter_is_never_evicted() {
+        let mut subs = ReplySubscriptions::new(1);
+        let pinned = subs.pin("+/set/response/+");
+        subs.sent(1);
+        assert_eq!(subs.acknowledged(1, true), Settled::Granted(vec![]));
+        assert_eq!(subs.acquire(&pinned, "a", filter), Need::Ready);
+        assert!(subs.release(&pinned, "a").is_empty());
+        assert_eq!(subs.len(), 1);
+    }
+
+    #[test]
+    fn resubscribe_puts_every_filter_back_to_subscribing() {
+        let mut subs = ReplySubscriptions::new(10);
+        let key: Arc<str> = Arc::from("dev/set");
+        subs.acquire(&key, "a", filter);
+        subs.sent(1);
+        subs.acknowledged(1, true);
+        assert_eq!(subs.resubscribe_all(), vec!["dev/set/response/+".to_string()]);
+        assert_eq!(subs.acquire(&key, "b", filter), Need::Wait);
+        subs.sent(9);
+        assert_eq!(subs.acknowledged(9, true), Settled::Granted(vec!["b".into()]));
+    }
+
+    #[test]
+    fn a_call_that_leaves_while_subscribing_is_not_published_later() {
+        let mut subs = ReplySubscriptions::new(10);
+        let key: Arc<str> = Arc::from("dev/set");
+        subs.acquire(&key, "a", filter);
+        subs.acquire(&key, "b", filter);
+        subs.release("dev/set", "a");
+        subs.sent(1);
+        assert_eq!(subs.acknowledged(1, true), Settled::Granted(vec!["b".into()]));
+    }
+}
