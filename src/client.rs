@@ -490,7 +490,9 @@ async fn join_bounded(mut task: JoinHandle<()>) {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave the tables half-updated in a way that
     // matters more than stopping every caller would: keep going with the data as it is.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The size of the PUBLISH packet for a request, as the broker and rumqttc count it.
@@ -553,8 +555,7 @@ impl<W: Waiter> Shared<W> {
 
     fn unsent() -> CallError {
         CallError::ConnectionLost(
-            "the request could not be queued: the connection is closed or its queue is full"
-                .into(),
+            "the request could not be queued: the connection is closed or its queue is full".into(),
         )
     }
 

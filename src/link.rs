@@ -88,8 +88,7 @@ pub fn open(options: &LinkOptions) -> (Outbox, Events) {
             if let Some(user) = &options.username {
                 mqtt.set_credentials(user, options.password.clone().unwrap_or_default());
             }
-            let (client, mut events) =
-                rumqttc::AsyncClient::new(mqtt, options.request_capacity);
+            let (client, mut events) = rumqttc::AsyncClient::new(mqtt, options.request_capacity);
             events.set_network_options(network);
             (Outbox::V311(client), Events::V311(Box::new(events)))
         }

@@ -187,15 +187,27 @@ mod tests {
         let now = Instant::now();
         let mut table = PendingTable::new(2);
         let later = now + Duration::from_secs(10);
-        assert_eq!(table.insert("a".into(), topic(), vec![], later, ()).0, Admission::Admitted);
-        assert_eq!(table.insert("b".into(), topic(), vec![], later, ()).0, Admission::Admitted);
-        assert_eq!(table.insert("c".into(), topic(), vec![], later, ()).0, Admission::Queued);
+        assert_eq!(
+            table.insert("a".into(), topic(), vec![], later, ()).0,
+            Admission::Admitted
+        );
+        assert_eq!(
+            table.insert("b".into(), topic(), vec![], later, ()).0,
+            Admission::Admitted
+        );
+        assert_eq!(
+            table.insert("c".into(), topic(), vec![], later, ()).0,
+            Admission::Queued
+        );
         assert_eq!(table.len(), 3);
         assert_eq!(table.in_flight(), 2);
         assert_eq!(table.admit_next(), None);
         assert!(table.remove("a").is_some());
         assert_eq!(table.admit_next(), Some("c".to_string()));
-        assert_eq!(table.get_mut("c").unwrap().stage, Stage::WaitingForSubscription);
+        assert_eq!(
+            table.get_mut("c").unwrap().stage,
+            Stage::WaitingForSubscription
+        );
         assert_eq!(table.in_flight(), 2);
         assert_eq!(table.len(), 2);
     }
@@ -223,7 +235,10 @@ mod tests {
         table.insert("b".into(), topic(), vec![], now, ());
         table.remove("a");
         // A slot is free but "b" waited first: "c" must not jump the queue.
-        assert_eq!(table.insert("c".into(), topic(), vec![], now, ()).0, Admission::Queued);
+        assert_eq!(
+            table.insert("c".into(), topic(), vec![], now, ()).0,
+            Admission::Queued
+        );
         assert_eq!(table.admit_next(), Some("b".to_string()));
     }
 
@@ -231,14 +246,29 @@ mod tests {
     fn deadlines_expire_in_order_and_report_the_earliest() {
         let now = Instant::now();
         let mut table = PendingTable::new(10);
-        let (_, earliest) =
-            table.insert("late".into(), topic(), vec![], now + Duration::from_secs(5), ());
+        let (_, earliest) = table.insert(
+            "late".into(),
+            topic(),
+            vec![],
+            now + Duration::from_secs(5),
+            (),
+        );
         assert!(earliest);
-        let (_, earliest) =
-            table.insert("soon".into(), topic(), vec![], now + Duration::from_secs(1), ());
+        let (_, earliest) = table.insert(
+            "soon".into(),
+            topic(),
+            vec![],
+            now + Duration::from_secs(1),
+            (),
+        );
         assert!(earliest);
-        let (_, earliest) =
-            table.insert("mid".into(), topic(), vec![], now + Duration::from_secs(3), ());
+        let (_, earliest) = table.insert(
+            "mid".into(),
+            topic(),
+            vec![],
+            now + Duration::from_secs(3),
+            (),
+        );
         assert!(!earliest);
         assert_eq!(table.next_deadline(), Some(now + Duration::from_secs(1)));
         let expired = table.expired(now + Duration::from_secs(3));

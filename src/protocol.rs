@@ -172,8 +172,7 @@ pub fn last_level(topic: &str) -> &str {
 /// pydantic's `.json()` goes out exactly as the hand-written client sent it. A payload that
 /// already has a `request_id` gets it replaced in place, as `dict[...] = ...` did.
 pub fn build_request(payload: &[u8], request_id: &str) -> Result<Vec<u8>, InputError> {
-    let scan: ObjectScan =
-        serde_json::from_slice(payload).map_err(|e| classify_json_error(&e))?;
+    let scan: ObjectScan = serde_json::from_slice(payload).map_err(|e| classify_json_error(&e))?;
     if scan.has_request_id {
         let mut object: Map<String, Value> =
             serde_json::from_slice(payload).map_err(|e| classify_json_error(&e))?;
@@ -384,7 +383,10 @@ mod tests {
         assert!(validate_filter("").is_err());
         assert!(topic_matches("+/device/response/+", "d1/device/response/x"));
         assert!(!topic_matches("+/device/response/+", "d1/device/response"));
-        assert!(!topic_matches("+/device/response/+", "d1/device/response/x/y"));
+        assert!(!topic_matches(
+            "+/device/response/+",
+            "d1/device/response/x/y"
+        ));
         assert!(topic_matches("a/#", "a/b/c"));
         assert!(topic_matches("#", "a"));
         assert!(!topic_matches("a/b", "a/c"));
@@ -449,7 +451,10 @@ mod tests {
             build_request(b"{\"a\": ", ID),
             Err(InputError::NotJson(_))
         ));
-        assert!(matches!(build_request(b"", ID), Err(InputError::NotJson(_))));
+        assert!(matches!(
+            build_request(b"", ID),
+            Err(InputError::NotJson(_))
+        ));
         assert!(matches!(
             build_request(b"{} {}", ID),
             Err(InputError::NotJson(_))
@@ -470,9 +475,10 @@ mod tests {
             ReplyOutcome::Answer(body) => assert_eq!(body["result"]["ok"], true),
             other => panic!("expected an answer, got {other:?}"),
         }
-        let reply =
-            Reply::parse(br#"{"request_id": "x", "error": {"code": -32000, "message": "busy", "data": [1]}}"#)
-                .unwrap();
+        let reply = Reply::parse(
+            br#"{"request_id": "x", "error": {"code": -32000, "message": "busy", "data": [1]}}"#,
+        )
+        .unwrap();
         assert_eq!(
             reply.into_outcome(),
             ReplyOutcome::Remote(RemoteError {
@@ -483,7 +489,9 @@ mod tests {
         );
         let reply = Reply::parse(br#"{"error": "plain text"}"#).unwrap();
         assert!(reply.may_answer("anything"));
-        assert!(matches!(reply.into_outcome(), ReplyOutcome::Remote(e) if e.message == "plain text"));
+        assert!(
+            matches!(reply.into_outcome(), ReplyOutcome::Remote(e) if e.message == "plain text")
+        );
     }
 
     #[test]

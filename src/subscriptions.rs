@@ -8,6 +8,9 @@
 //! rumqttc's `subscribe()` returns nothing to wait on, but its event loop reports each
 //! SUBSCRIBE it writes with its packet id, in the order they were requested; so requested
 //! filters queue here until their packet id is known, and the SUBACK is matched by that id.
+//! rumqttc reuses packet ids early (they wrap at the in-flight limit, which an MQTT 5
+//! broker's Receive Maximum lowers to 20 on Mosquitto), so one id may name several
+//! SUBSCRIBEs at once: they queue under it and the broker answers them in order.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -15,7 +18,9 @@ use std::sync::Arc;
 #[derive(Debug)]
 enum State {
     /// A SUBSCRIBE is on its way; these calls publish when its SUBACK arrives.
-    Subscribing { waiting: Vec<String> },
+    Subscribing {
+        waiting: Vec<String>,
+    },
     Active,
 }
 
@@ -46,7 +51,10 @@ pub enum Settled {
     /// The filter is held: publish these waiting calls.
     Granted(Vec<String>),
     /// The broker refused the filter: fail these waiting calls.
-    Refused { filter: String, waiting: Vec<String> },
+    Refused {
+        filter: String,
+        waiting: Vec<String>,
+    },
     /// A SUBACK for a subscription nobody waits for any more.
     Nothing,
 }
@@ -56,7 +64,7 @@ pub struct ReplySubscriptions {
     /// Keyed by request topic (per-topic filters) or by the pinned `reply_filter` itself.
     entries: HashMap<Arc<str>, Entry>,
     requested: VecDeque<Arc<str>>,
-    by_packet_id: HashMap<u16, Arc<str>>,
+    by_packet_id: HashMap<u16, VecDeque<Arc<str>>>,
     max_idle_held: usize,
     clock: u64,
 }
@@ -194,15 +202,24 @@ impl ReplySubscriptions {
     /// rumqttc wrote the oldest requested SUBSCRIBE with this packet id.
     pub fn sent(&mut self, packet_id: u16) {
         if let Some(key) = self.requested.pop_front() {
-            self.by_packet_id.insert(packet_id, key);
+            self.by_packet_id
+                .entry(packet_id)
+                .or_default()
+                .push_back(key);
         }
     }
 
     /// The SUBACK for `packet_id` arrived.
     pub fn acknowledged(&mut self, packet_id: u16, granted: bool) -> Settled {
-        let Some(key) = self.by_packet_id.remove(&packet_id) else {
+        let Some(sent) = self.by_packet_id.get_mut(&packet_id) else {
             return Settled::Nothing;
         };
+        let Some(key) = sent.pop_front() else {
+            return Settled::Nothing;
+        };
+        if sent.is_empty() {
+            self.by_packet_id.remove(&packet_id);
+        }
         let Some(entry) = self.entries.get_mut(&key) else {
             return Settled::Nothing;
         };
@@ -240,10 +257,7 @@ impl ReplySubscriptions {
 
     /// Whether the filter under `key` is held (its SUBACK arrived).
     pub fn is_active(&self, key: &str) -> bool {
-        matches!(
-            self.entries.get(key).map(|e| &e.state),
-            Some(State::Active)
-        )
+        matches!(self.entries.get(key).map(|e| &e.state), Some(State::Active))
     }
 }
 
@@ -281,10 +295,35 @@ mod tests {
         subs.acquire(&k2, "b", filter);
         subs.sent(1);
         subs.sent(2);
-        assert_eq!(subs.acknowledged(2, true), Settled::Granted(vec!["b".into()]));
+        assert_eq!(
+            subs.acknowledged(2, true),
+            Settled::Granted(vec!["b".into()])
+        );
         assert!(!subs.is_active("one"));
-        assert_eq!(subs.acknowledged(1, true), Settled::Granted(vec!["a".into()]));
+        assert_eq!(
+            subs.acknowledged(1, true),
+            Settled::Granted(vec!["a".into()])
+        );
         assert_eq!(subs.acknowledged(1, true), Settled::Nothing);
+    }
+
+    #[test]
+    fn a_packet_id_reused_before_its_suback_still_matches_in_order() {
+        let mut subs = ReplySubscriptions::new(10);
+        let (k1, k2): (Arc<str>, Arc<str>) = (Arc::from("one"), Arc::from("two"));
+        subs.acquire(&k1, "a", filter);
+        subs.acquire(&k2, "b", filter);
+        subs.sent(5);
+        subs.sent(5);
+        assert_eq!(
+            subs.acknowledged(5, true),
+            Settled::Granted(vec!["a".into()])
+        );
+        assert_eq!(
+            subs.acknowledged(5, true),
+            Settled::Granted(vec!["b".into()])
+        );
+        assert_eq!(subs.acknowledged(5, true), Settled::Nothing);
     }
 
     #[test]
@@ -355,10 +394,16 @@ mod tests {
         subs.acquire(&key, "a", filter);
         subs.sent(1);
         subs.acknowledged(1, true);
-        assert_eq!(subs.resubscribe_all(), vec!["dev/set/response/+".to_string()]);
+        assert_eq!(
+            subs.resubscribe_all(),
+            vec!["dev/set/response/+".to_string()]
+        );
         assert_eq!(subs.acquire(&key, "b", filter), Need::Wait);
         subs.sent(9);
-        assert_eq!(subs.acknowledged(9, true), Settled::Granted(vec!["b".into()]));
+        assert_eq!(
+            subs.acknowledged(9, true),
+            Settled::Granted(vec!["b".into()])
+        );
     }
 
     #[test]
@@ -369,6 +414,9 @@ mod tests {
         subs.acquire(&key, "b", filter);
         subs.release("dev/set", "a");
         subs.sent(1);
-        assert_eq!(subs.acknowledged(1, true), Settled::Granted(vec!["b".into()]));
+        assert_eq!(
+            subs.acknowledged(1, true),
+            Settled::Granted(vec!["b".into()])
+        );
     }
 }

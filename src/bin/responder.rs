@@ -66,11 +66,7 @@ fn parse_args() -> Result<Args, String> {
                     other => return Err(format!("--protocol must be 3.1.1 or 5, not {other}")),
                 }
             }
-            "--qos" => {
-                args.qos = value("--qos")?
-                    .parse()
-                    .map_err(|e| format!("--qos: {e}"))?
-            }
+            "--qos" => args.qos = value("--qos")?.parse().map_err(|e| format!("--qos: {e}"))?,
             "--client-id" => args.client_id = value("--client-id")?,
             "--mqtt5-only" => args.mqtt5_only = true,
             "-h" | "--help" => return Err(USAGE.into()),
@@ -160,10 +156,19 @@ fn answer_body(route: &ReplyRoute, topic: &str, request: &Map<String, Value>) ->
 
 fn send(outbox: &Outbox, qos: u8, route: &ReplyRoute, body: Vec<u8>) {
     if outbox
-        .publish(&route.topic, qos, body, None, route.correlation_data.clone())
+        .publish(
+            &route.topic,
+            qos,
+            body,
+            None,
+            route.correlation_data.clone(),
+        )
         .is_err()
     {
-        eprintln!("mqtt-rpc-responder: reply to {} dropped: queue full", route.topic);
+        eprintln!(
+            "mqtt-rpc-responder: reply to {} dropped: queue full",
+            route.topic
+        );
     }
 }
 

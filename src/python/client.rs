@@ -23,7 +23,9 @@ pub struct CoreClient {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn seconds(name: &str, value: f64) -> PyResult<Duration> {
@@ -215,7 +217,10 @@ impl CoreClient {
         match self.inner.start_call(topic, body, duration, || waiter) {
             Ok(request_id) => PyTuple::new(
                 py,
-                [future.into_bound(py), PyString::new(py, &request_id).into_any()],
+                [
+                    future.into_bound(py),
+                    PyString::new(py, &request_id).into_any(),
+                ],
             ),
             Err(error) => Err(call_error(py, &error, Some(timeout))),
         }

@@ -1,0 +1,151 @@
+"""Timeouts, cancellation, connecting and closing: nothing hangs, nothing leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from mqtt_rpc import ConnectionLostError, MqttRpcClient, NotConnectedError, RpcTimeoutError
+
+from .conftest import Broker, free_port
+
+
+@pytest.mark.parametrize("timeout, shown", [(0.5, "0.5"), (1, "1"), (0.25, "0.25")])
+async def test_timeout_raises_the_old_error_on_time_and_leaves_nothing(
+    client: MqttRpcClient, silent_topic: str, timeout: float, shown: str
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(RpcTimeoutError) as raised:
+        await client.call(silent_topic, '{"action": "GET_HEALTH_CHECK"}', timeout=timeout)
+    elapsed = time.monotonic() - started
+    assert str(raised.value) == f"MQTT call timed out after {shown}s for topic '{silent_topic}'"
+    assert isinstance(raised.value, TimeoutError)
+    assert raised.value.topic == silent_topic and raised.value.timeout == timeout
+    assert timeout <= elapsed < timeout + 0.5
+    assert client.pending == 0
+    assert client.stats()["calls_timed_out"] == 1
+
+
+async def test_the_default_timeout_is_the_clients(broker: Broker, silent_topic: str) -> None:
+    async with MqttRpcClient(broker.host, broker.port, timeout=0.3) as client:
+        with pytest.raises(RpcTimeoutError, match=r"after 0\.3s"):
+            await client.call(silent_topic, "{}")
+
+
+async def test_a_late_answer_after_the_timeout_is_dropped(client: MqttRpcClient, device_topic: str) -> None:
+    with pytest.raises(RpcTimeoutError):
+        await client.call(device_topic, {"_responder": {"delay_ms": 400}}, timeout=0.1)
+    # The device answers calls in the order their delays end: this answer comes after the late one.
+    await client.call(device_topic, {"_responder": {"delay_ms": 600}})
+    assert client.stats()["replies_dropped_stray"] == 1
+    assert client.pending == 0
+
+
+async def test_cancelling_the_caller_removes_its_pending_call_at_once(
+    client: MqttRpcClient, silent_topic: str
+) -> None:
+    task = asyncio.ensure_future(client.call(silent_topic, "{}", timeout=30))
+    await asyncio.sleep(0)  # let the call start
+    assert client.pending == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert client.pending == 0
+    assert client.stats()["calls_cancelled"] == 1
+
+
+async def test_wait_for_around_call_cancels_cleanly(client: MqttRpcClient, silent_topic: str) -> None:
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(client.call(silent_topic, "{}", timeout=30), 0.2)
+    assert client.pending == 0
+
+
+async def test_a_call_before_connect_raises_not_connected(broker: Broker) -> None:
+    client = MqttRpcClient(broker.host, broker.port)
+    with pytest.raises(NotConnectedError, match="connect") as raised:
+        await client.call("dev1/device/control/set", "{}")
+    assert isinstance(raised.value, ConnectionError)
+    assert client.pending == 0
+
+
+async def test_a_call_after_close_raises_not_connected(broker: Broker) -> None:
+    client = MqttRpcClient(broker.host, broker.port)
+    await client.connect()
+    await client.close()
+    await client.close()  # closing twice is harmless
+    with pytest.raises(NotConnectedError):
+        await client.call("dev1/device/control/set", "{}")
+
+
+async def test_a_refused_connection_raises_connection_error_quickly() -> None:
+    port = free_port()  # nothing listens there
+    client = MqttRpcClient("127.0.0.1", port, connect_timeout=5)
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match=f"127.0.0.1:{port}") as raised:
+        await client.connect()
+    assert isinstance(raised.value, NotConnectedError)
+    assert time.monotonic() - started < 5
+    with pytest.raises(NotConnectedError):
+        await client.call("dev1/device/control/set", "{}")
+
+
+async def test_close_fails_pending_calls_with_connection_lost(broker: Broker, silent_topic: str) -> None:
+    client = MqttRpcClient(broker.host, broker.port)
+    await client.connect()
+    calls = [asyncio.ensure_future(client.call(silent_topic, {"i": i}, timeout=30)) for i in range(10)]
+    await asyncio.sleep(0)  # let the calls start
+    assert client.pending == 10
+    await client.close()
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(r, ConnectionLostError) for r in results), results
+    assert client.pending == 0
+    assert not client.connected
+
+
+async def test_the_default_client_id_is_unique(broker: Broker) -> None:
+    a, b = MqttRpcClient(broker.host, broker.port), MqttRpcClient(broker.host, broker.port)
+    assert a.client_id != b.client_id
+    # Two replicas with default ids stay connected side by side.
+    await a.connect()
+    await b.connect()
+    assert a.connected and b.connected
+    await a.close()
+    await b.close()
+
+
+EXIT_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+    from mqtt_rpc import MqttRpcClient
+
+    async def main(port, close):
+        client = MqttRpcClient("127.0.0.1", port)
+        await client.connect()
+        answered = [client.call("dev-exit/device/control/set", {"i": i}) for i in range(50)]
+        silent = [asyncio.ensure_future(client.call("nobody-exit/silent/control/set", {}, timeout=30))
+                  for _ in range(50)]
+        await asyncio.gather(*answered)
+        await asyncio.sleep(0)
+        if close:
+            await client.close()
+            await asyncio.gather(*silent, return_exceptions=True)
+        # else: exit with 50 calls in flight and the client open
+
+    asyncio.run(main(int(sys.argv[1]), sys.argv[2] == "close"))
+    """
+)
+
+
+def test_the_interpreter_exits_cleanly_with_calls_in_flight(broker: Broker, seed_device: object) -> None:
+    runs = [
+        subprocess.Popen([sys.executable, "-c", EXIT_SCRIPT, str(broker.port), mode], stderr=subprocess.PIPE)
+        for mode in ["close", "leave-open"] * 6
+    ]
+    for run in runs:
+        _, stderr = run.communicate(timeout=60)
+        assert run.returncode == 0, stderr.decode(errors="replace")
