@@ -9,7 +9,7 @@ import pytest
 
 from mqtt_rpc import MqttRpcClient, MqttRpcError, RemoteError, RpcTimeoutError
 
-from .conftest import Broker
+from mqtt_rpc.testing import MosquittoBroker
 
 
 async def test_call_returns_the_devices_reply_as_sent(client: MqttRpcClient, device_topic: str) -> None:
@@ -65,7 +65,7 @@ async def test_remote_error_carries_code_message_and_data(client: MqttRpcClient,
 
 
 async def test_an_mqtt5_device_answers_through_response_topic_and_correlation_data(
-    broker: Broker, mqtt5_device: object
+    broker: MosquittoBroker, mqtt5_device: object
 ) -> None:
     topic = f"cam-{uuid.uuid4().hex[:8]}/mqtt5/control/set"
     async with MqttRpcClient(broker.host, broker.port, protocol="5") as client:
@@ -78,7 +78,7 @@ async def test_an_mqtt5_device_answers_through_response_topic_and_correlation_da
 
 
 async def test_a_311_client_cannot_reach_a_device_that_needs_mqtt5_properties(
-    broker: Broker, mqtt5_device: object
+    broker: MosquittoBroker, mqtt5_device: object
 ) -> None:
     # The counterpart of the test above: it is the MQTT 5 properties that made it work.
     topic = f"cam-{uuid.uuid4().hex[:8]}/mqtt5/control/set"
@@ -88,7 +88,7 @@ async def test_a_311_client_cannot_reach_a_device_that_needs_mqtt5_properties(
         assert client.pending == 0
 
 
-async def test_qos1_calls_work(broker: Broker, device_topic: str) -> None:
+async def test_qos1_calls_work(broker: MosquittoBroker, device_topic: str) -> None:
     async with MqttRpcClient(broker.host, broker.port, qos=1) as client:
         replies = [await client.call(device_topic, {"i": i}) for i in range(5)]
         assert [r["result"]["request"]["i"] for r in replies] == list(range(5))

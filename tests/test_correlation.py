@@ -7,10 +7,10 @@ import random
 
 from mqtt_rpc import MqttRpcClient, RpcTimeoutError
 
-from .conftest import Broker
+from mqtt_rpc.testing import MosquittoBroker
 
 
-async def test_two_clients_never_receive_each_others_replies(broker: Broker, device_topic: str) -> None:
+async def test_two_clients_never_receive_each_others_replies(broker: MosquittoBroker, device_topic: str) -> None:
     async with MqttRpcClient(broker.host, broker.port) as a, MqttRpcClient(broker.host, broker.port) as b:
 
         async def calls(client: MqttRpcClient, name: str) -> None:
@@ -66,7 +66,7 @@ async def test_a_thousand_concurrent_calls(client: MqttRpcClient, device_topic: 
     assert client.pending == 0
 
 
-async def test_calls_beyond_max_in_flight_wait_for_a_slot(broker: Broker, device_topic: str) -> None:
+async def test_calls_beyond_max_in_flight_wait_for_a_slot(broker: MosquittoBroker, device_topic: str) -> None:
     async with MqttRpcClient(broker.host, broker.port, max_in_flight=4) as client:
         replies = await asyncio.gather(*(client.call(device_topic, {"i": i}) for i in range(50)))
         assert [r["result"]["request"]["i"] for r in replies] == list(range(50))
@@ -74,7 +74,7 @@ async def test_calls_beyond_max_in_flight_wait_for_a_slot(broker: Broker, device
 
 
 async def test_calls_waiting_for_a_slot_count_as_pending_and_keep_their_deadline(
-    broker: Broker, silent_topic: str
+    broker: MosquittoBroker, silent_topic: str
 ) -> None:
     async with MqttRpcClient(broker.host, broker.port, max_in_flight=4) as client:
         calls = [asyncio.ensure_future(client.call(silent_topic, {"i": i}, timeout=0.3)) for i in range(10)]

@@ -6,7 +6,7 @@ import pytest
 
 from mqtt_rpc import MqttRpcClient, PayloadError
 
-from .conftest import Broker
+from mqtt_rpc.testing import MosquittoBroker
 
 
 @pytest.mark.parametrize(
@@ -43,7 +43,7 @@ async def test_bad_input_raises_payload_error_before_publishing(
     assert client.pending == 0
 
 
-async def test_a_payload_over_the_packet_limit_is_refused(broker: Broker) -> None:
+async def test_a_payload_over_the_packet_limit_is_refused(broker: MosquittoBroker) -> None:
     async with MqttRpcClient(broker.host, broker.port, max_packet_size=1000) as client:
         with pytest.raises(PayloadError, match="maximum packet size of 1000"):
             await client.call("dev1/device/control/set", {"blob": "x" * 1000})

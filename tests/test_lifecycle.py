@@ -12,7 +12,7 @@ import pytest
 
 from mqtt_rpc import ConnectionLostError, MqttRpcClient, NotConnectedError, RpcTimeoutError
 
-from .conftest import Broker, free_port
+from mqtt_rpc.testing import MosquittoBroker, free_port
 
 
 @pytest.mark.parametrize("timeout, shown", [(0.5, "0.5"), (1, "1"), (0.25, "0.25")])
@@ -31,7 +31,7 @@ async def test_timeout_raises_the_old_error_on_time_and_leaves_nothing(
     assert client.stats()["calls_timed_out"] == 1
 
 
-async def test_the_default_timeout_is_the_clients(broker: Broker, silent_topic: str) -> None:
+async def test_the_default_timeout_is_the_clients(broker: MosquittoBroker, silent_topic: str) -> None:
     async with MqttRpcClient(broker.host, broker.port, timeout=0.3) as client:
         with pytest.raises(RpcTimeoutError, match=r"after 0\.3s"):
             await client.call(silent_topic, "{}")
@@ -65,7 +65,7 @@ async def test_wait_for_around_call_cancels_cleanly(client: MqttRpcClient, silen
     assert client.pending == 0
 
 
-async def test_a_call_before_connect_raises_not_connected(broker: Broker) -> None:
+async def test_a_call_before_connect_raises_not_connected(broker: MosquittoBroker) -> None:
     client = MqttRpcClient(broker.host, broker.port)
     with pytest.raises(NotConnectedError, match="connect") as raised:
         await client.call("dev1/device/control/set", "{}")
@@ -73,7 +73,7 @@ async def test_a_call_before_connect_raises_not_connected(broker: Broker) -> Non
     assert client.pending == 0
 
 
-async def test_a_call_after_close_raises_not_connected(broker: Broker) -> None:
+async def test_a_call_after_close_raises_not_connected(broker: MosquittoBroker) -> None:
     client = MqttRpcClient(broker.host, broker.port)
     await client.connect()
     await client.close()
@@ -94,7 +94,7 @@ async def test_a_refused_connection_raises_connection_error_quickly() -> None:
         await client.call("dev1/device/control/set", "{}")
 
 
-async def test_close_fails_pending_calls_with_connection_lost(broker: Broker, silent_topic: str) -> None:
+async def test_close_fails_pending_calls_with_connection_lost(broker: MosquittoBroker, silent_topic: str) -> None:
     client = MqttRpcClient(broker.host, broker.port)
     await client.connect()
     calls = [asyncio.ensure_future(client.call(silent_topic, {"i": i}, timeout=30)) for i in range(10)]
@@ -107,7 +107,7 @@ async def test_close_fails_pending_calls_with_connection_lost(broker: Broker, si
     assert not client.connected
 
 
-async def test_the_default_client_id_is_unique(broker: Broker) -> None:
+async def test_the_default_client_id_is_unique(broker: MosquittoBroker) -> None:
     a, b = MqttRpcClient(broker.host, broker.port), MqttRpcClient(broker.host, broker.port)
     assert a.client_id != b.client_id
     # Two replicas with default ids stay connected side by side.
@@ -141,7 +141,7 @@ EXIT_SCRIPT = textwrap.dedent(
 )
 
 
-def test_the_interpreter_exits_cleanly_with_calls_in_flight(broker: Broker, seed_device: object) -> None:
+def test_the_interpreter_exits_cleanly_with_calls_in_flight(broker: MosquittoBroker, seed_device: object) -> None:
     runs = [
         subprocess.Popen([sys.executable, "-c", EXIT_SCRIPT, str(broker.port), mode], stderr=subprocess.PIPE)
         for mode in ["close", "leave-open"] * 6

@@ -9,10 +9,10 @@ import pytest
 
 from mqtt_rpc import MqttRpcClient, PayloadError
 
-from .conftest import Broker
+from mqtt_rpc.testing import MosquittoBroker
 
 
-async def test_exactly_one_subscribe_per_request_topic(broker: Broker, device_topic: str) -> None:
+async def test_exactly_one_subscribe_per_request_topic(broker: MosquittoBroker, device_topic: str) -> None:
     other_topic = device_topic.replace("dev-", "other-")
     async with MqttRpcClient(broker.host, broker.port) as client:
         # Concurrent first calls share one SUBSCRIBE; later calls make none.
@@ -27,7 +27,7 @@ async def test_exactly_one_subscribe_per_request_topic(broker: Broker, device_to
         assert client.reply_subscriptions == 2
 
 
-async def test_one_reply_filter_covers_every_device(broker: Broker, seed_device: object) -> None:
+async def test_one_reply_filter_covers_every_device(broker: MosquittoBroker, seed_device: object) -> None:
     topics = [f"dev-{uuid.uuid4().hex[:8]}/device/control/set" for _ in range(5)]
     reply_filter = "+/device/control/set/response/+"
     async with MqttRpcClient(broker.host, broker.port, reply_filter=reply_filter) as client:
@@ -43,7 +43,7 @@ async def test_one_reply_filter_covers_every_device(broker: Broker, seed_device:
 
 
 async def test_idle_reply_filters_beyond_the_limit_are_unsubscribed_least_recent_first(
-    broker: Broker, seed_device: object
+    broker: MosquittoBroker, seed_device: object
 ) -> None:
     topics = [f"lru{i}-{uuid.uuid4().hex[:8]}/device/control/set" for i in range(4)]
     async with MqttRpcClient(broker.host, broker.port, max_reply_subscriptions=2) as client:

@@ -1,0 +1,196 @@
+"""Real parts for tests and demos: a Mosquitto broker on a free loopback port and the Rust
+responder (`mqtt-rpc-responder`) as a device. No mocks: both are the real programs.
+
+    with MosquittoBroker.start() as broker, ResponderDevice.start(broker, "+/device/control/set"):
+        async with MqttRpcClient(broker.host, broker.port) as client:
+            ...
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+__all__ = ["MosquittoBroker", "ResponderDevice", "free_port", "find_responder"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_mosquitto() -> str:
+    found = shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None
+    )
+    if not found:
+        raise FileNotFoundError("mosquitto is not installed: run `apt-get install -y mosquitto`")
+    return found
+
+
+class MosquittoBroker:
+    """A Mosquitto process listening on 127.0.0.1 only, with the log lines it has written.
+
+    Its log records every SUBSCRIBE and UNSUBSCRIBE, so a test can ask the broker itself
+    what a client subscribed (`subscribes(client_id)`), rather than trusting the client.
+    """
+
+    def __init__(self, process: subprocess.Popen, port: int, workdir: tempfile.TemporaryDirectory) -> None:
+        self.host = "127.0.0.1"
+        self.port = port
+        self.process = process
+        self.lines: List[str] = []
+        self._running = threading.Event()
+        self._workdir = workdir
+        threading.Thread(target=self._read_log, name="mosquitto-log", daemon=True).start()
+
+    @classmethod
+    def start(cls, timeout: float = 10, extra_config: Sequence[str] = ()) -> "MosquittoBroker":
+        workdir = tempfile.TemporaryDirectory(prefix="mqtt-rpc-mosquitto-")
+        port = free_port()
+        config = Path(workdir.name) / "mosquitto.conf"
+        config.write_text(
+            "\n".join(
+                [
+                    f"listener {port} 127.0.0.1",
+                    "allow_anonymous true",
+                    # stderr is unbuffered: the log is read line by line as it is written, and
+                    # its "running" line says the listener is open.
+                    "log_dest stderr",
+                    "log_type error",
+                    "log_type warning",
+                    "log_type information",
+                    "log_type subscribe",
+                    "log_type unsubscribe",
+                    "log_timestamp false",
+                    "max_queued_messages 100000",
+                    # Mosquitto leaves Nagle's algorithm on towards clients by default: small
+                    # replies then wait up to 40 ms for a delayed ACK.
+                    "set_tcp_nodelay true",
+                    *extra_config,
+                    "",
+                ]
+            )
+        )
+        process = subprocess.Popen(
+            [find_mosquitto(), "-c", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        broker = cls(process, port, workdir)
+        if not broker._running.wait(timeout):
+            broker.stop()
+            raise RuntimeError("mosquitto did not start: " + " | ".join(broker.lines))
+        return broker
+
+    def _read_log(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+            if line.startswith("mosquitto version") and line.rstrip().endswith(" running"):
+                self._running.set()
+
+    def subscribes(self, client_id: str) -> List[str]:
+        """The filters `client_id` subscribed, one entry per SUBSCRIBE topic."""
+        # Mosquitto logs a subscription as "<client id> <qos> <filter>".
+        return [
+            parts[2]
+            for parts in (line.split(" ") for line in list(self.lines))
+            if len(parts) == 3 and parts[0] == client_id and parts[1].isdigit()
+        ]
+
+    def unsubscribes(self, client_id: str) -> List[str]:
+        """The filters `client_id` unsubscribed; logged as "<client id> <filter>"."""
+        return [
+            parts[1]
+            for parts in (line.split(" ") for line in list(self.lines))
+            if len(parts) == 2 and parts[0] == client_id
+        ]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._workdir.cleanup()
+
+    def __enter__(self) -> "MosquittoBroker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def find_responder(repository: Optional[Path] = None) -> Path:
+    """The `mqtt-rpc-responder` binary: `$MQTT_RPC_RESPONDER`, or built with cargo in the
+    repository (a no-op when it is up to date)."""
+    configured = os.environ.get("MQTT_RPC_RESPONDER")
+    if configured:
+        return Path(configured)
+    root = repository or Path(__file__).resolve().parents[2]
+    if not (root / "Cargo.toml").exists():
+        raise FileNotFoundError(
+            "mqtt-rpc-responder not found: set MQTT_RPC_RESPONDER to its path "
+            "(cargo build --release --bin mqtt-rpc-responder)"
+        )
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "mqtt-rpc-responder"], cwd=root, check=True)
+    return root / "target" / "release" / "mqtt-rpc-responder"
+
+
+class ResponderDevice:
+    """The Rust responder answering requests on `filters`; see src/bin/responder.rs for how
+    a request steers its own answer (`"_responder": {"delay_ms", "silent", "twice",
+    "error", "garbage_first"}`)."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.process = process
+
+    @classmethod
+    def start(
+        cls, broker: MosquittoBroker, *filters: str, options: Sequence[str] = (), timeout: float = 15
+    ) -> "ResponderDevice":
+        process = subprocess.Popen(
+            [str(find_responder()), "--host", broker.host, "--port", str(broker.port), *options, *filters],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        # It prints READY once its filters are subscribed.
+        deadline = time.monotonic() + timeout
+        assert process.stdout is not None
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([process.stdout], [], [], deadline - time.monotonic())
+            line = process.stdout.readline() if readable else ""
+            if line.strip() == "READY":
+                return cls(process)
+            if not line:
+                break
+        process.kill()
+        process.wait()
+        raise RuntimeError(f"the responder for {filters} did not become ready (exit code {process.poll()})")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+    def __enter__(self) -> "ResponderDevice":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
