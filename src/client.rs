@@ -170,6 +170,9 @@ struct Shared<W> {
     outbox: Outbox,
     state: Mutex<State<W>>,
     counters: Counters,
+    /// `connect()` was called: from then on calls are accepted (and queued while the
+    /// connection is down), until `close()`.
+    connect_started: AtomicBool,
     connected: AtomicBool,
     closed: AtomicBool,
     timer_wake: Notify,
@@ -215,6 +218,7 @@ impl<W: Waiter> RpcClient<W> {
             options,
             outbox,
             counters: Counters::default(),
+            connect_started: AtomicBool::new(false),
             connected: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             timer_wake: Notify::new(),
@@ -243,6 +247,7 @@ impl<W: Waiter> RpcClient<W> {
                 "connect() was already called on this client".into(),
             ));
         };
+        shared.connect_started.store(true, Ordering::Release);
         let (ready_tx, ready_rx) = oneshot::channel();
         {
             let mut state = shared.lock();
@@ -295,7 +300,7 @@ impl<W: Waiter> RpcClient<W> {
                 "the client is not connected: it was closed, or its connect() failed".into(),
             ));
         }
-        if !shared.connected.load(Ordering::Acquire) && lock(&self.events).is_some() {
+        if !shared.connect_started.load(Ordering::Acquire) {
             return Err(CallError::NotConnected(
                 "the client is not connected: call connect() (or use `async with`) first".into(),
             ));
