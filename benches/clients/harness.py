@@ -1,0 +1,78 @@
+"""The measuring loop every Python benchmark client shares, so that they differ only in how
+a call is made: `concurrency` callers call in a loop, first for a warm-up, then for the
+measured seconds; then one JSON line: calls, seconds, cpu_seconds, p50_ms, p99_ms."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import time
+from typing import Awaitable, Callable, List, Tuple
+
+PAYLOAD = '{"action": "GET_HEALTH_CHECK"}'
+Call = Callable[[str, str], Awaitable[object]]
+
+
+def arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--topic", required=True)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument("--qos", type=int, default=0)
+    return parser.parse_args()
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of the process
+    return usage.ru_utime + usage.ru_stime
+
+
+async def callers(call: Call, topic: str, concurrency: int, seconds: float) -> List[float]:
+    until = time.perf_counter() + seconds
+    latencies: List[float] = []
+
+    async def caller() -> None:
+        clock = time.perf_counter
+        while clock() < until:
+            started = clock()
+            await call(topic, PAYLOAD)
+            latencies.append(clock() - started)
+
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return latencies
+
+
+def percentile_ms(latencies: List[float], fraction: float) -> float:
+    ordered = sorted(latencies)
+    index = min(len(ordered), max(1, -(-len(ordered) * fraction // 1))) - 1
+    return ordered[int(index)] * 1000
+
+
+async def measure(connect: Callable[[argparse.Namespace], Awaitable[Tuple[Call, Callable[[], Awaitable[None]]]]]) -> None:
+    args = arguments()
+    call, close = await connect(args)
+    await callers(call, args.topic, args.concurrency, args.warmup)
+    cpu_before, started = cpu_seconds(), time.perf_counter()
+    latencies = await callers(call, args.topic, args.concurrency, args.seconds)
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_before
+    await close()
+    print(
+        json.dumps(
+            {
+                "calls": len(latencies),
+                "seconds": seconds,
+                "cpu_seconds": cpu,
+                "p50_ms": percentile_ms(latencies, 0.5),
+                "p99_ms": percentile_ms(latencies, 0.99),
+            }
+        ),
+        flush=True,
+    )
+
+
+def run(connect: Callable[[argparse.Namespace], Awaitable[Tuple[Call, Callable[[], Awaitable[None]]]]]) -> None:
+    asyncio.run(measure(connect))

@@ -1,0 +1,164 @@
+"""The mqtt-rpc benchmark: calls/s, latency, CPU and memory of four clients against one
+Mosquitto and the Rust responder, all started here on free loopback ports.
+
+    scripts/bench                      # the full run: writes BENCHMARKS.md and the plot
+    scripts/bench --quick              # one repetition, shorter runs, no soak
+
+Clients (benches/clients/, and src/bin/bench_limit.rs):
+  ours   MqttRpcClient.call on asyncio
+  seed   the hand-written client this project replaces (per-call subscribe, awscrt)
+  best   a careful paho-mqtt client: one wildcard subscription, a dict of futures
+  limit  the Rust core with no Python: what the broker and device allow
+
+Each measurement is one fresh process of one client at one concurrency: a warm-up, then
+`--seconds` of `concurrency` callers calling in a loop. Repetitions alternate the clients
+(rotating their order), and ratios are paired within a repetition before taking medians,
+so that the machine's drift hits every client alike. The soak runs `ours` for a million
+calls and samples its RSS and `pending` every 100,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIENTS = ROOT / "benches" / "clients"
+LIMIT = ROOT / "target" / "release" / "mqtt-rpc-bench-limit"
+NAMES = {
+    "ours": "ours (MqttRpcClient)",
+    "seed": "seed (hand-written, awscrt)",
+    "best": "best Python (paho-mqtt)",
+    "limit": "limit (Rust core, no Python)",
+}
+
+sys.path.insert(0, str(ROOT / "python"))
+from mqtt_rpc.testing import MosquittoBroker, ResponderDevice  # noqa: E402
+
+
+def run_client(name: str, port: int, topic: str, concurrency: int, seconds: float, qos: int) -> Dict[str, float]:
+    common = ["--port", str(port), "--topic", topic, "--concurrency", str(concurrency)]
+    common += ["--seconds", str(seconds), "--qos", str(qos)]
+    script = {"ours": "ours.py", "seed": "seed_awscrt.py", "best": "best_paho.py"}
+    command = [str(LIMIT), *common] if name == "limit" else [sys.executable, str(CLIENTS / script[name]), *common]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err, cwd=CLIENTS)
+        # A stuck client must not stall the whole run.
+        watchdog = threading.Timer(seconds * 4 + 120, process.kill)
+        watchdog.start()
+        # wait4 gives this child's own peak RSS (kilobytes on Linux).
+        _, status, usage = os.wait4(process.pid, 0)
+        watchdog.cancel()
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    if process.returncode != 0:
+        raise RuntimeError(f"{name} at concurrency {concurrency} failed ({process.returncode}): {stderr[-2000:]}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result["calls_per_second"] = result["calls"] / result["seconds"]
+    result["cpu_per_1000_calls"] = result["cpu_seconds"] / result["calls"] * 1000
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024
+    return result
+
+
+def median_and_spread(values: List[float]) -> Dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def soak(port: int, topic: str, calls: int) -> List[Dict[str, float]]:
+    process = subprocess.run(
+        [sys.executable, str(CLIENTS / "soak.py"), "--port", str(port), "--topic", topic, "--calls", str(calls)],
+        capture_output=True,
+        check=True,
+        cwd=CLIENTS,
+    )
+    return [json.loads(line) for line in process.stdout.decode().splitlines() if line.startswith("{")]
+
+
+def machine() -> Dict[str, str]:
+    model = ""
+    try:
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    mosquitto = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.splitlines()[:1]
+    return {
+        "date": datetime.date.today().isoformat(),
+        "cpu": f"{os.cpu_count()} cores, {model}",
+        "memory_gb": str(round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "broker": mosquitto[0] if mosquitto else "mosquitto",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", default="ours,seed,best,limit")
+    parser.add_argument("--concurrency", default="1,16,256,1024")
+    parser.add_argument("--qos", default="0,1")
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--soak-calls", type=int, default=1_000_000)
+    parser.add_argument("--quick", action="store_true", help="1 repetition of 1 s, QoS 0, no soak")
+    parser.add_argument("--results", type=Path, default=ROOT / "benches" / "results.json")
+    args = parser.parse_args()
+    if args.quick:
+        args.repetitions, args.seconds, args.qos, args.soak_calls = 1, 1.0, "0", 0
+    clients = args.clients.split(",")
+    levels = [int(c) for c in args.concurrency.split(",")]
+    qos_levels = [int(q) for q in args.qos.split(",")]
+
+    runs: List[Dict[str, object]] = []
+    soak_samples: Optional[List[Dict[str, float]]] = None
+    print("starting mosquitto and two responders (QoS 0 and QoS 1)...", flush=True)
+    with MosquittoBroker.start() as broker, ResponderDevice.start(
+        broker, "+/qos0/control/set"
+    ), ResponderDevice.start(broker, "+/qos1/control/set", options=["--qos", "1"]):
+        for qos in qos_levels:
+            topic = f"bench/qos{qos}/control/set"
+            for repetition in range(args.repetitions):
+                for concurrency in levels:
+                    # Rotate the order each repetition so no client always runs first or last.
+                    shift = (repetition + levels.index(concurrency)) % len(clients)
+                    for name in clients[shift:] + clients[:shift]:
+                        result = run_client(name, broker.port, topic, concurrency, args.seconds, qos)
+                        runs.append(
+                            {"client": name, "qos": qos, "concurrency": concurrency, "repetition": repetition, **result}
+                        )
+                        print(
+                            f"qos {qos} rep {repetition + 1} c={concurrency:<5} {name:<6}"
+                            f" {result['calls_per_second']:>10,.0f} calls/s  p50 {result['p50_ms']:7.3f} ms"
+                            f"  p99 {result['p99_ms']:7.3f} ms  cpu/1k {result['cpu_per_1000_calls']:.3f} s"
+                            f"  rss {result['peak_rss_mb']:.0f} MB",
+                            flush=True,
+                        )
+        if args.soak_calls:
+            print(f"soak: {args.soak_calls:,} calls with `ours`...", flush=True)
+            soak_samples = soak(broker.port, "bench/qos0/control/set", args.soak_calls)
+            for sample in soak_samples:
+                print(f"  {sample}", flush=True)
+
+    report = {"machine": machine(), "settings": vars(args) | {"results": str(args.results)}, "runs": runs}
+    report["soak"] = soak_samples
+    args.results.write_text(json.dumps(report, indent=1))
+    print(f"wrote {args.results}; render with: python benches/report.py {args.results}")
+
+
+if __name__ == "__main__":
+    main()
