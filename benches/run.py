@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -53,13 +52,11 @@ def run_client(name: str, port: int, topic: str, concurrency: int, seconds: floa
     command = [str(LIMIT), *common] if name == "limit" else [sys.executable, str(CLIENTS / script[name]), *common]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen(command, stdout=out, stderr=err, cwd=CLIENTS)
-        # A stuck client must not stall the whole run.
-        watchdog = threading.Timer(seconds * 4 + 120, process.kill)
-        watchdog.start()
-        # wait4 gives this child's own peak RSS (kilobytes on Linux).
-        _, status, usage = os.wait4(process.pid, 0)
-        watchdog.cancel()
-        process.returncode = os.waitstatus_to_exitcode(status)
+        try:
+            process.wait(timeout=seconds * 4 + 120)
+        except subprocess.TimeoutExpired:
+            process.kill()  # a stuck client must not stall the whole run
+            process.wait()
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
@@ -68,7 +65,6 @@ def run_client(name: str, port: int, topic: str, concurrency: int, seconds: floa
     result = json.loads(stdout.strip().splitlines()[-1])
     result["calls_per_second"] = result["calls"] / result["seconds"]
     result["cpu_per_1000_calls"] = result["cpu_seconds"] / result["calls"] * 1000
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024
     return result
 
 

@@ -7,7 +7,7 @@
 //! subscriptions together; waiters are completed only after it is released, since
 //! completing one may run a caller's code.
 
-use crate::link::{self, Events, Inbound, LinkOptions, Outbox, Protocol};
+use crate::link::{self, ConnectionOptions, Events, Inbound, Outbox, Protocol};
 use crate::pending::{Admission, Call, PendingTable, Stage};
 use crate::protocol::{self, InputError, RemoteError, Reply, ReplyOutcome};
 use crate::subscriptions::{Need, ReplySubscriptions, Settled};
@@ -23,22 +23,14 @@ use tokio::task::JoinHandle;
 /// Everything a client is configured with. `Default` gives a local broker on 1883.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    pub host: String,
-    pub port: u16,
-    pub client_id: String,
-    pub protocol: Protocol,
+    pub connection: ConnectionOptions,
     pub qos: u8,
-    pub keepalive: Duration,
-    pub username: Option<String>,
-    pub password: Option<String>,
     /// One filter that covers every reply; then no per-topic reply subscription is made.
     pub reply_filter: Option<String>,
     /// Idle per-topic reply filters held beyond this are unsubscribed, least recently used first.
     pub max_reply_subscriptions: usize,
     /// Calls published and unanswered at once; more wait for a slot within their timeout.
     pub max_in_flight: usize,
-    pub max_packet_size: usize,
-    pub connect_timeout: Duration,
     /// Pause between reconnect attempts after the connection is lost.
     pub reconnect_delay: Duration,
 }
@@ -46,28 +38,14 @@ pub struct ClientOptions {
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
-            host: "localhost".into(),
-            port: 1883,
-            client_id: default_client_id(),
-            protocol: Protocol::V311,
+            connection: ConnectionOptions::default(),
             qos: 0,
-            keepalive: Duration::from_secs(60),
-            username: None,
-            password: None,
             reply_filter: None,
             max_reply_subscriptions: 1000,
             max_in_flight: 4096,
-            max_packet_size: 1024 * 1024,
-            connect_timeout: Duration::from_secs(10),
             reconnect_delay: Duration::from_secs(1),
         }
     }
-}
-
-/// A client id that two replicas of one service never share (a shared id makes the broker
-/// disconnect one for the other, over and over).
-pub fn default_client_id() -> String {
-    format!("mqtt-rpc-{}", uuid::Uuid::new_v4().simple())
 }
 
 /// Why a call did not get an answer.
@@ -193,20 +171,12 @@ impl<W: Waiter> RpcClient<W> {
             protocol::validate_filter(filter)?;
         }
         let max_in_flight = options.max_in_flight.max(1);
-        let (outbox, events) = link::open(&LinkOptions {
-            host: options.host.clone(),
-            port: options.port,
-            client_id: options.client_id.clone(),
-            protocol: options.protocol,
-            keepalive: options.keepalive,
-            username: options.username.clone(),
-            password: options.password.clone(),
-            max_packet_size: options.max_packet_size,
+        let (outbox, events) = link::open(
+            &options.connection,
             // Room for every in-flight publish plus the subscribes that precede them.
-            request_capacity: max_in_flight + 1024,
-            max_inflight: u16::try_from(max_in_flight).unwrap_or(u16::MAX),
-            connect_timeout: options.connect_timeout,
-        });
+            max_in_flight + 1024,
+            u16::try_from(max_in_flight).unwrap_or(u16::MAX),
+        );
         let (shutdown, _) = watch::channel(false);
         let shared = Shared {
             state: Mutex::new(State {
@@ -269,14 +239,15 @@ impl<W: Waiter> RpcClient<W> {
             tasks.push(tokio::spawn(drive_events(shared.clone(), events)));
             tasks.push(tokio::spawn(sweep_deadlines(shared.clone())));
         }
-        let address = format!("{}:{}", shared.options.host, shared.options.port);
+        let connection = &shared.options.connection;
+        let address = format!("{}:{}", connection.host, connection.port);
         // The event loop reports its own connect timeout; this bound also covers the SUBACK.
-        let bound = shared.options.connect_timeout + Duration::from_secs(1);
+        let bound = connection.connect_timeout + Duration::from_secs(1);
         let failure = match tokio::time::timeout(bound, ready_rx).await {
             Ok(Ok(Ok(()))) => return Ok(()),
             Ok(Ok(Err(why))) => why,
             Ok(Err(_)) => "the connection task ended".to_string(),
-            Err(_) => format!("no answer within {:?}", shared.options.connect_timeout),
+            Err(_) => format!("no answer within {:?}", connection.connect_timeout),
         };
         self.stop();
         Err(CallError::NotConnected(format!(
@@ -318,11 +289,9 @@ impl<W: Waiter> RpcClient<W> {
         }
         let request = protocol::build_request(payload, &request_id).map_err(CallError::Input)?;
         let size = packet_size(topic, &request, shared.outbox.protocol());
-        if size > shared.options.max_packet_size {
-            return Err(CallError::Input(InputError::TooLarge {
-                size,
-                limit: shared.options.max_packet_size,
-            }));
+        let limit = shared.options.connection.max_packet_size;
+        if size > limit {
+            return Err(CallError::Input(InputError::TooLarge { size, limit }));
         }
         let waiter = make_waiter();
         bump(&shared.counters.started);

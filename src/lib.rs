@@ -12,4 +12,4 @@ pub mod subscriptions;
 mod python;
 
 pub use client::{CallError, ClientOptions, Outcome, RpcClient, Stats, Waiter};
-pub use link::Protocol;
+pub use link::{ConnectionOptions, Protocol};

@@ -15,9 +15,9 @@ pub enum Protocol {
     V5,
 }
 
-/// What a connection needs to be opened.
+/// Where and how to connect: what every client of the broker (caller or responder) needs.
 #[derive(Debug, Clone)]
-pub struct LinkOptions {
+pub struct ConnectionOptions {
     pub host: String,
     pub port: u16,
     pub client_id: String,
@@ -27,11 +27,29 @@ pub struct LinkOptions {
     pub password: Option<String>,
     /// Largest packet accepted or sent; rumqttc's default (10 KiB) is too small for replies.
     pub max_packet_size: usize,
-    /// Publishes and subscribes queued towards the event loop before `try_*` fails.
-    pub request_capacity: usize,
-    /// QoS 1 publishes awaiting PUBACK before rumqttc stops taking new requests.
-    pub max_inflight: u16,
     pub connect_timeout: Duration,
+}
+
+impl Default for ConnectionOptions {
+    fn default() -> Self {
+        ConnectionOptions {
+            host: "localhost".into(),
+            port: 1883,
+            client_id: default_client_id(),
+            protocol: Protocol::V311,
+            keepalive: Duration::from_secs(60),
+            username: None,
+            password: None,
+            max_packet_size: 1024 * 1024,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A client id that two replicas of one service never share (a shared id makes the broker
+/// disconnect one for the other, over and over).
+pub fn default_client_id() -> String {
+    format!("mqtt-rpc-{}", uuid::Uuid::new_v4().simple())
 }
 
 /// What one event-loop poll reported, whatever the protocol version.
@@ -72,7 +90,14 @@ pub enum Events {
     V5(Box<v5::EventLoop>),
 }
 
-pub fn open(options: &LinkOptions) -> (Outbox, Events) {
+/// Opens a connection (nothing is sent until `Events` is polled). `request_capacity` bounds
+/// the publishes and subscribes queued towards the event loop before `try_*` fails;
+/// `max_inflight` the QoS 1 publishes awaiting PUBACK before rumqttc stops taking requests.
+pub fn open(
+    options: &ConnectionOptions,
+    request_capacity: usize,
+    max_inflight: u16,
+) -> (Outbox, Events) {
     let mut network = NetworkOptions::new();
     // rumqttc leaves Nagle's algorithm on: every small request would wait for an ACK.
     network.set_tcp_nodelay(true);
@@ -83,12 +108,12 @@ pub fn open(options: &LinkOptions) -> (Outbox, Events) {
                 rumqttc::MqttOptions::new(&options.client_id, &options.host, options.port);
             mqtt.set_keep_alive(options.keepalive)
                 .set_max_packet_size(options.max_packet_size, options.max_packet_size)
-                .set_inflight(options.max_inflight)
+                .set_inflight(max_inflight)
                 .set_clean_session(true);
             if let Some(user) = &options.username {
                 mqtt.set_credentials(user, options.password.clone().unwrap_or_default());
             }
-            let (client, mut events) = rumqttc::AsyncClient::new(mqtt, options.request_capacity);
+            let (client, mut events) = rumqttc::AsyncClient::new(mqtt, request_capacity);
             events.set_network_options(network);
             (Outbox::V311(client), Events::V311(Box::new(events)))
         }
@@ -97,13 +122,13 @@ pub fn open(options: &LinkOptions) -> (Outbox, Events) {
             let max_packet = u32::try_from(options.max_packet_size).unwrap_or(u32::MAX);
             mqtt.set_keep_alive(options.keepalive)
                 .set_max_packet_size(Some(max_packet))
-                .set_outgoing_inflight_upper_limit(options.max_inflight)
+                .set_outgoing_inflight_upper_limit(max_inflight)
                 .set_clean_start(true)
                 .set_network_options(network);
             if let Some(user) = &options.username {
                 mqtt.set_credentials(user, options.password.clone().unwrap_or_default());
             }
-            let (client, events) = v5::AsyncClient::new(mqtt, options.request_capacity);
+            let (client, events) = v5::AsyncClient::new(mqtt, request_capacity);
             (Outbox::V5(client), Events::V5(Box::new(events)))
         }
     }

@@ -1,6 +1,6 @@
 """The measuring loop every Python benchmark client shares, so that they differ only in how
 a call is made: `concurrency` callers call in a loop, first for a warm-up, then for the
-measured seconds; then one JSON line: calls, seconds, cpu_seconds, p50_ms, p99_ms."""
+measured seconds; then one JSON line: calls, seconds, cpu_seconds, p50_ms, p99_ms, peak_rss_mb."""
 
 from __future__ import annotations
 
@@ -24,6 +24,15 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--qos", type=int, default=0)
     return parser.parse_args()
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory (VmHWM). Not the parent's wait4 figure: on
+    Linux that one also counts what the forking parent held before exec."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def cpu_seconds() -> float:
@@ -68,6 +77,7 @@ async def measure(connect: Callable[[argparse.Namespace], Awaitable[Tuple[Call, 
                 "cpu_seconds": cpu,
                 "p50_ms": percentile_ms(latencies, 0.5),
                 "p99_ms": percentile_ms(latencies, 0.99),
+                "peak_rss_mb": peak_rss_mb(),
             }
         ),
         flush=True,

@@ -3,9 +3,9 @@
 //! calling in a loop) with no Python at all: what the broker and device allow.
 //!
 //! Prints one JSON object: calls, seconds, cpu_seconds, p50_ms, p99_ms (measured after a
-//! warm-up), the format every benchmark client of `benches/` prints.
+//! warm-up) and peak_rss_mb, the format every benchmark client of `benches/` prints.
 
-use mqtt_rpc::{ClientOptions, Protocol, RpcClient};
+use mqtt_rpc::{ClientOptions, ConnectionOptions, RpcClient};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,6 +67,18 @@ fn cpu_seconds() -> f64 {
     }
 }
 
+/// This process's peak resident memory (VmHWM), in MiB.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib / 1024.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
 /// Runs `concurrency` callers until `until`; returns every latency.
 async fn run_callers(
     client: &Arc<Client>,
@@ -112,9 +124,11 @@ fn percentile_ms(sorted: &[Duration], fraction: f64) -> f64 {
 async fn run(args: Args) -> Result<String, String> {
     let client: Arc<Client> = Arc::new(
         RpcClient::new(ClientOptions {
-            host: "127.0.0.1".into(),
-            port: args.port,
-            protocol: Protocol::V311,
+            connection: ConnectionOptions {
+                host: "127.0.0.1".into(),
+                port: args.port,
+                ..ConnectionOptions::default()
+            },
             qos: args.qos,
             ..ClientOptions::default()
         })
@@ -126,18 +140,23 @@ async fn run(args: Args) -> Result<String, String> {
 
     let cpu_before = cpu_seconds();
     let started = Instant::now();
-    let mut latencies =
-        run_callers(&client, &args, started + Duration::from_secs_f64(args.seconds)).await?;
+    let mut latencies = run_callers(
+        &client,
+        &args,
+        started + Duration::from_secs_f64(args.seconds),
+    )
+    .await?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu_before;
     client.close().await;
 
     latencies.sort_unstable();
     Ok(format!(
-        r#"{{"calls": {}, "seconds": {seconds:.6}, "cpu_seconds": {cpu:.4}, "p50_ms": {:.4}, "p99_ms": {:.4}}}"#,
+        r#"{{"calls": {}, "seconds": {seconds:.6}, "cpu_seconds": {cpu:.4}, "p50_ms": {:.4}, "p99_ms": {:.4}, "peak_rss_mb": {:.2}}}"#,
         latencies.len(),
         percentile_ms(&latencies, 0.5),
         percentile_ms(&latencies, 0.99),
+        peak_rss_mb(),
     ))
 }
 

@@ -19,7 +19,7 @@
 //! can wait for that line instead of sleeping.
 
 use bytes::Bytes;
-use mqtt_rpc::link::{self, Inbound, LinkOptions, Outbox, Protocol};
+use mqtt_rpc::link::{self, ConnectionOptions, Inbound, Outbox, Protocol};
 use mqtt_rpc::protocol;
 use serde_json::{json, Map, Value};
 use std::io::Write;
@@ -234,19 +234,16 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (outbox, mut events) = link::open(&LinkOptions {
+    let connection = ConnectionOptions {
         host: args.host.clone(),
         port: args.port,
         client_id: args.client_id.clone(),
         protocol: args.protocol,
         keepalive: Duration::from_secs(30),
-        username: None,
-        password: None,
-        max_packet_size: 1024 * 1024,
-        request_capacity: 65_536,
-        max_inflight: u16::MAX,
         connect_timeout: Duration::from_secs(5),
-    });
+        ..ConnectionOptions::default()
+    };
+    let (outbox, mut events) = link::open(&connection, 65_536, u16::MAX);
     let mut unacknowledged = args.filters.len();
     loop {
         match events.next().await {

@@ -6,7 +6,7 @@ use super::bridge::{Completion, LoopBridge, PyWaiter};
 use super::errors::{call_error, value_error};
 use super::runtime::runtime;
 use crate::client::{CallError, ClientOptions, RpcClient};
-use crate::link::Protocol;
+use crate::link::{ConnectionOptions, Protocol};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString, PyTuple};
@@ -118,19 +118,21 @@ impl CoreClient {
             ));
         }
         let options = ClientOptions {
-            host,
-            port,
-            client_id: client_id.unwrap_or_else(crate::client::default_client_id),
-            protocol,
+            connection: ConnectionOptions {
+                host,
+                port,
+                client_id: client_id.unwrap_or_else(crate::link::default_client_id),
+                protocol,
+                keepalive: seconds("keepalive", keepalive)?,
+                username,
+                password,
+                max_packet_size,
+                connect_timeout: seconds("connect_timeout", connect_timeout)?,
+            },
             qos,
-            keepalive: seconds("keepalive", keepalive)?,
-            username,
-            password,
             reply_filter,
             max_reply_subscriptions,
             max_in_flight,
-            max_packet_size,
-            connect_timeout: seconds("connect_timeout", connect_timeout)?,
             ..ClientOptions::default()
         };
         let inner = RpcClient::new(options).map_err(|e| value_error(e.to_string()))?;
@@ -248,7 +250,7 @@ impl CoreClient {
 
     #[getter]
     fn client_id(&self) -> String {
-        self.inner.options().client_id.clone()
+        self.inner.options().connection.client_id.clone()
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
