@@ -65,6 +65,8 @@ class MqttRpcClient:
         timeout: float = 10,
         connect_timeout: float = 10,
     ) -> None:
+        if not (isinstance(port, int) and 0 < port < 65536):
+            raise ValueError(f"port must be a TCP port number (1-65535), not {port!r}")
         if not (isinstance(timeout, (int, float)) and timeout > 0):
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
         self._core = _core.CoreClient(
