@@ -31,8 +31,14 @@ pub struct ClientOptions {
     pub max_reply_subscriptions: usize,
     /// Calls published and unanswered at once; more wait for a slot within their timeout.
     pub max_in_flight: usize,
-    /// Pause between reconnect attempts after the connection is lost.
-    pub reconnect_delay: Duration,
+    /// Reconnect attempts wait `reconnect_min_delay`, doubling up to `reconnect_max_delay`,
+    /// each scaled by a random factor in [0.5, 1] so that a fleet of clients does not
+    /// return to a restarted broker all at once.
+    pub reconnect_min_delay: Duration,
+    pub reconnect_max_delay: Duration,
+    /// While the connection is down, fail new calls at once with `NotConnected` instead of
+    /// holding them until it is back (within their own timeout).
+    pub fail_fast: bool,
 }
 
 impl Default for ClientOptions {
@@ -43,7 +49,9 @@ impl Default for ClientOptions {
             reply_filter: None,
             max_reply_subscriptions: 1000,
             max_in_flight: 4096,
-            reconnect_delay: Duration::from_secs(1),
+            reconnect_min_delay: Duration::from_millis(100),
+            reconnect_max_delay: Duration::from_secs(10),
+            fail_fast: false,
         }
     }
 }
@@ -97,6 +105,23 @@ impl Waiter for oneshot::Sender<Outcome> {
         let _ = self.send(outcome);
     }
 }
+
+/// A change of the connection, reported to the sink given to `set_event_sink`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionEvent {
+    Connected {
+        /// True for every connection after the first.
+        reconnect: bool,
+        /// The broker kept the session (and so the reply subscriptions).
+        session_present: bool,
+    },
+    Disconnected {
+        reason: String,
+    },
+}
+
+/// Receives connection events on a tokio thread: it must not block.
+pub type EventSink = Box<dyn Fn(ConnectionEvent) + Send + Sync>;
 
 /// Counters that only grow, plus the gauges derived from the live tables.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -152,9 +177,13 @@ struct Shared<W> {
     /// connection is down), until `close()`.
     connect_started: AtomicBool,
     connected: AtomicBool,
+    /// `close()` began: no new calls; it waits (bounded) for the table to empty.
+    closing: AtomicBool,
     closed: AtomicBool,
+    drained: Notify,
     timer_wake: Notify,
     shutdown: watch::Sender<bool>,
+    event_sink: std::sync::OnceLock<EventSink>,
 }
 
 /// An MQTT RPC client. Dropping it stops its tasks and drops the connection.
@@ -190,9 +219,12 @@ impl<W: Waiter> RpcClient<W> {
             counters: Counters::default(),
             connect_started: AtomicBool::new(false),
             connected: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            drained: Notify::new(),
             timer_wake: Notify::new(),
             shutdown,
+            event_sink: std::sync::OnceLock::new(),
         };
         Ok(RpcClient {
             shared: Arc::new(shared),
@@ -203,6 +235,11 @@ impl<W: Waiter> RpcClient<W> {
 
     pub fn options(&self) -> &ClientOptions {
         &self.shared.options
+    }
+
+    /// Where connection events go; set it before `connect()`. Only the first sink is kept.
+    pub fn set_event_sink(&self, sink: EventSink) {
+        let _ = self.shared.event_sink.set(sink);
     }
 
     /// Connects (and subscribes the `reply_filter`, if any) within `connect_timeout`.
@@ -266,7 +303,7 @@ impl<W: Waiter> RpcClient<W> {
         make_waiter: impl FnOnce() -> W,
     ) -> Result<String, CallError> {
         let shared = &self.shared;
-        if shared.closed.load(Ordering::Acquire) {
+        if shared.closing.load(Ordering::Acquire) {
             return Err(CallError::NotConnected(
                 "the client is not connected: it was closed, or its connect() failed".into(),
             ));
@@ -274,6 +311,11 @@ impl<W: Waiter> RpcClient<W> {
         if !shared.connect_started.load(Ordering::Acquire) {
             return Err(CallError::NotConnected(
                 "the client is not connected: call connect() (or use `async with`) first".into(),
+            ));
+        }
+        if shared.options.fail_fast && !shared.connected.load(Ordering::Acquire) {
+            return Err(CallError::NotConnected(
+                "the connection to the broker is down (fail_fast is set)".into(),
             ));
         }
         protocol::validate_request_topic(topic).map_err(CallError::Input)?;
@@ -374,13 +416,22 @@ impl<W: Waiter> RpcClient<W> {
         }
     }
 
-    /// Fails every pending call with `ConnectionLost`, sends DISCONNECT and waits (bounded)
-    /// for the tasks to end. Closing twice is harmless.
-    pub async fn close(&self) {
+    /// Refuses new calls, waits up to `grace` for the pending ones to end, fails what is
+    /// left with `ConnectionLost`, sends DISCONNECT and waits (bounded) for the tasks to
+    /// end. Closing twice is harmless.
+    pub async fn close(&self, grace: Duration) {
         let shared = &self.shared;
-        if shared.closed.swap(true, Ordering::AcqRel) {
+        if shared.closing.swap(true, Ordering::AcqRel) {
             return;
         }
+        let deadline = tokio::time::Instant::now() + grace;
+        while !shared.lock().calls.is_empty() {
+            tokio::select! {
+                _ = shared.drained.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        shared.closed.store(true, Ordering::Release);
         let calls = shared.lock().calls.drain();
         for (_, call) in calls {
             bump(&shared.counters.failed);
@@ -403,6 +454,7 @@ impl<W: Waiter> RpcClient<W> {
 
     /// Stops the tasks without waiting: for a failed connect and for `Drop`.
     fn stop(&self) {
+        self.shared.closing.store(true, Ordering::Release);
         self.shared.closed.store(true, Ordering::Release);
         self.shared.connected.store(false, Ordering::Release);
         let _ = self.shared.shutdown.send(true);
@@ -578,6 +630,9 @@ impl<W: Waiter> Shared<W> {
                 self.admit(state, &next, wakeups);
             }
         }
+        if state.calls.is_empty() && self.closing.load(Ordering::Acquire) {
+            self.drained.notify_one();
+        }
         Some(call)
     }
 
@@ -609,25 +664,47 @@ impl<W: Waiter> Shared<W> {
         }
     }
 
+    fn emit(&self, event: ConnectionEvent) {
+        if let Some(sink) = self.event_sink.get() {
+            sink(event);
+        }
+    }
+
     fn on_connected(&self, session_present: bool) {
         self.connected.store(true, Ordering::Release);
-        let mut state = self.lock();
-        if state.ready.is_some() {
-            // The first connection: ready now, or once the reply_filter's SUBACK arrives.
-            if state.pinned.is_none() {
-                if let Some(ready) = state.ready.take() {
-                    let _ = ready.send(Ok(()));
+        let mut wakeups = Vec::new();
+        {
+            let mut state = self.lock();
+            if state.ready.is_some() {
+                // The first connection: ready now, or once the reply_filter's SUBACK arrives.
+                if state.pinned.is_none() {
+                    if let Some(ready) = state.ready.take() {
+                        let _ = ready.send(Ok(()));
+                    }
                 }
+                drop(state);
+                self.emit(ConnectionEvent::Connected {
+                    reconnect: false,
+                    session_present,
+                });
+                return;
             }
-            return;
-        }
-        bump(&self.counters.reconnects);
-        if !session_present {
-            // The broker forgot our filters: subscribe them again; calls wait for the SUBACKs.
-            for filter in state.subscriptions.resubscribe_all() {
+            bump(&self.counters.reconnects);
+            let (ready, to_subscribe) = state.subscriptions.reconnected(session_present);
+            for filter in to_subscribe {
+                // A SUBSCRIBE that cannot be queued is retried at the next reconnect; its
+                // calls wait within their timeouts.
                 let _ = self.outbox.subscribe(&filter, self.options.qos);
             }
+            for id in ready {
+                self.publish(&mut state, &id, &mut wakeups);
+            }
         }
+        self.wake(wakeups);
+        self.emit(ConnectionEvent::Connected {
+            reconnect: true,
+            session_present,
+        });
     }
 
     fn on_suback(&self, packet_id: u16, granted: bool) {
@@ -723,10 +800,21 @@ impl<W: Waiter> Shared<W> {
 
     /// Returns whether to keep polling (and so reconnect).
     fn on_connection_lost(&self, why: &str) -> bool {
-        self.connected.store(false, Ordering::Release);
-        if let Some(ready) = self.lock().ready.take() {
-            let _ = ready.send(Err(why.to_owned()));
-            return false;
+        let was_connected = self.connected.swap(false, Ordering::AcqRel);
+        {
+            let mut state = self.lock();
+            if let Some(ready) = state.ready.take() {
+                let _ = ready.send(Err(why.to_owned()));
+                return false;
+            }
+            // Calls in flight keep waiting for their answers (until their deadlines); new
+            // calls wait for the connection and their reply filters to be back.
+            state.subscriptions.disconnected();
+        }
+        if was_connected {
+            self.emit(ConnectionEvent::Disconnected {
+                reason: why.to_owned(),
+            });
         }
         !self.closed.load(Ordering::Acquire)
     }
@@ -752,6 +840,7 @@ impl<W: Waiter> Shared<W> {
 /// retried after `reconnect_delay` until the client is closed.
 async fn drive_events<W: Waiter>(shared: Arc<Shared<W>>, mut events: Events) {
     let mut shutdown = shared.shutdown.subscribe();
+    let mut failed_attempts = 0u32;
     loop {
         let next = tokio::select! {
             biased;
@@ -761,18 +850,42 @@ async fn drive_events<W: Waiter>(shared: Arc<Shared<W>>, mut events: Events) {
         match next {
             // Only close() queues a DISCONNECT: once it is written the work is done.
             Ok(Inbound::DisconnectSent) => break,
-            Ok(inbound) => shared.on_inbound(inbound),
+            Ok(inbound) => {
+                if matches!(inbound, Inbound::Connected { .. }) {
+                    failed_attempts = 0;
+                }
+                shared.on_inbound(inbound)
+            }
             Err(why) => {
                 if !shared.on_connection_lost(&why) {
                     break;
                 }
+                // Our SUBSCRIBEs are sent again on reconnect, by us, in a known order.
+                events.drop_queued_subscriptions();
+                let delay = reconnect_delay(&shared.options, failed_attempts);
+                failed_attempts = failed_attempts.saturating_add(1);
                 tokio::select! {
                     _ = shutdown.wait_for(|stop| *stop) => break,
-                    _ = tokio::time::sleep(shared.options.reconnect_delay) => {}
+                    _ = tokio::time::sleep(delay) => {}
                 }
             }
         }
     }
+}
+
+/// Exponential backoff from the minimum to the maximum delay, with jitter in [0.5, 1].
+fn reconnect_delay(options: &ClientOptions, failed_attempts: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let doubled = options
+        .reconnect_min_delay
+        .saturating_mul(1u32 << failed_attempts.min(20));
+    let capped = doubled.min(options.reconnect_max_delay);
+    // RandomState is seeded randomly per instance: enough randomness for jitter.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let factor = 0.5 + (random % 1000) as f64 / 2000.0;
+    capped.mul_f64(factor)
 }
 
 /// One timer for all calls: sleeps until the earliest deadline (or until a call with an

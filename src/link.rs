@@ -28,6 +28,11 @@ pub struct ConnectionOptions {
     /// Largest packet accepted or sent; rumqttc's default (10 KiB) is too small for replies.
     pub max_packet_size: usize,
     pub connect_timeout: Duration,
+    /// How long the broker keeps the session (subscriptions, queued QoS 1 messages) after
+    /// the connection drops. Zero: a clean session on every connect. MQTT 3.1.1 has no
+    /// expiry: any non-zero value asks for a persistent session (`clean_session = false`),
+    /// which the broker keeps until its own limit.
+    pub session_expiry: Duration,
 }
 
 impl Default for ConnectionOptions {
@@ -42,6 +47,7 @@ impl Default for ConnectionOptions {
             password: None,
             max_packet_size: 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
+            session_expiry: Duration::ZERO,
         }
     }
 }
@@ -109,7 +115,7 @@ pub fn open(
             mqtt.set_keep_alive(options.keepalive)
                 .set_max_packet_size(options.max_packet_size, options.max_packet_size)
                 .set_inflight(max_inflight)
-                .set_clean_session(true);
+                .set_clean_session(options.session_expiry.is_zero());
             if let Some(user) = &options.username {
                 mqtt.set_credentials(user, options.password.clone().unwrap_or_default());
             }
@@ -123,8 +129,12 @@ pub fn open(
             mqtt.set_keep_alive(options.keepalive)
                 .set_max_packet_size(Some(max_packet))
                 .set_outgoing_inflight_upper_limit(max_inflight)
-                .set_clean_start(true)
+                .set_clean_start(options.session_expiry.is_zero())
                 .set_network_options(network);
+            if !options.session_expiry.is_zero() {
+                let seconds = u32::try_from(options.session_expiry.as_secs()).unwrap_or(u32::MAX);
+                mqtt.set_session_expiry_interval(Some(seconds));
+            }
             if let Some(user) = &options.username {
                 mqtt.set_credentials(user, options.password.clone().unwrap_or_default());
             }
@@ -262,6 +272,24 @@ impl Events {
                 Ok(v5::Event::Outgoing(outgoing)) => Ok(outgoing_event(outgoing)),
                 Err(e) => Err(e.to_string()),
             },
+        }
+    }
+}
+
+impl Events {
+    /// After a connection error rumqttc would replay the SUBSCRIBE and UNSUBSCRIBE requests
+    /// it had queued; the client re-subscribes on reconnect itself, so drop them here.
+    pub fn drop_queued_subscriptions(&mut self) {
+        match self {
+            Events::V311(events) => events.pending.retain(|r| {
+                !matches!(
+                    r,
+                    rumqttc::Request::Subscribe(_) | rumqttc::Request::Unsubscribe(_)
+                )
+            }),
+            Events::V5(events) => events
+                .pending
+                .retain(|r| !matches!(r, v5::Request::Subscribe(_) | v5::Request::Unsubscribe(_))),
         }
     }
 }

@@ -22,6 +22,21 @@ enum State {
         waiting: Vec<String>,
     },
     Active,
+    /// The connection is down: nothing is sent; these calls publish once the filter is held
+    /// again (at once if the broker kept the session and the filter was held before).
+    Offline {
+        was_active: bool,
+        waiting: Vec<String>,
+    },
+}
+
+impl State {
+    fn waiting_mut(&mut self) -> Option<&mut Vec<String>> {
+        match self {
+            State::Subscribing { waiting } | State::Offline { waiting, .. } => Some(waiting),
+            State::Active => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -67,6 +82,7 @@ pub struct ReplySubscriptions {
     by_packet_id: HashMap<u16, VecDeque<Arc<str>>>,
     max_idle_held: usize,
     clock: u64,
+    online: bool,
 }
 
 impl ReplySubscriptions {
@@ -77,6 +93,7 @@ impl ReplySubscriptions {
             by_packet_id: HashMap::new(),
             max_idle_held: max_reply_subscriptions.max(1),
             clock: 0,
+            online: true,
         }
     }
 
@@ -127,27 +144,37 @@ impl ReplySubscriptions {
         if let Some(entry) = self.entries.get_mut(key) {
             entry.in_use += 1;
             entry.last_used = now;
-            return match &mut entry.state {
-                State::Active => Need::Ready,
-                State::Subscribing { waiting } => {
+            return match entry.state.waiting_mut() {
+                None => Need::Ready,
+                Some(waiting) => {
                     waiting.push(request_id.to_owned());
                     Need::Wait
                 }
             };
         }
         let filter = filter_of(key);
+        let waiting = vec![request_id.to_owned()];
+        let state = if self.online {
+            State::Subscribing { waiting }
+        } else {
+            State::Offline {
+                was_active: false,
+                waiting,
+            }
+        };
         self.entries.insert(
             key.clone(),
             Entry {
                 filter: filter.clone(),
-                state: State::Subscribing {
-                    waiting: vec![request_id.to_owned()],
-                },
+                state,
                 in_use: 1,
                 last_used: now,
                 pinned: false,
             },
         );
+        if !self.online {
+            return Need::Wait;
+        }
         self.requested.push_back(key.clone());
         Need::Subscribe(filter)
     }
@@ -172,7 +199,7 @@ impl ReplySubscriptions {
     pub fn release(&mut self, key: &str, request_id: &str) -> Vec<String> {
         if let Some(entry) = self.entries.get_mut(key) {
             entry.in_use = entry.in_use.saturating_sub(1);
-            if let State::Subscribing { waiting } = &mut entry.state {
+            if let Some(waiting) = entry.state.waiting_mut() {
                 waiting.retain(|id| id != request_id);
             }
         }
@@ -237,22 +264,52 @@ impl ReplySubscriptions {
         }
     }
 
-    /// After a reconnect without a kept session the broker has forgotten every filter: all
-    /// go back to `Subscribing` and are returned to be subscribed again; new calls wait.
-    pub fn resubscribe_all(&mut self) -> Vec<String> {
+    /// The connection is down: until `reconnected`, no filter is held and nothing is sent.
+    /// SUBSCRIBEs not yet answered are forgotten (they are sent again on reconnect).
+    pub fn disconnected(&mut self) {
+        self.online = false;
         self.requested.clear();
         self.by_packet_id.clear();
-        let mut filters = Vec::new();
-        for (key, entry) in self.entries.iter_mut() {
-            if matches!(entry.state, State::Active) {
-                entry.state = State::Subscribing {
-                    waiting: Vec::new(),
-                };
-            }
-            self.requested.push_back(key.clone());
-            filters.push(entry.filter.clone());
+        for entry in self.entries.values_mut() {
+            let was_active = matches!(entry.state, State::Active);
+            let waiting = entry
+                .state
+                .waiting_mut()
+                .map(std::mem::take)
+                .unwrap_or_default();
+            entry.state = State::Offline {
+                was_active,
+                waiting,
+            };
         }
-        filters
+    }
+
+    /// The connection is back. A filter held before stays held if the broker kept the
+    /// session; every other filter must be subscribed again. Returns the calls that may
+    /// publish now and the filters to subscribe (their calls wait for the SUBACKs).
+    pub fn reconnected(&mut self, session_present: bool) -> (Vec<String>, Vec<String>) {
+        self.online = true;
+        let mut ready = Vec::new();
+        let mut to_subscribe = Vec::new();
+        for (key, entry) in self.entries.iter_mut() {
+            let State::Offline {
+                was_active,
+                waiting,
+            } = &mut entry.state
+            else {
+                continue;
+            };
+            let waiting = std::mem::take(waiting);
+            if session_present && *was_active {
+                ready.extend(waiting);
+                entry.state = State::Active;
+            } else {
+                entry.state = State::Subscribing { waiting };
+                self.requested.push_back(key.clone());
+                to_subscribe.push(entry.filter.clone());
+            }
+        }
+        (ready, to_subscribe)
     }
 
     /// Whether the filter under `key` is held (its SUBACK arrived).
@@ -388,21 +445,59 @@ mod tests {
     }
 
     #[test]
-    fn resubscribe_puts_every_filter_back_to_subscribing() {
+    fn a_reconnect_without_the_session_subscribes_every_filter_again() {
+        let mut subs = ReplySubscriptions::new(10);
+        hold(&mut subs, "dev/set", 1);
+        let key: Arc<str> = Arc::from("dev/set");
+        subs.disconnected();
+        // Calls made while offline wait, and nothing is sent for them.
+        assert_eq!(subs.acquire(&key, "b", filter), Need::Wait);
+        let new_topic: Arc<str> = Arc::from("new/set");
+        assert_eq!(subs.acquire(&new_topic, "c", filter), Need::Wait);
+        let (ready, mut to_subscribe) = subs.reconnected(false);
+        to_subscribe.sort();
+        assert!(ready.is_empty());
+        assert_eq!(to_subscribe, ["dev/set/response/+", "new/set/response/+"]);
+        subs.sent(7);
+        subs.sent(8);
+        let mut granted = Vec::new();
+        for packet_id in [7, 8] {
+            if let Settled::Granted(ids) = subs.acknowledged(packet_id, true) {
+                granted.extend(ids);
+            }
+        }
+        granted.sort();
+        assert_eq!(granted, ["b", "c"]);
+    }
+
+    #[test]
+    fn a_reconnect_into_a_kept_session_keeps_held_filters() {
+        let mut subs = ReplySubscriptions::new(10);
+        hold(&mut subs, "dev/set", 1);
+        let key: Arc<str> = Arc::from("dev/set");
+        subs.disconnected();
+        assert_eq!(subs.acquire(&key, "b", filter), Need::Wait);
+        let (ready, to_subscribe) = subs.reconnected(true);
+        assert_eq!(ready, ["b"]);
+        assert!(to_subscribe.is_empty());
+        assert_eq!(subs.acquire(&key, "c", filter), Need::Ready);
+    }
+
+    #[test]
+    fn a_subscribe_unanswered_at_disconnect_is_sent_again_even_into_a_kept_session() {
         let mut subs = ReplySubscriptions::new(10);
         let key: Arc<str> = Arc::from("dev/set");
         subs.acquire(&key, "a", filter);
         subs.sent(1);
-        subs.acknowledged(1, true);
+        subs.disconnected();
+        assert_eq!(subs.acknowledged(1, true), Settled::Nothing);
+        let (ready, to_subscribe) = subs.reconnected(true);
+        assert!(ready.is_empty());
+        assert_eq!(to_subscribe, ["dev/set/response/+"]);
+        subs.sent(2);
         assert_eq!(
-            subs.resubscribe_all(),
-            vec!["dev/set/response/+".to_string()]
-        );
-        assert_eq!(subs.acquire(&key, "b", filter), Need::Wait);
-        subs.sent(9);
-        assert_eq!(
-            subs.acknowledged(9, true),
-            Settled::Granted(vec!["b".into()])
+            subs.acknowledged(2, true),
+            Settled::Granted(vec!["a".into()])
         );
     }
 

@@ -100,7 +100,7 @@ async def test_close_fails_pending_calls_with_connection_lost(broker: MosquittoB
     calls = [asyncio.ensure_future(client.call(silent_topic, {"i": i}, timeout=30)) for i in range(10)]
     await asyncio.sleep(0)  # let the calls start
     assert client.pending == 10
-    await client.close()
+    await client.close(grace=0)
     results = await asyncio.gather(*calls, return_exceptions=True)
     assert all(isinstance(r, ConnectionLostError) for r in results), results
     assert client.pending == 0

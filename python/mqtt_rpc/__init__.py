@@ -7,7 +7,7 @@
 """
 
 from ._core import __version__
-from .client import MqttRpcClient
+from .client import ConnectionEvent, MqttRpcClient
 from .errors import (
     ConnectionLostError,
     MqttRpcError,
@@ -20,6 +20,7 @@ from .errors import (
 
 __all__ = [
     "MqttRpcClient",
+    "ConnectionEvent",
     "MqttRpcError",
     "RpcTimeoutError",
     "RemoteError",

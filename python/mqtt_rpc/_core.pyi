@@ -1,7 +1,7 @@
 """The native core of mqtt-rpc (Rust). Use `mqtt_rpc.MqttRpcClient`; this module is its engine."""
 
 import asyncio
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 __version__: str
 
@@ -23,12 +23,18 @@ class CoreClient:
         max_in_flight: int,
         max_packet_size: int,
         connect_timeout: float,
+        session_expiry: Optional[float] = None,
+        fail_fast: bool = False,
+        reconnect_min_delay: float = 0.1,
+        reconnect_max_delay: float = 10.0,
+        event_handler: Optional[Callable[[bool, bool, bool, str], None]] = None,
     ) -> None: ...
     def connect(self, event_loop: asyncio.AbstractEventLoop) -> "asyncio.Future[None]":
         """Connects; the future resolves when the client is ready, or fails with
         `NotConnectedError`."""
-    def close(self, event_loop: asyncio.AbstractEventLoop) -> "asyncio.Future[None]":
-        """Fails pending calls, disconnects; call `detach` once the future resolves."""
+    def close(self, event_loop: asyncio.AbstractEventLoop, grace: float) -> "asyncio.Future[None]":
+        """Waits up to `grace` seconds for pending calls, fails the rest, disconnects; call
+        `detach` once the future resolves."""
     def detach(self, running_loop: asyncio.AbstractEventLoop) -> None:
         """Delivers queued results and stops watching every loop this client used."""
     def start_call(

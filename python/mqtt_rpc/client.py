@@ -7,13 +7,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import weakref
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Dict, Optional, Type, Union
+from typing import Any, Callable, Dict, Optional, Type, Union
 
 from . import _core
 from .errors import PayloadError
 
 Payload = Union[str, bytes, bytearray, Dict[str, Any]]
+
+logger = logging.getLogger("mqtt_rpc")
+
+
+@dataclass(frozen=True)
+class ConnectionEvent:
+    """The connection came up (``connected``) or went down (then ``reason`` says why)."""
+
+    connected: bool
+    reconnect: bool = False
+    session_present: bool = False
+    reason: str = ""
 
 _get_running_loop = asyncio.get_running_loop
 _CancelledError = asyncio.CancelledError
@@ -45,6 +60,20 @@ class MqttRpcClient:
         max_packet_size: the largest request or reply, in bytes.
         timeout: the default timeout of ``call()``, in seconds.
         connect_timeout: how long ``connect()`` may take, in seconds.
+        session_expiry: seconds the broker keeps the session (reply subscriptions, queued
+            QoS 1 replies) after the connection drops. Default: 60 with MQTT 5; 0 (a clean
+            session) with 3.1.1, which cannot expire sessions.
+        fail_fast: while the connection is down, fail new calls at once with
+            `NotConnectedError` instead of holding them until it is back.
+        reconnect_min_delay, reconnect_max_delay: reconnect attempts back off from the first
+            to the second (seconds), doubling, each with random jitter.
+        on_connection_change: called on the loop that connected, with a `ConnectionEvent`,
+            whenever the connection comes up or goes down. Events are also logged to the
+            ``mqtt_rpc`` logger.
+
+    After a lost connection the client reconnects by itself. Calls in flight keep waiting for
+    their answers until their own timeouts; calls made meanwhile wait for the connection (and
+    for their reply subscriptions to be back) within their own timeouts.
     """
 
     def __init__(
@@ -64,6 +93,11 @@ class MqttRpcClient:
         max_packet_size: int = 1024 * 1024,
         timeout: float = 10,
         connect_timeout: float = 10,
+        session_expiry: Optional[float] = None,
+        fail_fast: bool = False,
+        reconnect_min_delay: float = 0.1,
+        reconnect_max_delay: float = 10,
+        on_connection_change: Optional[Callable[[ConnectionEvent], None]] = None,
     ) -> None:
         if not (isinstance(port, int) and 0 < port < 65536):
             raise ValueError(f"port must be a TCP port number (1-65535), not {port!r}")
@@ -83,7 +117,14 @@ class MqttRpcClient:
             max_in_flight,
             max_packet_size,
             float(connect_timeout),
+            None if session_expiry is None else float(session_expiry),
+            bool(fail_fast),
+            float(reconnect_min_delay),
+            float(reconnect_max_delay),
+            _weak_handler(self),
         )
+        self._address = f"{host}:{port}"
+        self._on_connection_change = on_connection_change
         self._timeout = timeout
         self._closed = False
 
@@ -96,15 +137,31 @@ class MqttRpcClient:
         """
         await self._core.connect(_get_running_loop())
 
-    async def close(self) -> None:
-        """Fails the calls still pending with `ConnectionLostError`, disconnects, and releases
+    async def close(self, grace: float = 2.0) -> None:
+        """Refuses new calls, waits up to ``grace`` seconds for the calls in flight to be
+        answered, fails what is left with `ConnectionLostError`, disconnects, and releases
         the client's resources. Closing twice is harmless."""
         if self._closed:
             return
         self._closed = True
         running_loop = _get_running_loop()
-        await self._core.close(running_loop)
+        await self._core.close(running_loop, float(grace))
         self._core.detach(running_loop)
+
+    def _on_connection_event(self, connected: bool, reconnect: bool, session_present: bool, reason: str) -> None:
+        event = ConnectionEvent(connected, reconnect, session_present, reason)
+        if not connected:
+            logger.warning("connection to %s lost (%s); reconnecting", self._address, reason)
+        elif reconnect:
+            kept = "kept" if session_present else "not kept: subscribing again"
+            logger.info("reconnected to %s (session %s)", self._address, kept)
+        else:
+            logger.info("connected to %s as %s", self._address, self.client_id)
+        if self._on_connection_change is not None:
+            try:
+                self._on_connection_change(event)
+            except Exception:
+                logger.exception("on_connection_change raised")
 
     async def __aenter__(self) -> "MqttRpcClient":
         await self.connect()
@@ -173,6 +230,19 @@ class MqttRpcClient:
         replies dropped as stray or malformed; reconnects) and gauges (pending, reply
         subscriptions)."""
         return self._core.stats()
+
+
+def _weak_handler(client: MqttRpcClient) -> Callable[[bool, bool, bool, str], None]:
+    # The core holds its event handler where Python's garbage collector cannot see it: a
+    # strong reference back to the client would keep an unclosed client alive for ever.
+    method = weakref.WeakMethod(client._on_connection_event)
+
+    def handler(connected: bool, reconnect: bool, session_present: bool, reason: str) -> None:
+        bound = method()
+        if bound is not None:
+            bound(connected, reconnect, session_present, reason)
+
+    return handler
 
 
 def _encode(payload: Dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 __all__ = ["MosquittoBroker", "ResponderDevice", "free_port", "find_responder"]
 
@@ -45,17 +45,21 @@ class MosquittoBroker:
     what a client subscribed (`subscribes(client_id)`), rather than trusting the client.
     """
 
-    def __init__(self, process: subprocess.Popen, port: int, workdir: tempfile.TemporaryDirectory) -> None:
+    def __init__(self, port: int, config: Path, workdir: tempfile.TemporaryDirectory) -> None:
         self.host = "127.0.0.1"
         self.port = port
-        self.process = process
+        self.config = config
         self.lines: List[str] = []
-        self._running = threading.Event()
+        self._changed = threading.Condition()
         self._workdir = workdir
-        threading.Thread(target=self._read_log, name="mosquitto-log", daemon=True).start()
+        self.process = self._launch()
 
     @classmethod
-    def start(cls, timeout: float = 10, extra_config: Sequence[str] = ()) -> "MosquittoBroker":
+    def start(
+        cls, timeout: float = 10, extra_config: Sequence[str] = (), listener_options: Sequence[str] = ()
+    ) -> "MosquittoBroker":
+        """Starts Mosquitto on a free port. `extra_config` lines are added to its config;
+        `listener_options` go right after the listener line (TLS settings, for example)."""
         workdir = tempfile.TemporaryDirectory(prefix="mqtt-rpc-mosquitto-")
         port = free_port()
         config = Path(workdir.name) / "mosquitto.conf"
@@ -63,17 +67,21 @@ class MosquittoBroker:
             "\n".join(
                 [
                     f"listener {port} 127.0.0.1",
-                    "allow_anonymous true",
-                    # stderr is unbuffered: the log is read line by line as it is written, and
-                    # its "running" line says the listener is open.
+                    *listener_options,
+                    "allow_anonymous true" if not any("allow_anonymous" in c for c in extra_config) else "",
+                    # stderr is unbuffered: the log is read line by line as it is written.
                     "log_dest stderr",
                     "log_type error",
                     "log_type warning",
+                    "log_type notice",
                     "log_type information",
                     "log_type subscribe",
                     "log_type unsubscribe",
                     "log_timestamp false",
                     "max_queued_messages 100000",
+                    # Started as root, Mosquitto would switch to the `mosquitto` user, which
+                    # cannot read the caller's private files (TLS keys, password files).
+                    "user root" if os.geteuid() == 0 else "",
                     # Mosquitto leaves Nagle's algorithm on towards clients by default: small
                     # replies then wait up to 40 ms for a delayed ACK.
                     "set_tcp_nodelay true",
@@ -82,25 +90,65 @@ class MosquittoBroker:
                 ]
             )
         )
+        broker = cls(port, config, workdir)
+        broker._wait_running(timeout)
+        return broker
+
+    @property
+    def workdir(self) -> Path:
+        """This broker's own folder (its config lives there)."""
+        return Path(self._workdir.name)
+
+    def _launch(self) -> subprocess.Popen:
         process = subprocess.Popen(
-            [find_mosquitto(), "-c", str(config)],
+            [find_mosquitto(), "-c", str(self.config)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
         )
-        broker = cls(process, port, workdir)
-        if not broker._running.wait(timeout):
-            broker.stop()
-            raise RuntimeError("mosquitto did not start: " + " | ".join(broker.lines))
-        return broker
+        threading.Thread(target=self._read_log, args=(process,), name="mosquitto-log", daemon=True).start()
+        return process
 
-    def _read_log(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line.rstrip("\n"))
-            if line.startswith("mosquitto version") and line.rstrip().endswith(" running"):
-                self._running.set()
+    def _read_log(self, process: subprocess.Popen) -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+
+    def _wait_running(self, timeout: float) -> None:
+        # The log's "running" line says the listener is open.
+        running = self.wait_for_line(lambda line: line.startswith("mosquitto version") and line.endswith(" running"), timeout)
+        if not running:
+            self.stop()
+            raise RuntimeError("mosquitto did not start: " + " | ".join(self.lines))
+
+    def wait_for_line(self, predicate: Callable[[str], bool], timeout: float = 10) -> bool:
+        """Waits until a line of the log (since the last start) satisfies `predicate`."""
+        with self._changed:
+            return self._changed.wait_for(lambda: any(predicate(line) for line in self.lines), timeout)
+
+    def kill(self) -> None:
+        """Stops the broker at once (SIGKILL), as a crash would; `restart()` brings it back."""
+        self.process.kill()
+        self.process.wait()
+
+    def terminate(self) -> None:
+        """Stops the broker cleanly (SIGTERM: it saves its persistence file, if it has one);
+        `restart()` brings it back."""
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+    def restart(self, timeout: float = 10) -> None:
+        """Starts the broker again on the same port with the same config (stopping it cleanly
+        first if it runs); the log starts afresh."""
+        if self.process.poll() is None:
+            self.terminate()
+        with self._changed:
+            self.lines = []
+        self.process = self._launch()
+        self._wait_running(timeout)
 
     def subscribes(self, client_id: str) -> List[str]:
         """The filters `client_id` subscribed, one entry per SUBSCRIBE topic."""
@@ -170,19 +218,27 @@ class ResponderDevice:
             stdout=subprocess.PIPE,
             text=True,
         )
-        # It prints READY once its filters are subscribed.
+        device = cls(process)
+        if not device.wait_until_ready(timeout):
+            process.kill()
+            process.wait()
+            raise RuntimeError(f"the responder for {filters} did not become ready (exit code {process.poll()})")
+        return device
+
+    def wait_until_ready(self, timeout: float = 15) -> bool:
+        """Waits for the responder's next READY line: it prints one each time its filters
+        are subscribed (at start, and after every reconnect)."""
         deadline = time.monotonic() + timeout
-        assert process.stdout is not None
+        stdout = self.process.stdout
+        assert stdout is not None
         while time.monotonic() < deadline:
-            readable, _, _ = select.select([process.stdout], [], [], deadline - time.monotonic())
-            line = process.stdout.readline() if readable else ""
+            readable, _, _ = select.select([stdout], [], [], max(0.0, deadline - time.monotonic()))
+            line = stdout.readline() if readable else ""
             if line.strip() == "READY":
-                return cls(process)
+                return True
             if not line:
-                break
-        process.kill()
-        process.wait()
-        raise RuntimeError(f"the responder for {filters} did not become ready (exit code {process.poll()})")
+                return False
+        return False
 
     def stop(self) -> None:
         if self.process.poll() is None:

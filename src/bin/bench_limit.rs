@@ -148,7 +148,7 @@ async fn run(args: Args) -> Result<String, String> {
     .await?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu_before;
-    client.close().await;
+    client.close(Duration::ZERO).await;
 
     latencies.sort_unstable();
     Ok(format!(

@@ -15,8 +15,12 @@
 //! With `--mqtt5-only` it behaves like a plain MQTT 5 device: it answers only requests
 //! that carry a Response Topic, echoes their Correlation Data, and ignores `request_id`.
 //!
-//! It prints `READY` on stdout once every filter is subscribed, so that whoever started it
-//! can wait for that line instead of sleeping.
+//! With `--session-expiry SECONDS` (and a fixed `--client-id`) the broker keeps its
+//! subscriptions and queues QoS 1 requests while it is away, like a device with a
+//! persistent session.
+//!
+//! It prints `READY` on stdout once every filter is subscribed (again after each
+//! reconnect), so that whoever started it can wait for that line instead of sleeping.
 
 use bytes::Bytes;
 use mqtt_rpc::link::{self, ConnectionOptions, Inbound, Outbox, Protocol};
@@ -27,7 +31,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 const USAGE: &str = "usage: mqtt-rpc-responder [--host H] [--port P] [--protocol 3.1.1|5] \
-[--qos 0|1] [--client-id ID] [--mqtt5-only] FILTER...";
+[--qos 0|1] [--client-id ID] [--session-expiry SECONDS] [--mqtt5-only] FILTER...";
 
 struct Args {
     host: String,
@@ -36,6 +40,7 @@ struct Args {
     qos: u8,
     client_id: String,
     mqtt5_only: bool,
+    session_expiry: Duration,
     filters: Vec<String>,
 }
 
@@ -47,6 +52,7 @@ fn parse_args() -> Result<Args, String> {
         qos: 0,
         client_id: format!("mqtt-rpc-responder-{}", std::process::id()),
         mqtt5_only: false,
+        session_expiry: Duration::ZERO,
         filters: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -68,6 +74,12 @@ fn parse_args() -> Result<Args, String> {
             }
             "--qos" => args.qos = value("--qos")?.parse().map_err(|e| format!("--qos: {e}"))?,
             "--client-id" => args.client_id = value("--client-id")?,
+            "--session-expiry" => {
+                let seconds: u64 = value("--session-expiry")?
+                    .parse()
+                    .map_err(|e| format!("--session-expiry: {e}"))?;
+                args.session_expiry = Duration::from_secs(seconds);
+            }
             "--mqtt5-only" => args.mqtt5_only = true,
             "-h" | "--help" => return Err(USAGE.into()),
             filter if !filter.starts_with("--") => {
@@ -241,6 +253,7 @@ async fn main() -> ExitCode {
         protocol: args.protocol,
         keepalive: Duration::from_secs(30),
         connect_timeout: Duration::from_secs(5),
+        session_expiry: args.session_expiry,
         ..ConnectionOptions::default()
     };
     let (outbox, mut events) = link::open(&connection, 65_536, u16::MAX);
@@ -268,11 +281,14 @@ async fn main() -> ExitCode {
             }
             Ok(inbound) => handle(&args, &outbox, inbound),
             Err(why) => {
+                // Keep trying (rumqttc reconnects when polled again); the filters are
+                // subscribed again on every connection.
                 eprintln!(
-                    "mqtt-rpc-responder: connection to {}:{} failed: {why}",
+                    "mqtt-rpc-responder: connection to {}:{} failed: {why}; retrying",
                     args.host, args.port
                 );
-                return ExitCode::FAILURE;
+                unacknowledged = args.filters.len();
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }

@@ -10,7 +10,7 @@
 
 use super::convert::object_to_py;
 use super::errors::call_error;
-use crate::client::{CallError, Outcome, Waiter};
+use crate::client::{CallError, ConnectionEvent, Outcome, Waiter};
 use pyo3::intern;
 use pyo3::prelude::*;
 use std::io::{Read, Write};
@@ -33,6 +33,11 @@ pub enum Completion {
     Done {
         future: Py<PyAny>,
         result: Result<(), CallError>,
+    },
+    /// The connection came up or went down: tell the client's Python handler.
+    Event {
+        handler: Arc<Py<PyAny>>,
+        event: ConnectionEvent,
     },
 }
 
@@ -177,6 +182,18 @@ impl LoopBridge {
 
 fn deliver(py: Python<'_>, completion: Completion) {
     let (future, result) = match completion {
+        Completion::Event { handler, event } => {
+            let (connected, reconnect, session_present, reason) = match event {
+                ConnectionEvent::Connected {
+                    reconnect,
+                    session_present,
+                } => (true, reconnect, session_present, String::new()),
+                ConnectionEvent::Disconnected { reason } => (false, false, false, reason),
+            };
+            // The handler logs and calls the user's callback, catching what it raises.
+            let _ = handler.call1(py, (connected, reconnect, session_present, reason));
+            return;
+        }
         Completion::Call {
             future,
             timeout,

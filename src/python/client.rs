@@ -20,6 +20,8 @@ const MAX_TIMEOUT_SECONDS: f64 = 1e9;
 pub struct CoreClient {
     inner: Arc<RpcClient<PyWaiter>>,
     bridges: Mutex<Vec<Py<LoopBridge>>>,
+    /// Called on the connecting loop as `handler(connected, reconnect, session_present, reason)`.
+    event_handler: Option<Arc<Py<PyAny>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -81,7 +83,8 @@ impl CoreClient {
     #[new]
     #[pyo3(signature = (host, port, client_id, protocol, qos, keepalive, username, password,
                         reply_filter, max_reply_subscriptions, max_in_flight, max_packet_size,
-                        connect_timeout))]
+                        connect_timeout, session_expiry=None, fail_fast=false,
+                        reconnect_min_delay=0.1, reconnect_max_delay=10.0, event_handler=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: String,
@@ -97,6 +100,11 @@ impl CoreClient {
         max_in_flight: usize,
         max_packet_size: usize,
         connect_timeout: f64,
+        session_expiry: Option<f64>,
+        fail_fast: bool,
+        reconnect_min_delay: f64,
+        reconnect_max_delay: f64,
+        event_handler: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let protocol = match protocol {
             "3.1.1" | "311" | "4" => Protocol::V311,
@@ -128,32 +136,59 @@ impl CoreClient {
                 password,
                 max_packet_size,
                 connect_timeout: seconds("connect_timeout", connect_timeout)?,
+                session_expiry: match session_expiry {
+                    // The default: MQTT 5 keeps the session a minute, so a short outage loses
+                    // nothing; 3.1.1 cannot expire a session, so it starts clean.
+                    None if protocol == Protocol::V5 => Duration::from_secs(60),
+                    None => Duration::ZERO,
+                    Some(0.0) => Duration::ZERO,
+                    Some(s) => seconds("session_expiry", s)?,
+                },
             },
             qos,
             reply_filter,
             max_reply_subscriptions,
             max_in_flight,
-            ..ClientOptions::default()
+            reconnect_min_delay: seconds("reconnect_min_delay", reconnect_min_delay)?,
+            reconnect_max_delay: seconds("reconnect_max_delay", reconnect_max_delay)?,
+            fail_fast,
         };
         let inner = RpcClient::new(options).map_err(|e| value_error(e.to_string()))?;
         Ok(CoreClient {
             inner: Arc::new(inner),
             bridges: Mutex::new(Vec::new()),
+            event_handler: event_handler.map(Arc::new),
         })
     }
 
     /// Connects; returns a future of `event_loop` that resolves when the client is ready.
     fn connect(&self, event_loop: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        if let Some(handler) = &self.event_handler {
+            let queue = self.bridge(event_loop)?.get().queue.clone();
+            let handler = handler.clone();
+            self.inner.set_event_sink(Box::new(move |event| {
+                queue.push(Completion::Event {
+                    handler: handler.clone(),
+                    event,
+                })
+            }));
+        }
         let inner = self.inner.clone();
         self.spawn_done(event_loop, async move { inner.connect().await })
     }
 
-    /// Closes; returns a future of `event_loop` that resolves once pending calls are failed
-    /// and the connection is closed. Call `detach()` after it.
-    fn close(&self, event_loop: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    /// Closes; returns a future of `event_loop` that resolves once pending calls have ended
+    /// (answered within `grace` seconds, or failed) and the connection is closed. Call
+    /// `detach()` after it.
+    fn close(&self, event_loop: &Bound<'_, PyAny>, grace: f64) -> PyResult<Py<PyAny>> {
+        let grace = if grace == 0.0 {
+            Duration::ZERO
+        } else {
+            seconds("grace", grace)?
+        };
         let inner = self.inner.clone();
         self.spawn_done(event_loop, async move {
-            inner.close().await;
+            inner.close(grace).await;
             Ok(())
         })
     }

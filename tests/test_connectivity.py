@@ -1,0 +1,225 @@
+"""Connections drop: reconnects keep their promises. Each test here owns its broker, since
+it kills or restarts it."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+import uuid
+from typing import AsyncIterator, Iterator, List
+
+import pytest
+
+from mqtt_rpc import ConnectionEvent, ConnectionLostError, MqttRpcClient, NotConnectedError, RpcTimeoutError
+from mqtt_rpc.testing import MosquittoBroker, ResponderDevice
+
+DEVICES = "+/device/control/set"
+
+
+@pytest.fixture
+def own_broker() -> Iterator[MosquittoBroker]:
+    with MosquittoBroker.start() as broker:
+        yield broker
+
+
+@pytest.fixture
+def own_device(own_broker: MosquittoBroker) -> Iterator[ResponderDevice]:
+    with ResponderDevice.start(own_broker, DEVICES) as device:
+        yield device
+
+
+class Watched:
+    """A client with its connection events, to wait on them instead of sleeping."""
+
+    def __init__(self, broker: MosquittoBroker, **options: object) -> None:
+        self.events: List[ConnectionEvent] = []
+        self.changed = asyncio.Event()
+        self.client = MqttRpcClient(
+            broker.host,
+            broker.port,
+            reconnect_min_delay=0.05,
+            reconnect_max_delay=0.2,
+            on_connection_change=self._on_change,
+            **options,  # type: ignore[arg-type]
+        )
+
+    def _on_change(self, event: ConnectionEvent) -> None:
+        self.events.append(event)
+        self.changed.set()
+
+    async def until(self, connected: bool, count: int = 1, timeout: float = 15) -> None:
+        async def wait() -> None:
+            while sum(e.connected == connected for e in self.events) < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(wait(), timeout)
+
+
+@pytest.fixture(params=["3.1.1", "5"])
+async def watched(request: pytest.FixtureRequest, own_broker: MosquittoBroker) -> AsyncIterator[Watched]:
+    w = Watched(own_broker, protocol=request.param)
+    await w.client.connect()
+    yield w
+    await w.client.close(grace=0)
+    assert w.client.pending == 0
+
+
+def topic() -> str:
+    return f"dev-{uuid.uuid4().hex[:8]}/device/control/set"
+
+
+async def restart_in_background(broker: MosquittoBroker) -> None:
+    await asyncio.get_running_loop().run_in_executor(None, broker.restart)
+
+
+async def test_a_broker_crash_under_load_ends_every_call_within_its_timeout(
+    watched: Watched, own_broker: MosquittoBroker, own_device: ResponderDevice
+) -> None:
+    client, device_topic, timeout = watched.client, topic(), 3.0
+    completed = 0
+    halfway = asyncio.Event()
+    outcomes: List[str] = []
+
+    async def caller(n: int) -> None:
+        nonlocal completed
+        for i in range(n):
+            started = time.monotonic()
+            try:
+                await client.call(device_topic, {"i": i}, timeout=timeout)
+                outcomes.append("ok")
+            except (RpcTimeoutError, ConnectionLostError) as error:
+                outcomes.append(type(error).__name__)
+            # Nothing waits past its own timeout, whatever the network does.
+            assert time.monotonic() - started < timeout + 0.5
+            completed += 1
+            if completed == 500:
+                halfway.set()
+
+    load = asyncio.gather(*(caller(100) for _ in range(20)))
+    await halfway.wait()
+    own_broker.kill()
+    await watched.until(connected=False)
+    await restart_in_background(own_broker)
+    await load
+
+    assert len(outcomes) == 2000
+    assert outcomes.count("ok") >= 1000, f"{outcomes.count('ok')} calls succeeded"
+    assert client.pending == 0
+    await watched.until(connected=True, count=2)
+    assert await asyncio.get_running_loop().run_in_executor(None, own_device.wait_until_ready)
+    # After the broker is back, calls succeed and the reply filter exists on it again.
+    reply = await client.call(device_topic, {"after": True}, timeout=5)
+    assert reply["result"]["request"]["after"] is True
+    assert f"{device_topic}/response/+" in own_broker.subscribes(client.client_id)
+    assert client.stats()["reconnects"] == 1
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_calls_made_while_disconnected_wait_for_the_connection(protocol: str) -> None:
+    # A broker that keeps sessions across a restart, and a device with a persistent session,
+    # so that the device is subscribed whenever the broker is up: what is measured is the
+    # client alone holding its calls until it is connected and subscribed again.
+    with MosquittoBroker.start(extra_config=["persistence true", "autosave_interval 0"]) as broker:
+        (broker.workdir / "data").mkdir()
+        broker.config.write_text(broker.config.read_text() + f"persistence_location {broker.workdir / 'data'}/\n")
+        broker.restart()
+        device_options = ["--qos", "1", "--client-id", f"device-{uuid.uuid4().hex[:6]}", "--session-expiry", "3600"]
+        with ResponderDevice.start(broker, DEVICES, options=device_options):
+            watched = Watched(broker, protocol=protocol, qos=1)
+            client, device_topic = watched.client, topic()
+            await client.connect()
+            await client.call(device_topic, {"before": True})
+            await asyncio.get_running_loop().run_in_executor(None, broker.terminate)
+            await watched.until(connected=False)
+            assert not client.connected
+            held = [asyncio.ensure_future(client.call(device_topic, {"i": i}, timeout=15)) for i in range(20)]
+            fresh_topic = topic()
+            fresh = asyncio.ensure_future(client.call(fresh_topic, {"new topic": True}, timeout=15))
+            await asyncio.sleep(0)  # let the calls start
+            assert client.pending == 21
+            await restart_in_background(broker)
+            replies = await asyncio.gather(*held, fresh)
+            assert [r["result"]["request"].get("i") for r in replies[:20]] == list(range(20))
+            assert replies[20]["result"]["topic"] == fresh_topic
+            assert client.connected and client.pending == 0
+            await client.close()
+
+
+async def test_fail_fast_fails_calls_at_once_while_disconnected(
+    own_broker: MosquittoBroker, own_device: ResponderDevice
+) -> None:
+    watched = Watched(own_broker, fail_fast=True)
+    await watched.client.connect()
+    own_broker.kill()
+    await watched.until(connected=False)
+    started = time.monotonic()
+    with pytest.raises(NotConnectedError, match="fail_fast"):
+        await watched.client.call(topic(), {}, timeout=10)
+    assert time.monotonic() - started < 0.5
+    await restart_in_background(own_broker)
+    await watched.until(connected=True, count=2)
+    assert await asyncio.get_running_loop().run_in_executor(None, own_device.wait_until_ready)
+    assert (await watched.client.call(topic(), {"back": True}))["result"]["request"]["back"] is True
+    await watched.client.close()
+
+
+async def test_a_call_in_flight_when_the_connection_drops_ends_by_its_timeout(
+    watched: Watched, own_broker: MosquittoBroker, own_device: ResponderDevice
+) -> None:
+    call = asyncio.ensure_future(
+        watched.client.call(topic(), {"_responder": {"delay_ms": 5000}}, timeout=1.0)
+    )
+    await asyncio.sleep(0)  # let the call start
+    own_broker.kill()
+    started = time.monotonic()
+    with pytest.raises(RpcTimeoutError):
+        await call
+    assert time.monotonic() - started < 1.5
+    assert watched.client.pending == 0
+
+
+async def test_connection_changes_are_reported_and_logged(
+    watched: Watched, own_broker: MosquittoBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mqtt_rpc")
+    own_broker.kill()
+    await watched.until(connected=False)
+    await restart_in_background(own_broker)
+    await watched.until(connected=True, count=2)
+    first, lost, back = watched.events[:3]
+    assert first == ConnectionEvent(connected=True, reconnect=False, session_present=False)
+    assert not lost.connected and lost.reason
+    assert back.connected and back.reconnect
+    messages = [r.getMessage() for r in caplog.records if r.name == "mqtt_rpc"]
+    assert any("lost" in m for m in messages) and any("reconnected" in m for m in messages)
+    assert [r.levelname for r in caplog.records if "lost" in r.getMessage()] == ["WARNING"]
+
+
+async def test_close_waits_for_calls_in_flight(own_broker: MosquittoBroker, own_device: ResponderDevice) -> None:
+    client = MqttRpcClient(own_broker.host, own_broker.port)
+    await client.connect()
+    answered = asyncio.ensure_future(client.call(topic(), {"_responder": {"delay_ms": 300}}))
+    silent = asyncio.ensure_future(client.call("nobody/silent/set", {}, timeout=30))
+    await asyncio.sleep(0)  # let the calls start
+    started = time.monotonic()
+    await client.close(grace=1.0)
+    assert 0.9 <= time.monotonic() - started < 2.5
+    assert (await answered)["result"]["topic"].startswith("dev-")
+    with pytest.raises(ConnectionLostError):
+        await silent
+    assert client.pending == 0
+    # DISCONNECT was sent: the broker saw a clean disconnect, not a dropped socket.
+    assert own_broker.wait_for_line(lambda line: line == f"Client {client.client_id} disconnected.", 5)
+
+
+async def test_a_client_dropped_without_close_lets_its_connection_go(own_broker: MosquittoBroker) -> None:
+    client = MqttRpcClient(own_broker.host, own_broker.port)
+    await client.connect()
+    client_id = client.client_id
+    del client
+    gc.collect()
+    # Its tasks stopped and its socket closed: the broker sees the connection end.
+    assert own_broker.wait_for_line(lambda line: client_id in line and "closed its connection" in line, 10)
