@@ -7,7 +7,9 @@
 //! subscriptions together; waiters are completed only after it is released, since
 //! completing one may run a caller's code.
 
-use crate::link::{self, ConnectionOptions, Events, Inbound, Outbox, Protocol};
+use crate::link::{
+    self, ConnectionOptions, Events, Inbound, LinkError, LinkErrorKind, Outbox, Protocol,
+};
 use crate::pending::{Admission, Call, PendingTable, Stage};
 use crate::protocol::{self, InputError, RemoteError, Reply, ReplyOutcome};
 use crate::subscriptions::{Need, ReplySubscriptions, Settled};
@@ -39,6 +41,8 @@ pub struct ClientOptions {
     /// While the connection is down, fail new calls at once with `NotConnected` instead of
     /// holding them until it is back (within their own timeout).
     pub fail_fast: bool,
+    /// Refuse request topics whose reply topic breaks AWS IoT Core's topic rules.
+    pub aws_topic_rules: bool,
 }
 
 impl Default for ClientOptions {
@@ -52,6 +56,7 @@ impl Default for ClientOptions {
             reconnect_min_delay: Duration::from_millis(100),
             reconnect_max_delay: Duration::from_secs(10),
             fail_fast: false,
+            aws_topic_rules: false,
         }
     }
 }
@@ -67,6 +72,10 @@ pub enum CallError {
     Remote(RemoteError),
     /// The client is not connected (never was, or was closed).
     NotConnected(String),
+    /// TLS could not be set up (files, keys) or its handshake failed.
+    Tls(String),
+    /// The broker refused the connection (bad credentials, not authorised, ...).
+    Refused(String),
     /// The connection, or the client, went away while the call waited.
     ConnectionLost(String),
     /// The broker refused the reply subscription, so no answer could arrive.
@@ -79,7 +88,10 @@ impl fmt::Display for CallError {
             CallError::Input(e) => e.fmt(f),
             CallError::Timeout { topic } => write!(f, "no answer in time for topic '{topic}'"),
             CallError::Remote(e) => write!(f, "remote error {}: {}", e.code, e.message),
-            CallError::NotConnected(why) | CallError::ConnectionLost(why) => f.write_str(why),
+            CallError::NotConnected(why)
+            | CallError::ConnectionLost(why)
+            | CallError::Tls(why)
+            | CallError::Refused(why) => f.write_str(why),
             CallError::SubscribeRefused { filter } => write!(
                 f,
                 "the broker refused the reply subscription '{filter}', so no answer can arrive"
@@ -162,7 +174,7 @@ struct State<W> {
     /// The key of the user's `reply_filter` in `subscriptions`, if one was given.
     pinned: Option<Arc<str>>,
     /// Told once the connection is up and the `reply_filter` held (or that it failed).
-    ready: Option<oneshot::Sender<Result<(), String>>>,
+    ready: Option<oneshot::Sender<Result<(), CallError>>>,
 }
 
 /// Waiters to wake once the lock is released.
@@ -184,6 +196,7 @@ struct Shared<W> {
     timer_wake: Notify,
     shutdown: watch::Sender<bool>,
     event_sink: std::sync::OnceLock<EventSink>,
+    tls_error: Option<String>,
 }
 
 /// An MQTT RPC client. Dropping it stops its tasks and drops the connection.
@@ -200,8 +213,17 @@ impl<W: Waiter> RpcClient<W> {
             protocol::validate_filter(filter)?;
         }
         let max_in_flight = options.max_in_flight.max(1);
+        // Bad TLS files are reported by connect(), with the other reasons it can fail.
+        let (tls_config, tls_error) = match &options.connection.tls {
+            Some(tls) => match crate::tls::client_config(tls) {
+                Ok(config) => (Some(config), None),
+                Err(error) => (None, Some(error.to_string())),
+            },
+            None => (None, None),
+        };
         let (outbox, events) = link::open(
             &options.connection,
+            tls_config,
             // Room for every in-flight publish plus the subscribes that precede them.
             max_in_flight + 1024,
             u16::try_from(max_in_flight).unwrap_or(u16::MAX),
@@ -225,6 +247,7 @@ impl<W: Waiter> RpcClient<W> {
             timer_wake: Notify::new(),
             shutdown,
             event_sink: std::sync::OnceLock::new(),
+            tls_error,
         };
         Ok(RpcClient {
             shared: Arc::new(shared),
@@ -248,6 +271,10 @@ impl<W: Waiter> RpcClient<W> {
         let shared = &self.shared;
         if shared.closed.load(Ordering::Acquire) {
             return Err(CallError::NotConnected("the client is closed".into()));
+        }
+        if let Some(why) = &shared.tls_error {
+            self.stop();
+            return Err(CallError::Tls(why.clone()));
         }
         let Some(events) = lock(&self.events).take() else {
             return Err(CallError::NotConnected(
@@ -282,14 +309,21 @@ impl<W: Waiter> RpcClient<W> {
         let bound = connection.connect_timeout + Duration::from_secs(1);
         let failure = match tokio::time::timeout(bound, ready_rx).await {
             Ok(Ok(Ok(()))) => return Ok(()),
-            Ok(Ok(Err(why))) => why,
-            Ok(Err(_)) => "the connection task ended".to_string(),
-            Err(_) => format!("no answer within {:?}", connection.connect_timeout),
+            Ok(Ok(Err(error))) => error,
+            Ok(Err(_)) => CallError::NotConnected("the connection task ended".into()),
+            Err(_) => CallError::NotConnected(format!(
+                "no answer within {:?}",
+                connection.connect_timeout
+            )),
         };
         self.stop();
-        Err(CallError::NotConnected(format!(
-            "could not connect to the MQTT broker at {address}: {failure}"
-        )))
+        let context =
+            |why: &str| format!("could not connect to the MQTT broker at {address}: {why}");
+        Err(match failure {
+            CallError::Tls(why) => CallError::Tls(context(&why)),
+            CallError::Refused(why) => CallError::Refused(context(&why)),
+            other => CallError::NotConnected(context(&other.to_string())),
+        })
     }
 
     /// Starts a call: validates, builds the request and publishes it (or queues it for a
@@ -319,6 +353,9 @@ impl<W: Waiter> RpcClient<W> {
             ));
         }
         protocol::validate_request_topic(topic).map_err(CallError::Input)?;
+        if shared.options.aws_topic_rules {
+            protocol::check_aws_topic_rules(topic).map_err(CallError::Input)?;
+        }
         let request_id = protocol::new_request_id();
         if let Some(filter) = &shared.options.reply_filter {
             let reply_topic = protocol::reply_topic(topic, &request_id);
@@ -730,9 +767,7 @@ impl<W: Waiter> Shared<W> {
                         self.fail(&mut state, &id, error, &mut wakeups);
                     }
                     if let Some(ready) = state.ready.take() {
-                        let _ = ready.send(Err(format!(
-                            "the broker refused the reply_filter subscription '{filter}'"
-                        )));
+                        let _ = ready.send(Err(CallError::SubscribeRefused { filter }));
                     }
                 }
                 Settled::Nothing => {}
@@ -799,12 +834,17 @@ impl<W: Waiter> Shared<W> {
     }
 
     /// Returns whether to keep polling (and so reconnect).
-    fn on_connection_lost(&self, why: &str) -> bool {
+    fn on_connection_lost(&self, why: &LinkError) -> bool {
         let was_connected = self.connected.swap(false, Ordering::AcqRel);
         {
             let mut state = self.lock();
             if let Some(ready) = state.ready.take() {
-                let _ = ready.send(Err(why.to_owned()));
+                let error = match why.kind {
+                    LinkErrorKind::Tls => CallError::Tls(why.message.clone()),
+                    LinkErrorKind::Refused => CallError::Refused(why.message.clone()),
+                    LinkErrorKind::Other => CallError::NotConnected(why.message.clone()),
+                };
+                let _ = ready.send(Err(error));
                 return false;
             }
             // Calls in flight keep waiting for their answers (until their deadlines); new
@@ -813,7 +853,7 @@ impl<W: Waiter> Shared<W> {
         }
         if was_connected {
             self.emit(ConnectionEvent::Disconnected {
-                reason: why.to_owned(),
+                reason: why.message.clone(),
             });
         }
         !self.closed.load(Ordering::Acquire)

@@ -7,6 +7,7 @@ pub mod link;
 pub mod pending;
 pub mod protocol;
 pub mod subscriptions;
+pub mod tls;
 
 #[cfg(feature = "python")]
 mod python;

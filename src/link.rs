@@ -2,10 +2,15 @@
 //! publishing (with Response Topic and Correlation Data on 5), subscribing, and turning
 //! each version's events into one `Inbound` type that the rest of the crate handles.
 
+use crate::tls::TlsOptions;
 use bytes::Bytes;
 use rumqttc::v5;
 use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PublishProperties};
-use rumqttc::{Event as Event4, NetworkOptions, Outgoing, Packet as Packet4};
+use rumqttc::{
+    ConnectionError, Event as Event4, NetworkOptions, Outgoing, Packet as Packet4,
+    TlsConfiguration, Transport,
+};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The MQTT protocol version of a connection.
@@ -33,6 +38,8 @@ pub struct ConnectionOptions {
     /// expiry: any non-zero value asks for a persistent session (`clean_session = false`),
     /// which the broker keeps until its own limit.
     pub session_expiry: Duration,
+    /// TLS (and mutual TLS, with a client certificate); `None`: plain TCP.
+    pub tls: Option<TlsOptions>,
 }
 
 impl Default for ConnectionOptions {
@@ -48,6 +55,7 @@ impl Default for ConnectionOptions {
             max_packet_size: 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
             session_expiry: Duration::ZERO,
+            tls: None,
         }
     }
 }
@@ -79,6 +87,38 @@ pub enum Inbound {
     Other,
 }
 
+/// Why the connection failed or dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkError {
+    pub kind: LinkErrorKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkErrorKind {
+    /// The TLS handshake failed (unknown CA, certificate refused, ...).
+    Tls,
+    /// The broker answered CONNECT with a refusal (bad credentials, not authorised, ...).
+    Refused,
+    /// Anything else: the network, a timeout, the broker closing the connection.
+    Other,
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl LinkError {
+    fn other(message: impl Into<String>) -> Self {
+        LinkError {
+            kind: LinkErrorKind::Other,
+            message: message.into(),
+        }
+    }
+}
+
 /// Why a request could not be handed to the event loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unsent;
@@ -101,9 +141,14 @@ pub enum Events {
 /// `max_inflight` the QoS 1 publishes awaiting PUBACK before rumqttc stops taking requests.
 pub fn open(
     options: &ConnectionOptions,
+    tls: Option<Arc<rustls::ClientConfig>>,
     request_capacity: usize,
     max_inflight: u16,
 ) -> (Outbox, Events) {
+    let transport = match tls {
+        Some(config) => Transport::tls_with_config(TlsConfiguration::Rustls(config)),
+        None => Transport::tcp(),
+    };
     let mut network = NetworkOptions::new();
     // rumqttc leaves Nagle's algorithm on: every small request would wait for an ACK.
     network.set_tcp_nodelay(true);
@@ -115,7 +160,8 @@ pub fn open(
             mqtt.set_keep_alive(options.keepalive)
                 .set_max_packet_size(options.max_packet_size, options.max_packet_size)
                 .set_inflight(max_inflight)
-                .set_clean_session(options.session_expiry.is_zero());
+                .set_clean_session(options.session_expiry.is_zero())
+                .set_transport(transport);
             if let Some(user) = &options.username {
                 mqtt.set_credentials(user, options.password.clone().unwrap_or_default());
             }
@@ -130,6 +176,7 @@ pub fn open(
                 .set_max_packet_size(Some(max_packet))
                 .set_outgoing_inflight_upper_limit(max_inflight)
                 .set_clean_start(options.session_expiry.is_zero())
+                .set_transport(transport)
                 .set_network_options(network);
             if !options.session_expiry.is_zero() {
                 let seconds = u32::try_from(options.session_expiry.as_secs()).unwrap_or(u32::MAX);
@@ -219,7 +266,7 @@ impl Outbox {
 
 impl Events {
     /// The next event. An error means the connection is down; polling again reconnects.
-    pub async fn next(&mut self) -> Result<Inbound, String> {
+    pub async fn next(&mut self) -> Result<Inbound, LinkError> {
         match self {
             Events::V311(events) => match events.poll().await {
                 Ok(Event4::Incoming(packet)) => Ok(match packet {
@@ -242,7 +289,17 @@ impl Events {
                     _ => Inbound::Other,
                 }),
                 Ok(Event4::Outgoing(outgoing)) => Ok(outgoing_event(outgoing)),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(match &e {
+                    ConnectionError::Tls(_) => LinkError {
+                        kind: LinkErrorKind::Tls,
+                        message: e.to_string(),
+                    },
+                    ConnectionError::ConnectionRefused(code) => LinkError {
+                        kind: LinkErrorKind::Refused,
+                        message: format!("the broker refused the connection: {code:?}"),
+                    },
+                    _ => classify_io(e.to_string()),
+                }),
             },
             Events::V5(events) => match events.poll().await {
                 Ok(v5::Event::Incoming(packet)) => Ok(match packet {
@@ -270,7 +327,17 @@ impl Events {
                     _ => Inbound::Other,
                 }),
                 Ok(v5::Event::Outgoing(outgoing)) => Ok(outgoing_event(outgoing)),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(match &e {
+                    v5::ConnectionError::Tls(_) => LinkError {
+                        kind: LinkErrorKind::Tls,
+                        message: e.to_string(),
+                    },
+                    v5::ConnectionError::ConnectionRefused(code) => LinkError {
+                        kind: LinkErrorKind::Refused,
+                        message: format!("the broker refused the connection: {code:?}"),
+                    },
+                    _ => classify_io(e.to_string()),
+                }),
             },
         }
     }
@@ -291,6 +358,19 @@ impl Events {
                 .pending
                 .retain(|r| !matches!(r, v5::Request::Subscribe(_) | v5::Request::Unsubscribe(_))),
         }
+    }
+}
+
+/// With TLS 1.3 a server that refuses the client's certificate says so in an alert that
+/// arrives after the handshake, as a read error: still a TLS failure to the user.
+fn classify_io(message: String) -> LinkError {
+    if message.contains("alert") || message.contains("certificate") {
+        LinkError {
+            kind: LinkErrorKind::Tls,
+            message,
+        }
+    } else {
+        LinkError::other(message)
     }
 }
 

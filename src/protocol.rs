@@ -32,6 +32,7 @@ pub enum InputError {
     TooLarge { size: usize, limit: usize },
     OutsideReplyFilter { reply_topic: String, filter: String },
     InvalidFilter(String),
+    AwsTopicRules(String),
 }
 
 impl fmt::Display for InputError {
@@ -65,6 +66,7 @@ impl fmt::Display for InputError {
                 "the reply topic '{reply_topic}' is not covered by reply_filter '{filter}', so its answer could never arrive"
             ),
             InputError::InvalidFilter(e) => write!(f, "invalid topic filter: {e}"),
+            InputError::AwsTopicRules(e) => write!(f, "{e} (AWS IoT Core's topic rules)"),
         }
     }
 }
@@ -89,6 +91,35 @@ pub fn validate_request_topic(topic: &str) -> Result<(), InputError> {
     let reply_len = reply_topic_len(topic);
     if reply_len > MAX_TOPIC_BYTES {
         return Err(InputError::TopicTooLong(reply_len));
+    }
+    Ok(())
+}
+
+/// AWS IoT Core's limits on a topic: at most 7 slashes (not counting the first three of a
+/// reserved `$aws/...` topic) and 256 bytes.
+pub const AWS_MAX_SLASHES: usize = 7;
+pub const AWS_MAX_TOPIC_BYTES: usize = 256;
+
+/// Checks that a request topic and its reply topic (two levels and 46 bytes longer) both
+/// fit AWS IoT Core's limits, which it would otherwise enforce by dropping the connection.
+pub fn check_aws_topic_rules(request_topic: &str) -> Result<(), InputError> {
+    let reserved = if request_topic.starts_with("$aws/") {
+        3
+    } else {
+        0
+    };
+    let slashes = request_topic.matches('/').count() + 2;
+    if slashes.saturating_sub(reserved) > AWS_MAX_SLASHES {
+        return Err(InputError::AwsTopicRules(format!(
+            "the reply topic of '{request_topic}' would have {slashes} slashes; at most {AWS_MAX_SLASHES} are allowed, so a request topic may have at most {} here",
+            AWS_MAX_SLASHES + reserved - 2
+        )));
+    }
+    let reply_len = reply_topic_len(request_topic);
+    if reply_len > AWS_MAX_TOPIC_BYTES {
+        return Err(InputError::AwsTopicRules(format!(
+            "the reply topic of '{request_topic}' would be {reply_len} bytes; at most {AWS_MAX_TOPIC_BYTES} are allowed"
+        )));
     }
     Ok(())
 }
@@ -372,6 +403,23 @@ mod tests {
             validate_request_topic(&long),
             Err(InputError::TopicTooLong(_))
         ));
+    }
+
+    #[test]
+    fn aws_topic_rules_count_the_reply_topics_levels_and_bytes() {
+        assert!(check_aws_topic_rules("dev1/device/control/set").is_ok());
+        assert!(check_aws_topic_rules("a/b/c/d/e/f").is_ok()); // 5 + 2 = 7 slashes
+        assert!(matches!(
+            check_aws_topic_rules("a/b/c/d/e/f/g"),
+            Err(InputError::AwsTopicRules(_))
+        ));
+        // The first three slashes of a reserved topic do not count.
+        assert!(check_aws_topic_rules("$aws/things/t1/shadow/name/x/get").is_ok());
+        assert!(matches!(
+            check_aws_topic_rules(&"x".repeat(211)),
+            Err(InputError::AwsTopicRules(_))
+        ));
+        assert!(check_aws_topic_rules(&"x".repeat(210)).is_ok());
     }
 
     #[test]

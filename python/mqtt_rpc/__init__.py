@@ -9,6 +9,7 @@
 from ._core import __version__
 from .client import ConnectionEvent, MqttRpcClient
 from .errors import (
+    BrokerRefusedError,
     ConnectionLostError,
     MqttRpcError,
     NotConnectedError,
@@ -16,6 +17,7 @@ from .errors import (
     RemoteError,
     RpcTimeoutError,
     SubscriptionRefusedError,
+    TlsError,
 )
 
 __all__ = [
@@ -25,6 +27,8 @@ __all__ = [
     "RpcTimeoutError",
     "RemoteError",
     "NotConnectedError",
+    "TlsError",
+    "BrokerRefusedError",
     "ConnectionLostError",
     "SubscriptionRefusedError",
     "PayloadError",

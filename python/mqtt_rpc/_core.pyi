@@ -1,7 +1,7 @@
 """The native core of mqtt-rpc (Rust). Use `mqtt_rpc.MqttRpcClient`; this module is its engine."""
 
 import asyncio
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 __version__: str
 
@@ -28,6 +28,12 @@ class CoreClient:
         reconnect_min_delay: float = 0.1,
         reconnect_max_delay: float = 10.0,
         event_handler: Optional[Callable[[bool, bool, bool, str], None]] = None,
+        tls: bool = False,
+        ca_certs: Optional[str] = None,
+        certfile: Optional[str] = None,
+        keyfile: Optional[str] = None,
+        alpn_protocols: List[str] = ...,
+        aws_topic_rules: bool = False,
     ) -> None: ...
     def connect(self, event_loop: asyncio.AbstractEventLoop) -> "asyncio.Future[None]":
         """Connects; the future resolves when the client is ready, or fails with

@@ -8,15 +8,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import weakref
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Callable, Dict, Optional, Type, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Type, Union
 
 from . import _core
 from .errors import PayloadError
 
 Payload = Union[str, bytes, bytearray, Dict[str, Any]]
+PathLike = Union[str, "os.PathLike[str]"]
 
 logger = logging.getLogger("mqtt_rpc")
 
@@ -70,6 +72,13 @@ class MqttRpcClient:
         on_connection_change: called on the loop that connected, with a `ConnectionEvent`,
             whenever the connection comes up or goes down. Events are also logged to the
             ``mqtt_rpc`` logger.
+        tls: connect with TLS; implied by any of the next four options.
+        ca_certs: PEM file of the CA certificates to trust (default: the system's).
+        certfile, keyfile: PEM files of the client certificate (chain) and its private key,
+            for mutual TLS.
+        alpn_protocols: ALPN protocols to offer (AWS IoT Core on port 443: ``x-amzn-mqtt-ca``).
+        aws_topic_rules: refuse, before publishing, a request whose reply topic breaks AWS
+            IoT Core's topic rules (at most 7 slashes and 256 bytes). `for_aws_iot` sets it.
 
     After a lost connection the client reconnects by itself. Calls in flight keep waiting for
     their answers until their own timeouts; calls made meanwhile wait for the connection (and
@@ -98,6 +107,12 @@ class MqttRpcClient:
         reconnect_min_delay: float = 0.1,
         reconnect_max_delay: float = 10,
         on_connection_change: Optional[Callable[[ConnectionEvent], None]] = None,
+        tls: bool = False,
+        ca_certs: Optional[PathLike] = None,
+        certfile: Optional[PathLike] = None,
+        keyfile: Optional[PathLike] = None,
+        alpn_protocols: Sequence[str] = (),
+        aws_topic_rules: bool = False,
     ) -> None:
         if not (isinstance(port, int) and 0 < port < 65536):
             raise ValueError(f"port must be a TCP port number (1-65535), not {port!r}")
@@ -122,18 +137,70 @@ class MqttRpcClient:
             float(reconnect_min_delay),
             float(reconnect_max_delay),
             _weak_handler(self),
+            bool(tls or ca_certs or certfile or keyfile or alpn_protocols),
+            None if ca_certs is None else os.fspath(ca_certs),
+            None if certfile is None else os.fspath(certfile),
+            None if keyfile is None else os.fspath(keyfile),
+            list(alpn_protocols),
+            bool(aws_topic_rules),
         )
         self._address = f"{host}:{port}"
         self._on_connection_change = on_connection_change
         self._timeout = timeout
         self._closed = False
 
+    @classmethod
+    def for_aws_iot(
+        cls,
+        endpoint: str,
+        certfile: PathLike,
+        keyfile: PathLike,
+        ca_certs: Optional[PathLike] = None,
+        *,
+        client_id: str,
+        port: int = 8883,
+        **options: Any,
+    ) -> "MqttRpcClient":
+        """A client set up the way AWS IoT Core wants it: mutual TLS with the thing's
+        certificate and key, on port 8883 (or 443, with the ALPN protocol
+        ``x-amzn-mqtt-ca``), QoS at most 1, payloads up to 128 KB, at most 50 reply
+        subscriptions, and AWS's topic rules checked before publishing.
+
+        Args:
+            endpoint: your account's data endpoint, ``xxxxxxxx-ats.iot.<region>.amazonaws.com``
+                (``aws iot describe-endpoint --endpoint-type iot:Data-ATS``).
+            certfile, keyfile: the thing's certificate and private key (PEM).
+            ca_certs: Amazon Root CA 1 (PEM); default: the system's trusted roots.
+            client_id: the client id the IoT policy allows (often the thing name). Every
+                connection needs its own: two replicas must not share one.
+            port: 8883, or 443 where only HTTPS ports are open.
+            options: any other `MqttRpcClient` option.
+        """
+        settings: Dict[str, Any] = {
+            "max_packet_size": 128 * 1024,
+            "max_reply_subscriptions": 50,
+            "keepalive": 60,
+        }
+        settings.update(options)
+        return cls(
+            endpoint,
+            port,
+            client_id=client_id,
+            certfile=certfile,
+            keyfile=keyfile,
+            ca_certs=ca_certs,
+            alpn_protocols=["x-amzn-mqtt-ca"] if port == 443 else [],
+            aws_topic_rules=True,
+            **settings,
+        )
+
     async def connect(self) -> None:
         """Connects to the broker (and subscribes ``reply_filter``, if given).
 
         Raises:
-            NotConnectedError: the broker could not be reached or refused the connection,
-                within ``connect_timeout``.
+            NotConnectedError: the broker could not be reached within ``connect_timeout``;
+                its subclasses `TlsError` (bad TLS files, unknown CA, certificate refused)
+                and `BrokerRefusedError` (bad credentials, not authorised) say more.
         """
         await self._core.connect(_get_running_loop())
 

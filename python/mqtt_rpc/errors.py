@@ -40,6 +40,17 @@ class NotConnectedError(MqttRpcError, ConnectionError):
     """The client is not connected: `connect()` was not called, failed, or `close()` was."""
 
 
+class TlsError(NotConnectedError):
+    """TLS could not be set up (a missing or unreadable file, no key, a key that does not
+    match its certificate) or its handshake failed (an unknown CA, a certificate the broker
+    rejects). Raised by `connect()`; the message names the cause."""
+
+
+class BrokerRefusedError(NotConnectedError):
+    """The broker refused the connection: bad username or password, not authorised, or
+    another CONNACK refusal (named in the message)."""
+
+
 class ConnectionLostError(MqttRpcError, ConnectionError):
     """The connection (or the client) went away while the call was waiting."""
 
@@ -58,6 +69,8 @@ __all__ = [
     "RpcTimeoutError",
     "RemoteError",
     "NotConnectedError",
+    "TlsError",
+    "BrokerRefusedError",
     "ConnectionLostError",
     "SubscriptionRefusedError",
     "PayloadError",

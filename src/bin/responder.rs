@@ -256,7 +256,7 @@ async fn main() -> ExitCode {
         session_expiry: args.session_expiry,
         ..ConnectionOptions::default()
     };
-    let (outbox, mut events) = link::open(&connection, 65_536, u16::MAX);
+    let (outbox, mut events) = link::open(&connection, None, 65_536, u16::MAX);
     let mut unacknowledged = args.filters.len();
     loop {
         match events.next().await {

@@ -7,9 +7,11 @@ use super::errors::{call_error, value_error};
 use super::runtime::runtime;
 use crate::client::{CallError, ClientOptions, RpcClient};
 use crate::link::{ConnectionOptions, Protocol};
+use crate::tls::TlsOptions;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString, PyTuple};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -84,7 +86,9 @@ impl CoreClient {
     #[pyo3(signature = (host, port, client_id, protocol, qos, keepalive, username, password,
                         reply_filter, max_reply_subscriptions, max_in_flight, max_packet_size,
                         connect_timeout, session_expiry=None, fail_fast=false,
-                        reconnect_min_delay=0.1, reconnect_max_delay=10.0, event_handler=None))]
+                        reconnect_min_delay=0.1, reconnect_max_delay=10.0, event_handler=None,
+                        tls=false, ca_certs=None, certfile=None, keyfile=None,
+                        alpn_protocols=Vec::new(), aws_topic_rules=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: String,
@@ -105,6 +109,12 @@ impl CoreClient {
         reconnect_min_delay: f64,
         reconnect_max_delay: f64,
         event_handler: Option<Py<PyAny>>,
+        tls: bool,
+        ca_certs: Option<PathBuf>,
+        certfile: Option<PathBuf>,
+        keyfile: Option<PathBuf>,
+        alpn_protocols: Vec<String>,
+        aws_topic_rules: bool,
     ) -> PyResult<Self> {
         let protocol = match protocol {
             "3.1.1" | "311" | "4" => Protocol::V311,
@@ -144,6 +154,12 @@ impl CoreClient {
                     Some(0.0) => Duration::ZERO,
                     Some(s) => seconds("session_expiry", s)?,
                 },
+                tls: tls.then_some(TlsOptions {
+                    ca_certs,
+                    certfile,
+                    keyfile,
+                    alpn_protocols,
+                }),
             },
             qos,
             reply_filter,
@@ -152,6 +168,7 @@ impl CoreClient {
             reconnect_min_delay: seconds("reconnect_min_delay", reconnect_min_delay)?,
             reconnect_max_delay: seconds("reconnect_max_delay", reconnect_max_delay)?,
             fail_fast,
+            aws_topic_rules,
         };
         let inner = RpcClient::new(options).map_err(|e| value_error(e.to_string()))?;
         Ok(CoreClient {

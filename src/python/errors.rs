@@ -55,6 +55,10 @@ fn build(py: Python<'_>, error: &CallError, timeout: Option<&Bound<'_, PyAny>>) 
         CallError::NotConnected(why) => {
             PyErr::from_type(exception_type(py, "NotConnectedError")?, why.clone())
         }
+        CallError::Tls(why) => PyErr::from_type(exception_type(py, "TlsError")?, why.clone()),
+        CallError::Refused(why) => {
+            PyErr::from_type(exception_type(py, "BrokerRefusedError")?, why.clone())
+        }
         CallError::ConnectionLost(why) => {
             PyErr::from_type(exception_type(py, "ConnectionLostError")?, why.clone())
         }
