@@ -31,7 +31,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 const USAGE: &str = "usage: mqtt-rpc-responder [--host H] [--port P] [--protocol 3.1.1|5] \
-[--qos 0|1] [--client-id ID] [--session-expiry SECONDS] [--mqtt5-only] FILTER...";
+[--qos 0|1] [--client-id ID] [--session-expiry SECONDS] [--username U --password P] \
+[--mqtt5-only] FILTER...";
 
 struct Args {
     host: String,
@@ -41,6 +42,8 @@ struct Args {
     client_id: String,
     mqtt5_only: bool,
     session_expiry: Duration,
+    username: Option<String>,
+    password: Option<String>,
     filters: Vec<String>,
 }
 
@@ -53,6 +56,8 @@ fn parse_args() -> Result<Args, String> {
         client_id: format!("mqtt-rpc-responder-{}", std::process::id()),
         mqtt5_only: false,
         session_expiry: Duration::ZERO,
+        username: None,
+        password: None,
         filters: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -80,6 +85,8 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|e| format!("--session-expiry: {e}"))?;
                 args.session_expiry = Duration::from_secs(seconds);
             }
+            "--username" => args.username = Some(value("--username")?),
+            "--password" => args.password = Some(value("--password")?),
             "--mqtt5-only" => args.mqtt5_only = true,
             "-h" | "--help" => return Err(USAGE.into()),
             filter if !filter.starts_with("--") => {
@@ -254,6 +261,8 @@ async fn main() -> ExitCode {
         keepalive: Duration::from_secs(30),
         connect_timeout: Duration::from_secs(5),
         session_expiry: args.session_expiry,
+        username: args.username.clone(),
+        password: args.password.clone(),
         ..ConnectionOptions::default()
     };
     let (outbox, mut events) = link::open(&connection, None, 65_536, u16::MAX);
