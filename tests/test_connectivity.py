@@ -223,3 +223,33 @@ async def test_a_client_dropped_without_close_lets_its_connection_go(own_broker:
     gc.collect()
     # Its tasks stopped and its socket closed: the broker sees the connection end.
     assert own_broker.wait_for_line(lambda line: client_id in line and "closed its connection" in line, 10)
+
+
+async def test_with_a_kept_session_an_answer_sent_while_away_completes_the_call() -> None:
+    # MQTT 5, QoS 1, the default session expiry: the broker keeps the client's session (and
+    # persists it across its own restart), so the reply published while the client is away
+    # is delivered when it is back, and no reply filter needs subscribing again.
+    with MosquittoBroker.start(extra_config=["persistence true", "autosave_interval 0"]) as broker:
+        (broker.workdir / "data").mkdir()
+        broker.config.write_text(broker.config.read_text() + f"persistence_location {broker.workdir / 'data'}/\n")
+        broker.restart()
+        device_options = ["--qos", "1", "--client-id", f"device-{uuid.uuid4().hex[:6]}", "--session-expiry", "3600"]
+        with ResponderDevice.start(broker, DEVICES, options=device_options) as responder:
+            watched = Watched(broker, protocol="5", qos=1)
+            client, device_topic = watched.client, topic()
+            await client.connect()
+            slow = asyncio.ensure_future(client.call(device_topic, {"_responder": {"delay_ms": 1500}}, timeout=15))
+            # Same publisher, same topic: once this answer is back, the device has the slow request.
+            await client.call(device_topic, {"barrier": True})
+            await asyncio.get_running_loop().run_in_executor(None, broker.terminate)
+            await watched.until(connected=False)
+            await restart_in_background(broker)
+            reply = await slow
+            assert reply["result"]["request"]["_responder"] == {"delay_ms": 1500}
+            await watched.until(connected=True, count=2)
+            assert watched.events[-1].session_present
+            # The broker kept the reply filter: the client did not subscribe again.
+            assert f"{device_topic}/response/+" not in broker.subscribes(client.client_id)
+            assert await asyncio.get_running_loop().run_in_executor(None, responder.wait_until_ready)
+            assert (await client.call(device_topic, {"after": True}))["result"]["request"]["after"] is True
+            await client.close()
