@@ -122,10 +122,7 @@ async def test_calls_made_while_disconnected_wait_for_the_connection(protocol: s
     # A broker that keeps sessions across a restart, and a device with a persistent session,
     # so that the device is subscribed whenever the broker is up: what is measured is the
     # client alone holding its calls until it is connected and subscribed again.
-    with MosquittoBroker.start(extra_config=["persistence true", "autosave_interval 0"]) as broker:
-        (broker.workdir / "data").mkdir()
-        broker.config.write_text(broker.config.read_text() + f"persistence_location {broker.workdir / 'data'}/\n")
-        broker.restart()
+    with MosquittoBroker.start(persistent=True) as broker:
         device_options = ["--qos", "1", "--client-id", f"device-{uuid.uuid4().hex[:6]}", "--session-expiry", "3600"]
         with ResponderDevice.start(broker, DEVICES, options=device_options):
             watched = Watched(broker, protocol=protocol, qos=1)
@@ -229,10 +226,7 @@ async def test_with_a_kept_session_an_answer_sent_while_away_completes_the_call(
     # MQTT 5, QoS 1, the default session expiry: the broker keeps the client's session (and
     # persists it across its own restart), so the reply published while the client is away
     # is delivered when it is back, and no reply filter needs subscribing again.
-    with MosquittoBroker.start(extra_config=["persistence true", "autosave_interval 0"]) as broker:
-        (broker.workdir / "data").mkdir()
-        broker.config.write_text(broker.config.read_text() + f"persistence_location {broker.workdir / 'data'}/\n")
-        broker.restart()
+    with MosquittoBroker.start(persistent=True) as broker:
         device_options = ["--qos", "1", "--client-id", f"device-{uuid.uuid4().hex[:6]}", "--session-expiry", "3600"]
         with ResponderDevice.start(broker, DEVICES, options=device_options) as responder:
             watched = Watched(broker, protocol="5", qos=1)

@@ -56,10 +56,11 @@ class MosquittoBroker:
 
     @classmethod
     def start(
-        cls, timeout: float = 10, extra_config: Sequence[str] = (), listener_options: Sequence[str] = ()
+        cls, timeout: float = 10, extra_config: Sequence[str] = (), persistent: bool = False
     ) -> "MosquittoBroker":
-        """Starts Mosquitto on a free port. `extra_config` lines are added to its config;
-        `listener_options` go right after the listener line (TLS settings, for example)."""
+        """Starts Mosquitto on a free port; `extra_config` lines are added to its config.
+        A `persistent` broker saves its sessions when stopped cleanly (`terminate`) and
+        restores them on `restart`."""
         workdir = tempfile.TemporaryDirectory(prefix="mqtt-rpc-mosquitto-")
         port = free_port()
         config = Path(workdir.name) / "mosquitto.conf"
@@ -67,7 +68,6 @@ class MosquittoBroker:
             "\n".join(
                 [
                     f"listener {port} 127.0.0.1",
-                    *listener_options,
                     "allow_anonymous true" if not any("allow_anonymous" in c for c in extra_config) else "",
                     # stderr is unbuffered: the log is read line by line as it is written.
                     "log_dest stderr",
@@ -85,6 +85,8 @@ class MosquittoBroker:
                     # Mosquitto leaves Nagle's algorithm on towards clients by default: small
                     # replies then wait up to 40 ms for a delayed ACK.
                     "set_tcp_nodelay true",
+                    *(["persistence true", "autosave_interval 0", f"persistence_location {workdir.name}/"]
+                      if persistent else []),
                     *extra_config,
                     "",
                 ]
@@ -134,11 +136,14 @@ class MosquittoBroker:
         self.process.kill()
         self.process.wait()
 
-    def terminate(self) -> None:
+    def terminate(self, timeout: float = 30) -> None:
         """Stops the broker cleanly (SIGTERM: it saves its persistence file, if it has one);
         `restart()` brings it back."""
         self.process.terminate()
-        self.process.wait(timeout=10)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
 
     def restart(self, timeout: float = 10) -> None:
         """Starts the broker again on the same port with the same config (stopping it cleanly
@@ -169,12 +174,7 @@ class MosquittoBroker:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            self.terminate()
         self._workdir.cleanup()
 
     def __enter__(self) -> "MosquittoBroker":
