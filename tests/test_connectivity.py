@@ -213,13 +213,18 @@ async def test_close_waits_for_calls_in_flight(own_broker: MosquittoBroker, own_
 
 
 async def test_a_client_dropped_without_close_lets_its_connection_go(own_broker: MosquittoBroker) -> None:
+    loop = asyncio.get_running_loop()
+    watched_before = len(loop._selector.get_map())  # type: ignore[attr-defined]
     client = MqttRpcClient(own_broker.host, own_broker.port)
     await client.connect()
     client_id = client.client_id
+    assert len(loop._selector.get_map()) == watched_before + 1  # type: ignore[attr-defined]
     del client
     gc.collect()
     # Its tasks stopped and its socket closed: the broker sees the connection end.
     assert own_broker.wait_for_line(lambda line: client_id in line and "closed its connection" in line, 10)
+    await asyncio.sleep(0)  # one turn of the loop runs the scheduled remove_reader
+    assert len(loop._selector.get_map()) == watched_before  # type: ignore[attr-defined]
 
 
 async def test_with_a_kept_session_an_answer_sent_while_away_completes_the_call() -> None:

@@ -80,6 +80,24 @@ impl CoreClient {
     }
 }
 
+impl Drop for CoreClient {
+    /// A client dropped without `close()`: its tasks stop with `RpcClient`'s drop; here
+    /// each loop is told to stop watching its bridge (scheduled on that loop, which holds
+    /// the bridge, and so its socket, until then).
+    fn drop(&mut self) {
+        let bridges = std::mem::take(&mut *lock(&self.bridges));
+        if bridges.is_empty() {
+            return;
+        }
+        Python::attach(|py| {
+            for bridge in bridges {
+                // A loop that cannot take the request is closed or closing: nothing to undo.
+                let _ = bridge.get().detach(py, false);
+            }
+        });
+    }
+}
+
 #[pymethods]
 impl CoreClient {
     #[new]
