@@ -10,7 +10,8 @@
 use crate::link::{
     self, ConnectionOptions, Events, Inbound, LinkError, LinkErrorKind, Outbox, Protocol,
 };
-use crate::pending::{Admission, Call, PendingTable, Stage};
+use crate::metrics::LatencyHistogram;
+use crate::pending::{Admission, Call, PendingTable, RecentlyAnswered, Stage};
 use crate::protocol::{self, InputError, RemoteError, Reply, ReplyOutcome};
 use crate::subscriptions::{Need, ReplySubscriptions, Settled};
 use bytes::Bytes;
@@ -59,6 +60,14 @@ impl Default for ClientOptions {
             aws_topic_rules: false,
         }
     }
+}
+
+/// A request checked and built by `prepare`, ready for `start`.
+#[derive(Debug)]
+pub struct Prepared {
+    pub request_id: String,
+    topic: String,
+    request: Vec<u8>,
 }
 
 /// Why a call did not get an answer.
@@ -145,10 +154,15 @@ pub struct Stats {
     pub calls_cancelled: u64,
     pub calls_failed: u64,
     pub replies_dropped_stray: u64,
+    pub replies_dropped_duplicate: u64,
     pub replies_dropped_malformed: u64,
     pub reconnects: u64,
     pub pending: u64,
     pub reply_subscriptions: u64,
+    /// Latency percentiles of answered calls, when there are any.
+    pub latency_p50: Option<Duration>,
+    pub latency_p90: Option<Duration>,
+    pub latency_p99: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -160,6 +174,7 @@ struct Counters {
     cancelled: AtomicU64,
     failed: AtomicU64,
     stray: AtomicU64,
+    duplicate: AtomicU64,
     malformed: AtomicU64,
     reconnects: AtomicU64,
 }
@@ -170,6 +185,7 @@ fn bump(counter: &AtomicU64) {
 
 struct State<W> {
     calls: PendingTable<W>,
+    recent: RecentlyAnswered,
     subscriptions: ReplySubscriptions,
     /// The key of the user's `reply_filter` in `subscriptions`, if one was given.
     pinned: Option<Arc<str>>,
@@ -185,6 +201,8 @@ struct Shared<W> {
     outbox: Outbox,
     state: Mutex<State<W>>,
     counters: Counters,
+    /// From `start` to the answer, for answered calls (results and remote errors).
+    latency: LatencyHistogram,
     /// `connect()` was called: from then on calls are accepted (and queued while the
     /// connection is down), until `close()`.
     connect_started: AtomicBool,
@@ -232,6 +250,7 @@ impl<W: Waiter> RpcClient<W> {
         let shared = Shared {
             state: Mutex::new(State {
                 calls: PendingTable::new(max_in_flight),
+                recent: RecentlyAnswered::default(),
                 subscriptions: ReplySubscriptions::new(options.max_reply_subscriptions),
                 pinned: None,
                 ready: None,
@@ -239,6 +258,7 @@ impl<W: Waiter> RpcClient<W> {
             options,
             outbox,
             counters: Counters::default(),
+            latency: LatencyHistogram::default(),
             connect_started: AtomicBool::new(false),
             connected: AtomicBool::new(false),
             closing: AtomicBool::new(false),
@@ -336,6 +356,19 @@ impl<W: Waiter> RpcClient<W> {
         timeout: Duration,
         make_waiter: impl FnOnce() -> W,
     ) -> Result<String, CallError> {
+        let prepared = self.prepare(topic, payload, None)?;
+        Ok(self.start(prepared, timeout, make_waiter()))
+    }
+
+    /// Checks a request and builds its body, sending nothing: a batch is prepared whole
+    /// before any of it is sent. A retry passes the `request_id` of its first attempt, so
+    /// that the device can recognise the repeat.
+    pub fn prepare(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        request_id: Option<&str>,
+    ) -> Result<Prepared, CallError> {
         let shared = &self.shared;
         if shared.closing.load(Ordering::Acquire) {
             return Err(CallError::NotConnected(
@@ -356,7 +389,16 @@ impl<W: Waiter> RpcClient<W> {
         if shared.options.aws_topic_rules {
             protocol::check_aws_topic_rules(topic).map_err(CallError::Input)?;
         }
-        let request_id = protocol::new_request_id();
+        let request_id = match request_id {
+            None => protocol::new_request_id(),
+            Some(id) => {
+                protocol::validate_request_id(id).map_err(CallError::Input)?;
+                if shared.lock().calls.contains(id) {
+                    return Err(CallError::Input(InputError::RequestIdInUse(id.to_owned())));
+                }
+                id.to_owned()
+            }
+        };
         if let Some(filter) = &shared.options.reply_filter {
             let reply_topic = protocol::reply_topic(topic, &request_id);
             if !protocol::topic_matches(filter, &reply_topic) {
@@ -372,20 +414,42 @@ impl<W: Waiter> RpcClient<W> {
         if size > limit {
             return Err(CallError::Input(InputError::TooLarge { size, limit }));
         }
-        let waiter = make_waiter();
+        Ok(Prepared {
+            request_id,
+            topic: topic.to_owned(),
+            request,
+        })
+    }
+
+    /// Sends a prepared request (or queues it for a slot or its reply filter's SUBACK);
+    /// `waiter` hears its one outcome. Returns its request id.
+    pub fn start(&self, prepared: Prepared, timeout: Duration, waiter: W) -> String {
+        let shared = &self.shared;
+        let Prepared {
+            request_id,
+            topic,
+            request,
+        } = prepared;
         bump(&shared.counters.started);
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
+        // A timeout too long to represent waits, in practice, for ever.
+        let deadline = started
+            .checked_add(timeout)
+            .unwrap_or(started + Duration::from_secs(86_400 * 365));
         let mut wakeups = Vec::new();
         let earliest = {
             let mut state = shared.lock();
             let topic_key = state
                 .subscriptions
-                .key_for(topic)
-                .unwrap_or_else(|| Arc::from(topic));
-            let (admission, earliest) =
-                state
-                    .calls
-                    .insert(request_id.clone(), topic_key, request, deadline, waiter);
+                .key_for(&topic)
+                .unwrap_or_else(|| Arc::from(topic.as_str()));
+            let (admission, earliest) = state.calls.insert(
+                request_id.clone(),
+                topic_key,
+                request,
+                (started, deadline),
+                waiter,
+            );
             if admission == Admission::Admitted {
                 shared.admit(&mut state, &request_id, &mut wakeups);
             }
@@ -395,7 +459,7 @@ impl<W: Waiter> RpcClient<W> {
             shared.timer_wake.notify_one();
         }
         shared.wake(wakeups);
-        Ok(request_id)
+        request_id
     }
 
     /// The caller gave up (its task was cancelled): drop the call now, not at its deadline.
@@ -446,10 +510,14 @@ impl<W: Waiter> RpcClient<W> {
             calls_cancelled: get(&c.cancelled),
             calls_failed: get(&c.failed),
             replies_dropped_stray: get(&c.stray),
+            replies_dropped_duplicate: get(&c.duplicate),
             replies_dropped_malformed: get(&c.malformed),
             reconnects: get(&c.reconnects),
             pending: pending as u64,
             reply_subscriptions: reply_subscriptions as u64,
+            latency_p50: self.shared.latency.percentile(0.50),
+            latency_p90: self.shared.latency.percentile(0.90),
+            latency_p99: self.shared.latency.percentile(0.99),
         }
     }
 
@@ -795,7 +863,7 @@ impl<W: Waiter> Shared<W> {
                 Some(data) => std::str::from_utf8(data).ok().map(str::to_owned),
                 None => {
                     let last = protocol::last_level(topic);
-                    if state.calls.contains(last) {
+                    if state.calls.contains(last) || state.recent.contains(last) {
                         Some(last.to_owned())
                     } else {
                         reply.request_id().map(str::to_owned)
@@ -805,11 +873,17 @@ impl<W: Waiter> Shared<W> {
             match request_id {
                 Some(id) if state.calls.contains(&id) => {
                     if reply.may_answer(&id) {
-                        self.take_call(&mut state, &id, &mut wakeups)
+                        let call = self.take_call(&mut state, &id, &mut wakeups);
+                        state.recent.remember(id);
+                        call
                     } else {
                         bump(&self.counters.malformed);
                         None
                     }
+                }
+                Some(id) if state.recent.contains(&id) => {
+                    bump(&self.counters.duplicate);
+                    None
                 }
                 _ => {
                     bump(&self.counters.stray);
@@ -818,6 +892,7 @@ impl<W: Waiter> Shared<W> {
             }
         };
         if let Some(call) = outcome_for {
+            self.latency.record(call.started.elapsed());
             let outcome = match reply.into_outcome() {
                 ReplyOutcome::Answer(body) => {
                     bump(&self.counters.succeeded);

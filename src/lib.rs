@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod link;
+pub mod metrics;
 pub mod pending;
 pub mod protocol;
 pub mod subscriptions;

@@ -24,6 +24,7 @@ pub struct Call<W> {
     pub topic: Arc<str>,
     /// The request body, kept until it is published.
     pub request: Option<Vec<u8>>,
+    pub started: Instant,
     pub deadline: Instant,
     pub stage: Stage,
     pub waiter: W,
@@ -88,7 +89,7 @@ impl<W> PendingTable<W> {
         request_id: String,
         topic: Arc<str>,
         request: Vec<u8>,
-        deadline: Instant,
+        (started, deadline): (Instant, Instant),
         waiter: W,
     ) -> (Admission, bool) {
         let seq = self.next_seq;
@@ -115,6 +116,7 @@ impl<W> PendingTable<W> {
             Call {
                 topic,
                 request: Some(request),
+                started,
                 deadline,
                 stage,
                 waiter,
@@ -173,6 +175,33 @@ impl<W> PendingTable<W> {
     }
 }
 
+/// The ids of the last answered calls, so that a second answer to one of them is counted as
+/// a duplicate rather than as a stray reply.
+#[derive(Debug, Default)]
+pub struct RecentlyAnswered {
+    order: VecDeque<String>,
+    ids: std::collections::HashSet<String>,
+}
+
+impl RecentlyAnswered {
+    const CAPACITY: usize = 4096;
+
+    pub fn remember(&mut self, request_id: String) {
+        if self.order.len() == Self::CAPACITY {
+            if let Some(oldest) = self.order.pop_front() {
+                self.ids.remove(&oldest);
+            }
+        }
+        if self.ids.insert(request_id.clone()) {
+            self.order.push_back(request_id);
+        }
+    }
+
+    pub fn contains(&self, request_id: &str) -> bool {
+        self.ids.contains(request_id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,15 +217,21 @@ mod tests {
         let mut table = PendingTable::new(2);
         let later = now + Duration::from_secs(10);
         assert_eq!(
-            table.insert("a".into(), topic(), vec![], later, ()).0,
+            table
+                .insert("a".into(), topic(), vec![], (now, later), ())
+                .0,
             Admission::Admitted
         );
         assert_eq!(
-            table.insert("b".into(), topic(), vec![], later, ()).0,
+            table
+                .insert("b".into(), topic(), vec![], (now, later), ())
+                .0,
             Admission::Admitted
         );
         assert_eq!(
-            table.insert("c".into(), topic(), vec![], later, ()).0,
+            table
+                .insert("c".into(), topic(), vec![], (now, later), ())
+                .0,
             Admission::Queued
         );
         assert_eq!(table.len(), 3);
@@ -216,8 +251,8 @@ mod tests {
     fn removing_a_queued_call_frees_nothing_and_leaves_no_trace() {
         let now = Instant::now();
         let mut table = PendingTable::new(1);
-        table.insert("a".into(), topic(), vec![], now, ());
-        table.insert("b".into(), topic(), vec![], now, ());
+        table.insert("a".into(), topic(), vec![], (now, now), ());
+        table.insert("b".into(), topic(), vec![], (now, now), ());
         assert!(table.remove("b").is_some());
         assert_eq!(table.in_flight(), 1);
         assert!(table.remove("a").is_some());
@@ -231,12 +266,12 @@ mod tests {
     fn a_new_call_joins_the_queue_behind_waiting_ones() {
         let now = Instant::now();
         let mut table = PendingTable::new(1);
-        table.insert("a".into(), topic(), vec![], now, ());
-        table.insert("b".into(), topic(), vec![], now, ());
+        table.insert("a".into(), topic(), vec![], (now, now), ());
+        table.insert("b".into(), topic(), vec![], (now, now), ());
         table.remove("a");
         // A slot is free but "b" waited first: "c" must not jump the queue.
         assert_eq!(
-            table.insert("c".into(), topic(), vec![], now, ()).0,
+            table.insert("c".into(), topic(), vec![], (now, now), ()).0,
             Admission::Queued
         );
         assert_eq!(table.admit_next(), Some("b".to_string()));
@@ -250,7 +285,7 @@ mod tests {
             "late".into(),
             topic(),
             vec![],
-            now + Duration::from_secs(5),
+            (now, now + Duration::from_secs(5)),
             (),
         );
         assert!(earliest);
@@ -258,7 +293,7 @@ mod tests {
             "soon".into(),
             topic(),
             vec![],
-            now + Duration::from_secs(1),
+            (now, now + Duration::from_secs(1)),
             (),
         );
         assert!(earliest);
@@ -266,7 +301,7 @@ mod tests {
             "mid".into(),
             topic(),
             vec![],
-            now + Duration::from_secs(3),
+            (now, now + Duration::from_secs(3)),
             (),
         );
         assert!(!earliest);
@@ -282,11 +317,22 @@ mod tests {
     }
 
     #[test]
+    fn recently_answered_forgets_the_oldest_first() {
+        let mut recent = RecentlyAnswered::default();
+        for i in 0..RecentlyAnswered::CAPACITY + 1 {
+            recent.remember(i.to_string());
+        }
+        assert!(!recent.contains("0"));
+        assert!(recent.contains("1"));
+        assert!(recent.contains(&RecentlyAnswered::CAPACITY.to_string()));
+    }
+
+    #[test]
     fn drain_empties_everything() {
         let now = Instant::now();
         let mut table = PendingTable::new(1);
-        table.insert("a".into(), topic(), vec![], now, ());
-        table.insert("b".into(), topic(), vec![], now, ());
+        table.insert("a".into(), topic(), vec![], (now, now), ());
+        table.insert("b".into(), topic(), vec![], (now, now), ());
         assert_eq!(table.drain().len(), 2);
         assert!(table.is_empty());
         assert_eq!(table.in_flight(), 0);

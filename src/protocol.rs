@@ -33,6 +33,8 @@ pub enum InputError {
     OutsideReplyFilter { reply_topic: String, filter: String },
     InvalidFilter(String),
     AwsTopicRules(String),
+    InvalidRequestId(String),
+    RequestIdInUse(String),
 }
 
 impl fmt::Display for InputError {
@@ -67,6 +69,13 @@ impl fmt::Display for InputError {
             ),
             InputError::InvalidFilter(e) => write!(f, "invalid topic filter: {e}"),
             InputError::AwsTopicRules(e) => write!(f, "{e} (AWS IoT Core's topic rules)"),
+            InputError::InvalidRequestId(id) => write!(
+                f,
+                "the request id {id:?} cannot be a topic level: 1 to 128 characters without '/', '+', '#' or NUL"
+            ),
+            InputError::RequestIdInUse(id) => {
+                write!(f, "a call with request id {id:?} is still pending")
+            }
         }
     }
 }
@@ -173,6 +182,15 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
 /// A fresh request id: a uuid4, canonical lowercase hyphenated, as devices expect.
 pub fn new_request_id() -> String {
     uuid::Uuid::new_v4().hyphenated().to_string()
+}
+
+/// Checks a request id given by the caller (a retry's): it becomes the last level of the
+/// reply topic.
+pub fn validate_request_id(id: &str) -> Result<(), InputError> {
+    if id.is_empty() || id.len() > 128 || id.contains(['/', '+', '#', '\0']) {
+        return Err(InputError::InvalidRequestId(id.to_owned()));
+    }
+    Ok(())
 }
 
 /// The seed reply topic of one call: `{request_topic}/response/{request_id}`.

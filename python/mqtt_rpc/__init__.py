@@ -7,7 +7,8 @@
 """
 
 from ._core import __version__
-from .client import ConnectionEvent, MqttRpcClient
+from .client import ConnectionEvent, MqttRpcClient, Retry
+from .sync import SyncMqttRpcClient
 from .errors import (
     BrokerRefusedError,
     ConnectionLostError,
@@ -22,6 +23,8 @@ from .errors import (
 
 __all__ = [
     "MqttRpcClient",
+    "SyncMqttRpcClient",
+    "Retry",
     "ConnectionEvent",
     "MqttRpcError",
     "RpcTimeoutError",

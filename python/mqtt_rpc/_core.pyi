@@ -49,9 +49,25 @@ class CoreClient:
         topic: str,
         payload: Union[str, bytes, bytearray],
         timeout: float,
+        request_id: Optional[str] = None,
     ) -> Tuple["asyncio.Future[Dict[str, Any]]", str]:
-        """Starts a call and returns its future and request id. Raises `PayloadError` or
-        `ValueError` before anything is published."""
+        """Starts a call and returns its future and request id (`request_id`: a retry's,
+        to send the same request again). Raises `PayloadError` or `ValueError` before
+        anything is published."""
+    def start_many(
+        self,
+        event_loop: asyncio.AbstractEventLoop,
+        requests: List[Tuple[str, Union[str, bytes, bytearray]]],
+        timeout: float,
+        return_exceptions: bool,
+    ) -> Tuple["asyncio.Future[List[Any]]", List[str]]:
+        """Starts a batch in one crossing; the future resolves to the results in input order."""
+    def call_blocking(self, topic: str, payload: Union[str, bytes, bytearray], timeout: float) -> Dict[str, Any]:
+        """A call that blocks the calling thread (GIL released) until its outcome."""
+    def connect_blocking(self) -> None:
+        """Connects, blocking the calling thread (GIL released)."""
+    def close_blocking(self, grace: float) -> None:
+        """Closes, blocking the calling thread (GIL released)."""
     def forget(self, request_id: str) -> bool:
         """Drops a call whose caller stopped waiting; returns whether it was pending."""
     @property

@@ -12,10 +12,10 @@ import os
 import weakref
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Callable, Dict, Optional, Sequence, Type, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
 
 from . import _core
-from .errors import PayloadError
+from .errors import ConnectionLostError, PayloadError, RpcTimeoutError
 
 Payload = Union[str, bytes, bytearray, Dict[str, Any]]
 PathLike = Union[str, "os.PathLike[str]"]
@@ -34,6 +34,34 @@ class ConnectionEvent:
 
 _get_running_loop = asyncio.get_running_loop
 _CancelledError = asyncio.CancelledError
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How `call()` retries: up to ``attempts`` attempts, all within the call's ``timeout``.
+
+    Every attempt publishes the same request with the same ``request_id``, so a device can
+    recognise a repeat (and answer it without acting twice). An attempt waits
+    ``attempt_timeout`` seconds (default: what the call's timeout leaves after the pauses,
+    shared by the attempts; the last attempt waits for whatever time is left), then, after
+    a pause of ``backoff`` seconds doubling up to ``max_backoff``, the next one goes out. Only the exceptions in
+    ``on`` are retried: a `RemoteError` is the device's answer and is not, unless listed.
+    The call never outlives its ``timeout``.
+    """
+
+    attempts: int = 3
+    backoff: float = 0.2
+    max_backoff: float = 2.0
+    on: Tuple[Type[BaseException], ...] = (RpcTimeoutError, ConnectionLostError)
+    attempt_timeout: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be at least 1, not {self.attempts}")
+        if self.backoff < 0 or self.max_backoff < 0:
+            raise ValueError("backoff and max_backoff must not be negative")
+        if self.attempt_timeout is not None and self.attempt_timeout <= 0:
+            raise ValueError(f"attempt_timeout must be positive, not {self.attempt_timeout}")
 
 
 class MqttRpcClient:
@@ -242,7 +270,9 @@ class MqttRpcClient:
     ) -> None:
         await self.close()
 
-    async def call(self, topic: str, payload: Payload, timeout: Optional[float] = None) -> Dict[str, Any]:
+    async def call(
+        self, topic: str, payload: Payload, timeout: Optional[float] = None, retry: Optional[Retry] = None
+    ) -> Dict[str, Any]:
         """Publishes ``payload`` to ``topic`` and returns the device's reply.
 
         Args:
@@ -250,6 +280,7 @@ class MqttRpcClient:
             payload: a JSON object, as ``str``, ``bytes`` or ``dict``. A ``request_id``
                 member is added to it.
             timeout: seconds to wait for the answer; defaults to the client's ``timeout``.
+            retry: retry the same request (same ``request_id``) within ``timeout``; see `Retry`.
 
         Returns:
             The reply object as the device sent it (``request_id`` and ``result`` included).
@@ -265,11 +296,73 @@ class MqttRpcClient:
             timeout = self._timeout
         if isinstance(payload, dict):
             payload = _encode(payload)
+        if retry is not None:
+            return await self._call_with_retry(topic, payload, timeout, retry)
         future, request_id = self._core.start_call(_get_running_loop(), topic, payload, timeout)
         try:
             return await future
         except _CancelledError:
             self._core.forget(request_id)
+            raise
+
+    async def _call_with_retry(self, topic: str, payload: Any, timeout: float, retry: Retry) -> Dict[str, Any]:
+        loop = _get_running_loop()
+        deadline = loop.time() + timeout
+        pauses = sum(min(retry.backoff * 2**k, retry.max_backoff) for k in range(retry.attempts - 1))
+        per_attempt = retry.attempt_timeout or (timeout - pauses if timeout > pauses else timeout) / retry.attempts
+        request_id: Optional[str] = None
+        pause = retry.backoff
+        last: Optional[BaseException] = None
+        for attempt in range(1, retry.attempts + 1):
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            wait = left if attempt == retry.attempts else min(per_attempt, left)
+            future, request_id = self._core.start_call(loop, topic, payload, wait, request_id)
+            try:
+                return await future
+            except _CancelledError:
+                self._core.forget(request_id)
+                raise
+            except retry.on as error:
+                last = error
+            pause_now = min(pause, retry.max_backoff, deadline - loop.time())
+            if attempt < retry.attempts and pause_now > 0:
+                await asyncio.sleep(pause_now)
+            pause *= 2
+        if last is None or isinstance(last, RpcTimeoutError):
+            raise RpcTimeoutError(f"MQTT call timed out after {timeout}s for topic '{topic}'", timeout, topic) from last
+        raise last
+
+    async def call_many(
+        self,
+        requests: Iterable[Tuple[str, Payload]],
+        timeout: Optional[float] = None,
+        return_exceptions: bool = False,
+    ) -> List[Any]:
+        """Makes many calls at once: one crossing into the Rust core for the whole batch,
+        every request published at once, every reply in input order.
+
+        Args:
+            requests: ``(topic, payload)`` pairs, payloads as for `call`.
+            timeout: seconds each call may wait (they all start together).
+            return_exceptions: put a failed call's exception in its place, as
+                ``asyncio.gather`` does; otherwise the first failure is raised and the calls
+                still waiting are cancelled.
+
+        Every request is checked before any is sent: one bad request raises `PayloadError`
+        (naming its index) and nothing is published.
+        """
+        if timeout is None:
+            timeout = self._timeout
+        batch = [(topic, _encode(payload) if isinstance(payload, dict) else payload) for topic, payload in requests]
+        future, request_ids = self._core.start_many(_get_running_loop(), batch, timeout, return_exceptions)
+        try:
+            return await future
+        except BaseException:
+            # Cancelled, or ended by a failure: the calls still waiting have no one to tell.
+            for request_id in request_ids:
+                self._core.forget(request_id)
             raise
 
     @property

@@ -11,6 +11,8 @@
 //!   `error`: answer with this error object instead of a result
 //!   `garbage_first`: before the answer, send a non-JSON body, a JSON array and an
 //!                    object with another request_id to the same reply topic
+//!   `ignore_first`: stay silent the first time a request_id is seen, answer its repeat
+//!                   (the answer's result then carries `seen`, the times it arrived)
 //!
 //! With `--mqtt5-only` it behaves like a plain MQTT 5 device: it answers only requests
 //! that carry a Response Topic, echoes their Correlation Data, and ignores `request_id`.
@@ -153,7 +155,12 @@ fn route(
     })
 }
 
-fn answer_body(route: &ReplyRoute, topic: &str, request: &Map<String, Value>) -> Vec<u8> {
+fn answer_body(
+    route: &ReplyRoute,
+    topic: &str,
+    request: &Map<String, Value>,
+    seen: Option<u32>,
+) -> Vec<u8> {
     let steer = request.get("_responder");
     let mut reply = Map::new();
     if let Some(id) = &route.request_id {
@@ -164,10 +171,11 @@ fn answer_body(route: &ReplyRoute, topic: &str, request: &Map<String, Value>) ->
             reply.insert("error".into(), error.clone());
         }
         None => {
-            reply.insert(
-                "result".into(),
-                json!({ "topic": topic, "request": Value::Object(request.clone()) }),
-            );
+            let mut result = json!({ "topic": topic, "request": Value::Object(request.clone()) });
+            if let Some(seen) = seen {
+                result["seen"] = Value::from(seen);
+            }
+            reply.insert("result".into(), result);
         }
     }
     serde_json::to_vec(&reply).unwrap_or_default()
@@ -191,7 +199,25 @@ fn send(outbox: &Outbox, qos: u8, route: &ReplyRoute, body: Vec<u8>) {
     }
 }
 
-fn handle(args: &Args, outbox: &Outbox, inbound: Inbound) {
+/// How many times each request id was seen, for `ignore_first` (bounded: a test tool that
+/// runs for a long benchmark must not grow without end).
+#[derive(Default)]
+struct SeenIds {
+    counts: std::collections::HashMap<String, u32>,
+}
+
+impl SeenIds {
+    fn see(&mut self, request_id: &str) -> u32 {
+        if self.counts.len() >= 100_000 {
+            self.counts.clear();
+        }
+        let count = self.counts.entry(request_id.to_owned()).or_insert(0);
+        *count += 1;
+        *count
+    }
+}
+
+fn handle(args: &Args, outbox: &Outbox, seen_ids: &mut SeenIds, inbound: Inbound) {
     let Inbound::Message {
         topic,
         payload,
@@ -213,7 +239,17 @@ fn handle(args: &Args, outbox: &Outbox, inbound: Inbound) {
     if steer.get("silent").and_then(Value::as_bool) == Some(true) {
         return;
     }
-    let body = answer_body(&route, &topic, &request);
+    let seen = match (
+        steer.get("ignore_first").and_then(Value::as_bool),
+        &route.request_id,
+    ) {
+        (Some(true), Some(id)) => Some(seen_ids.see(id)),
+        _ => None,
+    };
+    if seen == Some(1) {
+        return;
+    }
+    let body = answer_body(&route, &topic, &request, seen);
     let twice = steer.get("twice").and_then(Value::as_bool) == Some(true);
     let garbage_first = steer.get("garbage_first").and_then(Value::as_bool) == Some(true);
     let delay = steer.get("delay_ms").and_then(Value::as_u64).unwrap_or(0);
@@ -267,6 +303,7 @@ async fn main() -> ExitCode {
     };
     let (outbox, mut events) = link::open(&connection, None, 65_536, u16::MAX);
     let mut unacknowledged = args.filters.len();
+    let mut seen_ids = SeenIds::default();
     loop {
         match events.next().await {
             Ok(Inbound::Connected { .. }) => {
@@ -288,7 +325,7 @@ async fn main() -> ExitCode {
                     let _ = std::io::stdout().flush();
                 }
             }
-            Ok(inbound) => handle(&args, &outbox, inbound),
+            Ok(inbound) => handle(&args, &outbox, &mut seen_ids, inbound),
             Err(why) => {
                 // Keep trying (rumqttc reconnects when polled again); the filters are
                 // subscribed again on every connection.

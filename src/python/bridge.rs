@@ -34,6 +34,8 @@ pub enum Completion {
         future: Py<PyAny>,
         result: Result<(), CallError>,
     },
+    /// Every call of a batch ended, or one failed and ended it.
+    Batch(Arc<Batch>),
     /// The connection came up or went down: tell the client's Python handler.
     Event {
         handler: Arc<Py<PyAny>>,
@@ -70,21 +72,108 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Wakes a Python caller: its future, the timeout it passed (for the error message), and
-/// the queue of the loop it awaits on.
-pub struct PyWaiter {
-    pub future: Py<PyAny>,
-    pub timeout: Py<PyAny>,
-    pub queue: Arc<CompletionQueue>,
+/// Wakes a Python caller: an asyncio future (one call, or one call of a batch), or a thread
+/// blocked in a synchronous call.
+pub enum PyWaiter {
+    /// The future, the timeout the caller passed (for the error message), and the queue of
+    /// the loop it awaits on.
+    Future {
+        future: Py<PyAny>,
+        timeout: Py<PyAny>,
+        queue: Arc<CompletionQueue>,
+    },
+    Batch {
+        batch: Arc<Batch>,
+        index: usize,
+    },
+    Blocking(std::sync::mpsc::SyncSender<Outcome>),
 }
 
 impl Waiter for PyWaiter {
     fn complete(self, outcome: Outcome) {
-        self.queue.push(Completion::Call {
-            future: self.future,
-            timeout: self.timeout,
-            outcome,
-        });
+        match self {
+            PyWaiter::Future {
+                future,
+                timeout,
+                queue,
+            } => queue.push(Completion::Call {
+                future,
+                timeout,
+                outcome,
+            }),
+            PyWaiter::Batch { batch, index } => Batch::complete(&batch, index, outcome),
+            // A blocked caller that gave up (a signal) has nothing left to tell.
+            PyWaiter::Blocking(sender) => {
+                let _ = sender.send(outcome);
+            }
+        }
+    }
+}
+
+/// The calls of one `call_many`: one future for all of them, resolved once every call has
+/// ended (or at the first failure, unless exceptions are returned in place).
+pub struct Batch {
+    pub future: Py<PyAny>,
+    pub timeout: Py<PyAny>,
+    pub queue: Arc<CompletionQueue>,
+    pub return_exceptions: bool,
+    slots: Mutex<BatchSlots>,
+}
+
+struct BatchSlots {
+    outcomes: Vec<Option<Outcome>>,
+    remaining: usize,
+    /// The first failure, when it ends the batch (`return_exceptions=False`).
+    failure: Option<CallError>,
+    settled: bool,
+}
+
+impl Batch {
+    pub fn new(
+        future: Py<PyAny>,
+        timeout: Py<PyAny>,
+        queue: Arc<CompletionQueue>,
+        size: usize,
+        return_exceptions: bool,
+    ) -> Arc<Batch> {
+        Arc::new(Batch {
+            future,
+            timeout,
+            queue,
+            return_exceptions,
+            slots: Mutex::new(BatchSlots {
+                outcomes: (0..size).map(|_| None).collect(),
+                remaining: size,
+                failure: None,
+                settled: size == 0,
+            }),
+        })
+    }
+
+    fn complete(batch: &Arc<Batch>, index: usize, outcome: Outcome) {
+        let settle = {
+            let mut slots = lock(&batch.slots);
+            if slots.settled {
+                return;
+            }
+            match outcome {
+                Err(error) if !batch.return_exceptions => {
+                    slots.failure = Some(error);
+                    slots.settled = true;
+                }
+                outcome => {
+                    if let Some(slot) = slots.outcomes.get_mut(index) {
+                        *slot = Some(outcome);
+                    }
+                    slots.remaining -= 1;
+                    slots.settled = slots.remaining == 0;
+                }
+            }
+            slots.settled
+        };
+        if settle {
+            batch.queue.push(Completion::Batch(batch.clone()));
+        }
     }
 }
 
@@ -180,8 +269,41 @@ impl LoopBridge {
     }
 }
 
+/// The Python result of one call: the reply as a `dict`, or its exception.
+pub fn outcome_to_py(
+    py: Python<'_>,
+    outcome: &Outcome,
+    timeout: &Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    match outcome {
+        Ok(reply) => object_to_py(py, reply).map(|d| d.into_any().unbind()),
+        Err(error) => Err(call_error(py, error, Some(timeout))),
+    }
+}
+
+fn batch_result(py: Python<'_>, batch: &Batch) -> PyResult<Py<PyAny>> {
+    let mut slots = lock(&batch.slots);
+    let timeout = batch.timeout.bind(py);
+    if let Some(error) = slots.failure.take() {
+        return Err(call_error(py, &error, Some(timeout)));
+    }
+    let results = pyo3::types::PyList::empty(py);
+    for outcome in slots.outcomes.drain(..).flatten() {
+        match outcome_to_py(py, &outcome, timeout) {
+            Ok(value) => results.append(value)?,
+            // return_exceptions: the exception stands in the call's place.
+            Err(error) => results.append(error.into_value(py))?,
+        }
+    }
+    Ok(results.into_any().unbind())
+}
+
 fn deliver(py: Python<'_>, completion: Completion) {
     let (future, result) = match completion {
+        Completion::Batch(batch) => {
+            let result = batch_result(py, &batch);
+            (batch.future.clone_ref(py), result)
+        }
         Completion::Event { handler, event } => {
             let (connected, reconnect, session_present, reason) = match event {
                 ConnectionEvent::Connected {
@@ -199,10 +321,7 @@ fn deliver(py: Python<'_>, completion: Completion) {
             timeout,
             outcome,
         } => {
-            let result = match outcome {
-                Ok(reply) => object_to_py(py, &reply).map(|d| d.into_any().unbind()),
-                Err(error) => Err(call_error(py, &error, Some(timeout.bind(py)))),
-            };
+            let result = outcome_to_py(py, &outcome, timeout.bind(py));
             (future, result)
         }
         Completion::Done { future, result } => {

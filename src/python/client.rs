@@ -2,16 +2,19 @@
 //! asyncio future on the caller's loop, and maps errors. The public, documented class is
 //! `mqtt_rpc.MqttRpcClient` (python/mqtt_rpc/client.py), which wraps this one.
 
-use super::bridge::{Completion, LoopBridge, PyWaiter};
+use super::bridge::{outcome_to_py, Batch, Completion, LoopBridge, PyWaiter};
 use super::errors::{call_error, value_error};
 use super::runtime::runtime;
 use crate::client::{CallError, ClientOptions, RpcClient};
 use crate::link::{ConnectionOptions, Protocol};
+use crate::protocol::InputError;
 use crate::tls::TlsOptions;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString, PyTuple};
+use std::borrow::Cow;
 use std::path::PathBuf;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -30,6 +33,47 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A call's timeout, as the number of seconds the caller passed.
+fn timeout_seconds(timeout: &Bound<'_, PyAny>) -> PyResult<Duration> {
+    match timeout.extract::<f64>() {
+        Ok(t) => seconds("timeout", t),
+        Err(_) => Err(value_error(format!(
+            "timeout must be a number of seconds, not {}",
+            timeout.repr()?
+        ))),
+    }
+}
+
+/// The payload's bytes: `str`, `bytes` or `bytearray` (a `dict` is encoded by the caller).
+fn payload_bytes<'a>(payload: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, [u8]>> {
+    if let Ok(b) = payload.cast::<PyBytes>() {
+        return Ok(Cow::Borrowed(b.as_bytes()));
+    }
+    if let Ok(s) = payload.cast::<PyString>() {
+        return Ok(Cow::Owned(s.to_cow()?.into_owned().into_bytes()));
+    }
+    if let Ok(b) = payload.cast::<PyByteArray>() {
+        return Ok(Cow::Owned(b.to_vec()));
+    }
+    let kind = payload.get_type().name()?;
+    Err(call_error(
+        payload.py(),
+        &CallError::Input(InputError::NotJson(format!(
+            "expected a JSON object as str, bytes or dict, got {kind}"
+        ))),
+        None,
+    ))
+}
+
+/// Says which request of a batch was refused, keeping the error's type.
+fn in_batch(py: Python<'_>, index: usize, error: PyErr) -> PyErr {
+    let note = format!("request {index} of the batch: {}", error.value(py));
+    match error.get_type(py).call1((note,)) {
+        Ok(value) => PyErr::from_value(value),
+        Err(_) => error,
+    }
 }
 
 fn seconds(name: &str, value: f64) -> PyResult<Duration> {
@@ -240,62 +284,146 @@ impl CoreClient {
     }
 
     /// Starts a call; returns `(future, request_id)`. Bad input raises here, before
-    /// anything is published.
+    /// anything is published. A retry passes its first attempt's `request_id`.
+    #[pyo3(signature = (event_loop, topic, payload, timeout, request_id=None))]
     fn start_call<'py>(
         &self,
         event_loop: &Bound<'py, PyAny>,
         topic: &str,
         payload: &Bound<'py, PyAny>,
         timeout: &Bound<'py, PyAny>,
+        request_id: Option<&str>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let py = event_loop.py();
-        let duration = match timeout.extract::<f64>() {
-            Ok(t) => seconds("timeout", t)?,
-            Err(_) => {
-                return Err(value_error(format!(
-                    "timeout must be a number of seconds, not {}",
-                    timeout.repr()?
-                )))
-            }
-        };
-        let owned_bytes;
-        let body: &[u8] = if let Ok(b) = payload.cast::<PyBytes>() {
-            b.as_bytes()
-        } else if let Ok(s) = payload.cast::<PyString>() {
-            owned_bytes = s.to_cow()?.into_owned().into_bytes();
-            &owned_bytes
-        } else if let Ok(b) = payload.cast::<PyByteArray>() {
-            owned_bytes = b.to_vec();
-            &owned_bytes
-        } else {
-            let kind = payload.get_type().name()?;
-            return Err(call_error(
-                py,
-                &CallError::Input(crate::protocol::InputError::NotJson(format!(
-                    "expected a JSON object as str, bytes or dict, got {kind}"
-                ))),
-                None,
-            ));
-        };
+        let duration = timeout_seconds(timeout)?;
+        let body = payload_bytes(payload)?;
+        let prepared = self
+            .inner
+            .prepare(topic, &body, request_id)
+            .map_err(|error| call_error(py, &error, Some(timeout)))?;
         let bridge = self.bridge(event_loop)?;
         let bridge = bridge.get();
-        // Made before validation for simplicity: a refused call costs one unused future.
         let future = bridge.new_future(py)?;
-        let waiter = PyWaiter {
+        let waiter = PyWaiter::Future {
             future: future.clone_ref(py),
             timeout: timeout.clone().unbind(),
             queue: bridge.queue.clone(),
         };
-        match self.inner.start_call(topic, body, duration, || waiter) {
-            Ok(request_id) => PyTuple::new(
-                py,
-                [
-                    future.into_bound(py),
-                    PyString::new(py, &request_id).into_any(),
-                ],
-            ),
-            Err(error) => Err(call_error(py, &error, Some(timeout))),
+        let request_id = self.inner.start(prepared, duration, waiter);
+        PyTuple::new(
+            py,
+            [
+                future.into_bound(py),
+                PyString::new(py, &request_id).into_any(),
+            ],
+        )
+    }
+
+    /// Starts a batch of `(topic, payload)` calls in one crossing; returns `(future,
+    /// request_ids)`, the future resolving to the list of results in input order. Every
+    /// request is checked before any is sent.
+    fn start_many<'py>(
+        &self,
+        event_loop: &Bound<'py, PyAny>,
+        requests: Vec<(String, Bound<'py, PyAny>)>,
+        timeout: &Bound<'py, PyAny>,
+        return_exceptions: bool,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let py = event_loop.py();
+        let duration = timeout_seconds(timeout)?;
+        let mut prepared = Vec::with_capacity(requests.len());
+        for (index, (topic, payload)) in requests.iter().enumerate() {
+            let body = payload_bytes(payload).map_err(|e| in_batch(py, index, e))?;
+            let request = self
+                .inner
+                .prepare(topic, &body, None)
+                .map_err(|error| in_batch(py, index, call_error(py, &error, Some(timeout))))?;
+            prepared.push(request);
         }
+        let bridge = self.bridge(event_loop)?;
+        let bridge = bridge.get();
+        let future = bridge.new_future(py)?;
+        let batch = Batch::new(
+            future.clone_ref(py),
+            timeout.clone().unbind(),
+            bridge.queue.clone(),
+            prepared.len(),
+            return_exceptions,
+        );
+        let ids = PyList::empty(py);
+        for (index, request) in prepared.into_iter().enumerate() {
+            let waiter = PyWaiter::Batch {
+                batch: batch.clone(),
+                index,
+            };
+            ids.append(self.inner.start(request, duration, waiter))?;
+        }
+        if ids.is_empty() {
+            future.call_method1(py, "set_result", (PyList::empty(py),))?;
+        }
+        PyTuple::new(py, [future.into_bound(py), ids.into_any()])
+    }
+
+    /// A call that blocks its thread (with the GIL released) until the answer: for code
+    /// without an event loop. Ctrl-C and other signals interrupt it.
+    fn call_blocking(
+        &self,
+        py: Python<'_>,
+        topic: &str,
+        payload: &Bound<'_, PyAny>,
+        timeout: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        let duration = timeout_seconds(timeout)?;
+        let body = payload_bytes(payload)?;
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        let request_id = self
+            .inner
+            .start_call(topic, &body, duration, || PyWaiter::Blocking(sender))
+            .map_err(|error| call_error(py, &error, Some(timeout)))?;
+        let mut receiver = receiver;
+        loop {
+            // Wake up now and then to let Python handle signals (KeyboardInterrupt). The
+            // receiver goes to the GIL-free closure and comes back (it is Send, not Sync).
+            let (back, received) = py.detach(move || {
+                let received = receiver.recv_timeout(Duration::from_millis(100));
+                (receiver, received)
+            });
+            receiver = back;
+            match received {
+                Ok(outcome) => return outcome_to_py(py, &outcome, timeout),
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Err(interrupted) = py.check_signals() {
+                        self.inner.forget(&request_id);
+                        return Err(interrupted);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let error = CallError::ConnectionLost("the client was dropped".into());
+                    return Err(call_error(py, &error, Some(timeout)));
+                }
+            }
+        }
+    }
+
+    /// `connect()` for code without an event loop: blocks (GIL released) until connected.
+    fn connect_blocking(&self, py: Python<'_>) -> PyResult<()> {
+        let runtime = runtime().map_err(PyRuntimeError::new_err)?;
+        let inner = self.inner.clone();
+        py.detach(|| runtime.block_on(inner.connect()))
+            .map_err(|error| call_error(py, &error, None))
+    }
+
+    /// `close()` for code without an event loop.
+    fn close_blocking(&self, py: Python<'_>, grace: f64) -> PyResult<()> {
+        let grace = if grace == 0.0 {
+            Duration::ZERO
+        } else {
+            seconds("grace", grace)?
+        };
+        let runtime = runtime().map_err(PyRuntimeError::new_err)?;
+        let inner = self.inner.clone();
+        py.detach(|| runtime.block_on(inner.close(grace)));
+        Ok(())
     }
 
     /// The caller stopped waiting (its task was cancelled): drop the call now.
@@ -334,12 +462,20 @@ impl CoreClient {
             ("calls_cancelled", s.calls_cancelled),
             ("calls_failed", s.calls_failed),
             ("replies_dropped_stray", s.replies_dropped_stray),
+            ("replies_dropped_duplicate", s.replies_dropped_duplicate),
             ("replies_dropped_malformed", s.replies_dropped_malformed),
             ("reconnects", s.reconnects),
             ("pending", s.pending),
             ("reply_subscriptions", s.reply_subscriptions),
         ] {
             dict.set_item(name, value)?;
+        }
+        for (name, value) in [
+            ("latency_p50_ms", s.latency_p50),
+            ("latency_p90_ms", s.latency_p90),
+            ("latency_p99_ms", s.latency_p99),
+        ] {
+            dict.set_item(name, value.map(|d| d.as_secs_f64() * 1000.0))?;
         }
         Ok(dict)
     }
