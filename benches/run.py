@@ -5,10 +5,12 @@ Mosquitto and the Rust responder, all started here on free loopback ports.
     scripts/bench --quick              # one repetition, shorter runs, no soak
 
 Clients (benches/clients/, and src/bin/bench_limit.rs):
-  ours   MqttRpcClient.call on asyncio
-  seed   the hand-written client this project replaces (per-call subscribe, awscrt)
-  best   a careful paho-mqtt client: one wildcard subscription, a dict of futures
-  limit  the Rust core with no Python: what the broker and device allow
+  ours         MqttRpcClient.call on asyncio, `concurrency` callers in a closed loop
+  ours-gather  waves of `concurrency` calls in one asyncio.gather
+  ours-many    waves of one call_many of `concurrency` requests
+  seed         the hand-written client this project replaces (per-call subscribe, awscrt)
+  best         a careful paho-mqtt client: one wildcard subscription, a dict of futures
+  limit        the Rust core with no Python: what the broker and device allow
 
 Each measurement is one fresh process of one client at one concurrency: a warm-up, then
 `--seconds` of `concurrency` callers calling in a loop. Repetitions alternate the clients
@@ -34,11 +36,12 @@ from typing import Dict, List, Optional
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = ROOT / "benches" / "clients"
 LIMIT = ROOT / "target" / "release" / "mqtt-rpc-bench-limit"
-NAMES = {
-    "ours": "ours (MqttRpcClient)",
-    "seed": "seed (hand-written, awscrt)",
-    "best": "best Python (paho-mqtt)",
-    "limit": "limit (Rust core, no Python)",
+CLIENT_COMMANDS = {
+    "ours": ["ours.py"],
+    "ours-gather": ["ours_waves.py", "--mode", "gather"],
+    "ours-many": ["ours_waves.py", "--mode", "many"],
+    "seed": ["seed_awscrt.py"],
+    "best": ["best_paho.py"],
 }
 
 sys.path.insert(0, str(ROOT / "python"))
@@ -48,8 +51,11 @@ from mqtt_rpc.testing import MosquittoBroker, ResponderDevice  # noqa: E402
 def run_client(name: str, port: int, topic: str, concurrency: int, seconds: float, qos: int) -> Dict[str, float]:
     common = ["--port", str(port), "--topic", topic, "--concurrency", str(concurrency)]
     common += ["--seconds", str(seconds), "--qos", str(qos)]
-    script = {"ours": "ours.py", "seed": "seed_awscrt.py", "best": "best_paho.py"}
-    command = [str(LIMIT), *common] if name == "limit" else [sys.executable, str(CLIENTS / script[name]), *common]
+    if name == "limit":
+        command = [str(LIMIT), *common]
+    else:
+        script, *extra = CLIENT_COMMANDS[name]
+        command = [sys.executable, str(CLIENTS / script), *extra, *common]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen(command, stdout=out, stderr=err, cwd=CLIENTS)
         try:
@@ -105,7 +111,7 @@ def machine() -> Dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", default="ours,seed,best,limit")
+    parser.add_argument("--clients", default="ours,ours-gather,ours-many,seed,best,limit")
     parser.add_argument("--concurrency", default="1,16,256,1024")
     parser.add_argument("--qos", default="0,1")
     parser.add_argument("--repetitions", type=int, default=3)

@@ -9,7 +9,7 @@ import asyncio
 import json
 import resource
 import time
-from typing import Awaitable, Callable, List, Tuple
+from typing import Any, Awaitable, Callable, List, Tuple
 
 PAYLOAD = '{"action": "GET_HEALTH_CHECK"}'
 Call = Callable[[str, str], Awaitable[object]]
@@ -40,6 +40,22 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+Batch = Callable[[str, int], Awaitable[object]]
+
+
+async def waves(batch: Batch, topic: str, concurrency: int, seconds: float) -> List[float]:
+    """`concurrency` calls at a time, in waves: each wave starts when the last one ended;
+    every call of a wave is counted with the wave's latency."""
+    until = time.perf_counter() + seconds
+    latencies: List[float] = []
+    clock = time.perf_counter
+    while clock() < until:
+        started = clock()
+        await batch(topic, concurrency)
+        latencies.extend([clock() - started] * concurrency)
+    return latencies
+
+
 async def callers(call: Call, topic: str, concurrency: int, seconds: float) -> List[float]:
     until = time.perf_counter() + seconds
     latencies: List[float] = []
@@ -61,12 +77,16 @@ def percentile_ms(latencies: List[float], fraction: float) -> float:
     return ordered[int(index)] * 1000
 
 
-async def measure(connect: Callable[[argparse.Namespace], Awaitable[Tuple[Call, Callable[[], Awaitable[None]]]]]) -> None:
+Connect = Callable[[argparse.Namespace], Awaitable[Tuple[Any, Callable[[], Awaitable[None]]]]]
+
+
+async def measure(connect: Connect, in_waves: bool = False) -> None:
     args = arguments()
     call, close = await connect(args)
-    await callers(call, args.topic, args.concurrency, args.warmup)
+    load = waves if in_waves else callers
+    await load(call, args.topic, args.concurrency, args.warmup)
     cpu_before, started = cpu_seconds(), time.perf_counter()
-    latencies = await callers(call, args.topic, args.concurrency, args.seconds)
+    latencies = await load(call, args.topic, args.concurrency, args.seconds)
     seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_before
     await close()
     print(
@@ -84,5 +104,6 @@ async def measure(connect: Callable[[argparse.Namespace], Awaitable[Tuple[Call, 
     )
 
 
-def run(connect: Callable[[argparse.Namespace], Awaitable[Tuple[Call, Callable[[], Awaitable[None]]]]]) -> None:
-    asyncio.run(measure(connect))
+def run(connect: Connect, in_waves: bool = False) -> None:
+    """Measures `connect`'s call with closed-loop callers, or (`in_waves`) its batch call."""
+    asyncio.run(measure(connect, in_waves))
