@@ -30,6 +30,9 @@ pub struct ClientOptions {
     pub qos: u8,
     /// One filter that covers every reply; then no per-topic reply subscription is made.
     pub reply_filter: Option<String>,
+    /// Inbox reply mode: replies go to `{inbox_prefix}/{client_id}/{request_id}`, and the
+    /// client's one subscription is `{inbox_prefix}/{client_id}/+`, however many devices.
+    pub inbox_prefix: Option<String>,
     /// Idle per-topic reply filters held beyond this are unsubscribed, least recently used first.
     pub max_reply_subscriptions: usize,
     /// Calls published and unanswered at once; more wait for a slot within their timeout.
@@ -52,6 +55,7 @@ impl Default for ClientOptions {
             connection: ConnectionOptions::default(),
             qos: 0,
             reply_filter: None,
+            inbox_prefix: None,
             max_reply_subscriptions: 1000,
             max_in_flight: 4096,
             reconnect_min_delay: Duration::from_millis(100),
@@ -230,6 +234,16 @@ impl<W: Waiter> RpcClient<W> {
         if let Some(filter) = &options.reply_filter {
             protocol::validate_filter(filter)?;
         }
+        if let Some(prefix) = &options.inbox_prefix {
+            if options.reply_filter.is_some() {
+                return Err(InputError::InvalidFilter(
+                    "reply_filter and the inbox reply mode exclude each other".into(),
+                ));
+            }
+            protocol::validate_request_topic(prefix)
+                .and_then(|()| protocol::validate_request_topic(&options.connection.client_id))
+                .map_err(|e| InputError::InvalidFilter(format!("inbox {e}")))?;
+        }
         let max_in_flight = options.max_in_flight.max(1);
         // Bad TLS files are reported by connect(), with the other reasons it can fail.
         let (tls_config, tls_error) = match &options.connection.tls {
@@ -302,19 +316,28 @@ impl<W: Waiter> RpcClient<W> {
             ));
         };
         shared.connect_started.store(true, Ordering::Release);
+        // One filter for every reply: the user's reply_filter, or the client's inbox.
+        let pinned_filter = match (&shared.options.reply_filter, &shared.options.inbox_prefix) {
+            (Some(filter), _) => Some(filter.clone()),
+            (None, Some(prefix)) => Some(format!(
+                "{prefix}/{}/+",
+                shared.options.connection.client_id
+            )),
+            (None, None) => None,
+        };
         let (ready_tx, ready_rx) = oneshot::channel();
         {
             let mut state = shared.lock();
             state.ready = Some(ready_tx);
-            if let Some(filter) = &shared.options.reply_filter {
+            if let Some(filter) = &pinned_filter {
                 let key = state.subscriptions.pin(filter);
                 state.pinned = Some(key);
             }
         }
-        if let Some(filter) = &shared.options.reply_filter {
+        if let Some(filter) = &pinned_filter {
             if shared.outbox.subscribe(filter, shared.options.qos).is_err() {
                 return Err(CallError::NotConnected(
-                    "could not queue the reply_filter subscription".into(),
+                    "could not queue the reply filter's subscription".into(),
                 ));
             }
         }
@@ -370,21 +393,7 @@ impl<W: Waiter> RpcClient<W> {
         request_id: Option<&str>,
     ) -> Result<Prepared, CallError> {
         let shared = &self.shared;
-        if shared.closing.load(Ordering::Acquire) {
-            return Err(CallError::NotConnected(
-                "the client is not connected: it was closed, or its connect() failed".into(),
-            ));
-        }
-        if !shared.connect_started.load(Ordering::Acquire) {
-            return Err(CallError::NotConnected(
-                "the client is not connected: call connect() (or use `async with`) first".into(),
-            ));
-        }
-        if shared.options.fail_fast && !shared.connected.load(Ordering::Acquire) {
-            return Err(CallError::NotConnected(
-                "the connection to the broker is down (fail_fast is set)".into(),
-            ));
-        }
+        self.accepting()?;
         protocol::validate_request_topic(topic).map_err(CallError::Input)?;
         if shared.options.aws_topic_rules {
             protocol::check_aws_topic_rules(topic).map_err(CallError::Input)?;
@@ -408,8 +417,18 @@ impl<W: Waiter> RpcClient<W> {
                 }));
             }
         }
-        let request = protocol::build_request(payload, &request_id).map_err(CallError::Input)?;
-        let size = packet_size(topic, &request, shared.outbox.protocol());
+        let inbox_topic = shared
+            .options
+            .inbox_prefix
+            .as_ref()
+            .map(|_| shared.reply_topic(topic, &request_id));
+        let request = protocol::build_request(payload, &request_id, inbox_topic.as_deref())
+            .map_err(CallError::Input)?;
+        let reply_topic_len = match &inbox_topic {
+            Some(inbox) => inbox.len(),
+            None => protocol::reply_topic_len(topic),
+        };
+        let size = packet_size(topic, &request, reply_topic_len, shared.outbox.protocol());
         let limit = shared.options.connection.max_packet_size;
         if size > limit {
             return Err(CallError::Input(InputError::TooLarge { size, limit }));
@@ -419,6 +438,45 @@ impl<W: Waiter> RpcClient<W> {
             topic: topic.to_owned(),
             request,
         })
+    }
+
+    /// Whether new calls are taken now: after `connect()`, before `close()`, and (with
+    /// `fail_fast`) only while connected.
+    fn accepting(&self) -> Result<(), CallError> {
+        let shared = &self.shared;
+        if shared.closing.load(Ordering::Acquire) {
+            return Err(CallError::NotConnected(
+                "the client is not connected: it was closed, or its connect() failed".into(),
+            ));
+        }
+        if !shared.connect_started.load(Ordering::Acquire) {
+            return Err(CallError::NotConnected(
+                "the client is not connected: call connect() (or use `async with`) first".into(),
+            ));
+        }
+        if shared.options.fail_fast && !shared.connected.load(Ordering::Acquire) {
+            return Err(CallError::NotConnected(
+                "the connection to the broker is down (fail_fast is set)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A one-way notification: the JSON object is published as it is (no `request_id`, so
+    /// no device answers it) and nothing is awaited.
+    pub fn notify(&self, topic: &str, payload: &[u8]) -> Result<(), CallError> {
+        self.accepting()?;
+        protocol::validate_request_topic(topic).map_err(CallError::Input)?;
+        protocol::check_object(payload).map_err(CallError::Input)?;
+        let size = packet_size(topic, payload, 0, Protocol::V311);
+        let limit = self.shared.options.connection.max_packet_size;
+        if size > limit {
+            return Err(CallError::Input(InputError::TooLarge { size, limit }));
+        }
+        self.shared
+            .outbox
+            .publish(topic, self.shared.options.qos, payload.to_vec(), None, None)
+            .map_err(|_| Shared::<W>::unsent())
     }
 
     /// Sends a prepared request (or queues it for a slot or its reply filter's SUBACK);
@@ -627,19 +685,30 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The size of the PUBLISH packet for a request, as the broker and rumqttc count it.
-fn packet_size(topic: &str, request: &[u8], protocol: Protocol) -> usize {
+fn packet_size(topic: &str, request: &[u8], reply_topic_len: usize, protocol: Protocol) -> usize {
     // fixed header (up to 5) + topic length prefix + topic + packet id
     let base = 5 + 2 + topic.len() + 2 + request.len();
     match protocol {
         Protocol::V311 => base,
         // properties: length, response topic (the reply topic), correlation data (the id)
-        Protocol::V5 => base + 4 + 3 + protocol::reply_topic_len(topic) + 3 + 36,
+        Protocol::V5 => base + 4 + 3 + reply_topic_len + 3 + 36,
     }
 }
 
 impl<W: Waiter> Shared<W> {
     fn lock(&self) -> MutexGuard<'_, State<W>> {
         lock(&self.state)
+    }
+
+    /// Where the answer to one call goes: the client's inbox, or the seed reply topic.
+    fn reply_topic(&self, request_topic: &str, request_id: &str) -> String {
+        match &self.options.inbox_prefix {
+            Some(prefix) => format!(
+                "{prefix}/{}/{request_id}",
+                self.options.connection.client_id
+            ),
+            None => protocol::reply_topic(request_topic, request_id),
+        }
     }
 
     fn wake(&self, wakeups: Wakeups<W>) {
@@ -701,7 +770,7 @@ impl<W: Waiter> Shared<W> {
         let (response_topic, correlation_data) = match self.outbox.protocol() {
             Protocol::V311 => (None, None),
             Protocol::V5 => (
-                Some(protocol::reply_topic(&call.topic, request_id)),
+                Some(self.reply_topic(&call.topic, request_id)),
                 Some(Bytes::copy_from_slice(request_id.as_bytes())),
             ),
         };

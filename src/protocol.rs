@@ -214,18 +214,29 @@ pub fn last_level(topic: &str) -> &str {
     topic.rsplit('/').next().unwrap_or(topic)
 }
 
-/// Builds the request body: the caller's JSON object with `"request_id"` added.
+/// The body member that tells a 3.1.1 device where to answer, in inbox reply mode.
+pub const REPLY_TO_MEMBER: &str = "reply_to";
+
+/// Builds the request body: the caller's JSON object with `"request_id"` added (and, in
+/// inbox reply mode, `"reply_to"`: the topic to answer on).
 ///
-/// The caller's bytes are kept as they are and the member is appended before the closing
+/// The caller's bytes are kept as they are and the members are appended before the closing
 /// brace with Python's `json.dumps` separators, so a payload made by `json.dumps` or
 /// pydantic's `.json()` goes out exactly as the hand-written client sent it. A payload that
-/// already has a `request_id` gets it replaced in place, as `dict[...] = ...` did.
-pub fn build_request(payload: &[u8], request_id: &str) -> Result<Vec<u8>, InputError> {
+/// already has one of these members gets it replaced in place, as `dict[...] = ...` did.
+pub fn build_request(
+    payload: &[u8],
+    request_id: &str,
+    reply_to: Option<&str>,
+) -> Result<Vec<u8>, InputError> {
     let scan: ObjectScan = serde_json::from_slice(payload).map_err(|e| classify_json_error(&e))?;
-    if scan.has_request_id {
+    if scan.has_request_id || (reply_to.is_some() && scan.has_reply_to) {
         let mut object: Map<String, Value> =
             serde_json::from_slice(payload).map_err(|e| classify_json_error(&e))?;
         object.insert(REQUEST_ID_MEMBER.to_owned(), Value::from(request_id));
+        if let Some(topic) = reply_to {
+            object.insert(REPLY_TO_MEMBER.to_owned(), Value::from(topic));
+        }
         return serde_json::to_vec(&object).map_err(|e| InputError::NotJson(e.to_string()));
     }
     // The scan proved this is a JSON object, so after trimming it ends with '}'.
@@ -246,8 +257,21 @@ pub fn build_request(payload: &[u8], request_id: &str) -> Result<Vec<u8>, InputE
     out.extend_from_slice(b"\"request_id\": \"");
     out.extend_from_slice(request_id.as_bytes());
     out.push(b'"');
+    if let Some(topic) = reply_to {
+        out.extend_from_slice(b", \"reply_to\": ");
+        // A topic may hold characters JSON must escape.
+        out.extend_from_slice(Value::from(topic).to_string().as_bytes());
+    }
     out.extend_from_slice(&payload[content_end + 1..]);
     Ok(out)
+}
+
+/// Checks that a payload is a JSON object, without building it (for notifications, which
+/// are sent as they are).
+pub fn check_object(payload: &[u8]) -> Result<(), InputError> {
+    serde_json::from_slice::<ObjectScan>(payload)
+        .map(|_| ())
+        .map_err(|e| classify_json_error(&e))
 }
 
 fn classify_json_error(e: &serde_json::Error) -> InputError {
@@ -259,9 +283,10 @@ fn classify_json_error(e: &serde_json::Error) -> InputError {
 }
 
 /// Validates a JSON document as an object without building it, noting whether it already
-/// has a `request_id` member.
+/// has the members a request adds.
 struct ObjectScan {
     has_request_id: bool,
+    has_reply_to: bool,
 }
 
 impl<'de> Deserialize<'de> for ObjectScan {
@@ -280,28 +305,43 @@ impl<'de> Visitor<'de> for ObjectScanVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ObjectScan, A::Error> {
-        let mut has_request_id = false;
-        while let Some(IsRequestId(is_id)) = map.next_key()? {
-            has_request_id |= is_id;
+        let mut scan = ObjectScan {
+            has_request_id: false,
+            has_reply_to: false,
+        };
+        while let Some(key) = map.next_key::<ReservedKey>()? {
+            match key {
+                ReservedKey::RequestId => scan.has_request_id = true,
+                ReservedKey::ReplyTo => scan.has_reply_to = true,
+                ReservedKey::Other => {}
+            }
             map.next_value::<IgnoredAny>()?;
         }
-        Ok(ObjectScan { has_request_id })
+        Ok(scan)
     }
 }
 
-/// A key, compared with `request_id` without allocating.
-struct IsRequestId(bool);
+/// A key, compared with the members a request adds, without allocating.
+enum ReservedKey {
+    RequestId,
+    ReplyTo,
+    Other,
+}
 
-impl<'de> Deserialize<'de> for IsRequestId {
+impl<'de> Deserialize<'de> for ReservedKey {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct KeyVisitor;
         impl Visitor<'_> for KeyVisitor {
-            type Value = IsRequestId;
+            type Value = ReservedKey;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("an object key")
             }
-            fn visit_str<E: de::Error>(self, key: &str) -> Result<IsRequestId, E> {
-                Ok(IsRequestId(key == REQUEST_ID_MEMBER))
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<ReservedKey, E> {
+                Ok(match key {
+                    REQUEST_ID_MEMBER => ReservedKey::RequestId,
+                    REPLY_TO_MEMBER => ReservedKey::ReplyTo,
+                    _ => ReservedKey::Other,
+                })
             }
         }
         deserializer.deserialize_str(KeyVisitor)
@@ -483,25 +523,38 @@ mod tests {
 
     #[test]
     fn request_matches_pythons_json_dumps() {
-        let out = build_request(br#"{"action": "GET_HEALTH_CHECK"}"#, ID).unwrap();
+        let out = build_request(br#"{"action": "GET_HEALTH_CHECK"}"#, ID, None).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             format!(r#"{{"action": "GET_HEALTH_CHECK", "request_id": "{ID}"}}"#)
         );
-        let out = build_request(b" {} \n", ID).unwrap();
+        let out = build_request(b" {} \n", ID, None).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             format!(" {{\"request_id\": \"{ID}\"}} \n")
         );
-        let out = build_request(b"{\n  \"a\": [1, {\"b\": 2}]\n}", ID).unwrap();
+        let out = build_request(b"{\n  \"a\": [1, {\"b\": 2}]\n}", ID, None).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["request_id"], ID);
         assert_eq!(v["a"][1]["b"], 2);
     }
 
     #[test]
+    fn inbox_mode_adds_an_escaped_reply_to() {
+        let out = build_request(br#"{"a": 1}"#, ID, Some("inbox/c\"1/x")).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["reply_to"], "inbox/c\"1/x");
+        assert_eq!(v["request_id"], ID);
+        let out = build_request(br#"{"reply_to": "mine", "a": 1}"#, ID, Some("inbox/x")).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["reply_to"], "inbox/x");
+        assert_eq!(check_object(b"[]"), Err(InputError::NotAnObject));
+        assert!(check_object(br#"{"a": 1}"#).is_ok());
+    }
+
+    #[test]
     fn an_existing_request_id_is_replaced_in_place() {
-        let out = build_request(br#"{"request_id": "old", "x": 1}"#, ID).unwrap();
+        let out = build_request(br#"{"request_id": "old", "x": 1}"#, ID, None).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             format!(r#"{{"request_id":"{ID}","x":1}}"#)
@@ -510,23 +563,29 @@ mod tests {
 
     #[test]
     fn bad_payloads_are_refused() {
-        assert_eq!(build_request(b"[1, 2]", ID), Err(InputError::NotAnObject));
-        assert_eq!(build_request(b"\"text\"", ID), Err(InputError::NotAnObject));
-        assert_eq!(build_request(b"42", ID), Err(InputError::NotAnObject));
+        assert_eq!(
+            build_request(b"[1, 2]", ID, None),
+            Err(InputError::NotAnObject)
+        );
+        assert_eq!(
+            build_request(b"\"text\"", ID, None),
+            Err(InputError::NotAnObject)
+        );
+        assert_eq!(build_request(b"42", ID, None), Err(InputError::NotAnObject));
         assert!(matches!(
-            build_request(b"{\"a\": ", ID),
+            build_request(b"{\"a\": ", ID, None),
             Err(InputError::NotJson(_))
         ));
         assert!(matches!(
-            build_request(b"", ID),
+            build_request(b"", ID, None),
             Err(InputError::NotJson(_))
         ));
         assert!(matches!(
-            build_request(b"{} {}", ID),
+            build_request(b"{} {}", ID, None),
             Err(InputError::NotJson(_))
         ));
         assert!(matches!(
-            build_request(b"\xff", ID),
+            build_request(b"\xff", ID, None),
             Err(InputError::NotJson(_))
         ));
     }

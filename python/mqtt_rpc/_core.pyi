@@ -34,6 +34,7 @@ class CoreClient:
         keyfile: Optional[str] = None,
         alpn_protocols: List[str] = ...,
         aws_topic_rules: bool = False,
+        inbox_prefix: Optional[str] = None,
     ) -> None: ...
     def connect(self, event_loop: asyncio.AbstractEventLoop) -> "asyncio.Future[None]":
         """Connects; the future resolves when the client is ready, or fails with
@@ -68,6 +69,8 @@ class CoreClient:
         """Connects, blocking the calling thread (GIL released)."""
     def close_blocking(self, grace: float) -> None:
         """Closes, blocking the calling thread (GIL released)."""
+    def notify(self, topic: str, payload: Union[str, bytes, bytearray]) -> None:
+        """Publishes a one-way notification (no request_id, no answer)."""
     def forget(self, request_id: str) -> bool:
         """Drops a call whose caller stopped waiting; returns whether it was pending."""
     @property

@@ -83,6 +83,12 @@ class MqttRpcClient:
         reply_filter: one filter that covers every reply (for example
             ``"+/device/control/set/response/+"``), subscribed at connect; then no
             per-topic subscription is made.
+        reply_to: ``"topic"`` (the seed convention: replies on
+            ``{topic}/response/{request_id}``) or ``"inbox"``: replies on
+            ``{inbox_prefix}/{client_id}/{request_id}``, told to the device as the MQTT 5
+            Response Topic and as a ``reply_to`` member of the request body, and one
+            subscription, ``{inbox_prefix}/{client_id}/+``, however many devices.
+        inbox_prefix: the first levels of inbox reply topics.
         max_reply_subscriptions: idle per-topic reply filters beyond this are unsubscribed,
             least recently used first.
         max_in_flight: calls published and unanswered at once; further calls wait for a
@@ -125,6 +131,8 @@ class MqttRpcClient:
         username: Optional[str] = None,
         password: Optional[str] = None,
         reply_filter: Optional[str] = None,
+        reply_to: str = "topic",
+        inbox_prefix: str = "mqtt-rpc/inbox",
         max_reply_subscriptions: int = 1000,
         max_in_flight: int = 4096,
         max_packet_size: int = 1024 * 1024,
@@ -142,6 +150,8 @@ class MqttRpcClient:
         alpn_protocols: Sequence[str] = (),
         aws_topic_rules: bool = False,
     ) -> None:
+        if reply_to not in ("topic", "inbox"):
+            raise ValueError(f'reply_to must be "topic" or "inbox", not {reply_to!r}')
         if not (isinstance(port, int) and 0 < port < 65536):
             raise ValueError(f"port must be a TCP port number (1-65535), not {port!r}")
         if not (isinstance(timeout, (int, float)) and timeout > 0):
@@ -171,6 +181,7 @@ class MqttRpcClient:
             None if keyfile is None else os.fspath(keyfile),
             list(alpn_protocols),
             bool(aws_topic_rules),
+            inbox_prefix if reply_to == "inbox" else None,
         )
         self._address = f"{host}:{port}"
         self._on_connection_change = on_connection_change
@@ -333,6 +344,13 @@ class MqttRpcClient:
         if last is None or isinstance(last, RpcTimeoutError):
             raise RpcTimeoutError(f"MQTT call timed out after {timeout}s for topic '{topic}'", timeout, topic) from last
         raise last
+
+    async def notify(self, topic: str, payload: Payload) -> None:
+        """Publishes a one-way notification: the JSON object as it is, with no
+        ``request_id``, so no device answers it; nothing is awaited but the hand-off."""
+        if isinstance(payload, dict):
+            payload = _encode(payload)
+        self._core.notify(topic, payload)
 
     async def call_many(
         self,

@@ -57,6 +57,12 @@ class SyncMqttRpcClient:
             payload = _encode(payload)
         return self._core.call_blocking(topic, payload, timeout)
 
+    def notify(self, topic: str, payload: Payload) -> None:
+        """As `MqttRpcClient.notify`: publishes without waiting for any answer."""
+        if isinstance(payload, dict):
+            payload = _encode(payload)
+        self._core.notify(topic, payload)
+
     @property
     def pending(self) -> int:
         return self._core.pending

@@ -203,10 +203,15 @@ def find_responder(repository: Optional[Path] = None) -> Path:
 class ResponderDevice:
     """The Rust responder answering requests on `filters`; see src/bin/responder.rs for how
     a request steers its own answer (`"_responder": {"delay_ms", "silent", "twice",
-    "error", "garbage_first"}`)."""
+    "error", "garbage_first", "ignore_first"}`). Its output lines (READY after each
+    subscription, NOTIFICATION for each notification) are collected in `lines`."""
 
     def __init__(self, process: subprocess.Popen) -> None:
         self.process = process
+        self.lines: List[str] = []
+        self._changed = threading.Condition()
+        self._ready_seen = 0
+        threading.Thread(target=self._read_output, name="responder-output", daemon=True).start()
 
     @classmethod
     def start(
@@ -225,20 +230,27 @@ class ResponderDevice:
             raise RuntimeError(f"the responder for {filters} did not become ready (exit code {process.poll()})")
         return device
 
+    def _read_output(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+
+    def wait_for_line(self, predicate: Callable[[str], bool], timeout: float = 10) -> bool:
+        """Waits until a line of its output satisfies `predicate`."""
+        with self._changed:
+            return self._changed.wait_for(lambda: any(predicate(line) for line in self.lines), timeout)
+
     def wait_until_ready(self, timeout: float = 15) -> bool:
         """Waits for the responder's next READY line: it prints one each time its filters
         are subscribed (at start, and after every reconnect)."""
-        deadline = time.monotonic() + timeout
-        stdout = self.process.stdout
-        assert stdout is not None
-        while time.monotonic() < deadline:
-            readable, _, _ = select.select([stdout], [], [], max(0.0, deadline - time.monotonic()))
-            line = stdout.readline() if readable else ""
-            if line.strip() == "READY":
-                return True
-            if not line:
-                return False
-        return False
+        with self._changed:
+            wanted = self._ready_seen + 1
+            ready = self._changed.wait_for(lambda: self.lines.count("READY") >= wanted, timeout)
+            if ready:
+                self._ready_seen = wanted
+            return ready
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -22,7 +22,8 @@
 //! persistent session.
 //!
 //! It prints `READY` on stdout once every filter is subscribed (again after each
-//! reconnect), so that whoever started it can wait for that line instead of sleeping.
+//! reconnect), so that whoever started it can wait for that line instead of sleeping, and
+//! `NOTIFICATION <topic> <payload>` for each request that asks for no answer.
 
 use bytes::Bytes;
 use mqtt_rpc::link::{self, ConnectionOptions, Inbound, Outbox, Protocol};
@@ -232,7 +233,9 @@ fn handle(args: &Args, outbox: &Outbox, seen_ids: &mut SeenIds, inbound: Inbound
         return;
     };
     let Some(route) = route(args, &topic, &request, response_topic, correlation_data) else {
-        eprintln!("mqtt-rpc-responder: dropped a request on {topic}: no way to reply");
+        // No request id and no reply topic: a one-way notification. Say so, answer nothing.
+        println!("NOTIFICATION {topic} {}", String::from_utf8_lossy(&payload));
+        let _ = std::io::stdout().flush();
         return;
     };
     let steer = request.get("_responder").cloned().unwrap_or(Value::Null);

@@ -150,7 +150,7 @@ impl CoreClient {
                         connect_timeout, session_expiry=None, fail_fast=false,
                         reconnect_min_delay=0.1, reconnect_max_delay=10.0, event_handler=None,
                         tls=false, ca_certs=None, certfile=None, keyfile=None,
-                        alpn_protocols=Vec::new(), aws_topic_rules=false))]
+                        alpn_protocols=Vec::new(), aws_topic_rules=false, inbox_prefix=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: String,
@@ -177,6 +177,7 @@ impl CoreClient {
         keyfile: Option<PathBuf>,
         alpn_protocols: Vec<String>,
         aws_topic_rules: bool,
+        inbox_prefix: Option<String>,
     ) -> PyResult<Self> {
         let protocol = match protocol {
             "3.1.1" | "311" | "4" => Protocol::V311,
@@ -225,6 +226,7 @@ impl CoreClient {
             },
             qos,
             reply_filter,
+            inbox_prefix,
             max_reply_subscriptions,
             max_in_flight,
             reconnect_min_delay: seconds("reconnect_min_delay", reconnect_min_delay)?,
@@ -424,6 +426,14 @@ impl CoreClient {
         let inner = self.inner.clone();
         py.detach(|| runtime.block_on(inner.close(grace)));
         Ok(())
+    }
+
+    /// Publishes a one-way notification (no request_id, no answer awaited).
+    fn notify(&self, py: Python<'_>, topic: &str, payload: &Bound<'_, PyAny>) -> PyResult<()> {
+        let body = payload_bytes(payload)?;
+        self.inner
+            .notify(topic, &body)
+            .map_err(|error| call_error(py, &error, None))
     }
 
     /// The caller stopped waiting (its task was cancelled): drop the call now.
