@@ -7,6 +7,7 @@ pub mod link;
 pub mod metrics;
 pub mod pending;
 pub mod protocol;
+pub mod responder;
 pub mod subscriptions;
 pub mod tls;
 

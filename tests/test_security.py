@@ -3,6 +3,7 @@ typed error for each way it can go wrong."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 import uuid
@@ -133,8 +134,11 @@ def password_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosqui
     subprocess.run(["mosquitto_passwd", "-b", str(passwords), "service", "s3cret"], check=True)
     acl = folder / "acl"
     # The service may publish requests and read replies; "guest" may do nothing with replies.
+    # Everyone may read their own inbox (%c: the client id) and nobody else's.
     acl.write_text(
-        "user service\ntopic readwrite #\n\nuser guest\ntopic write +/device/control/set\n"
+        "pattern read mqtt-rpc/inbox/%c/#\n\n"
+        "user service\ntopic readwrite #\n\n"
+        "user guest\ntopic write +/device/control/set\n"
     )
     subprocess.run(["mosquitto_passwd", "-b", str(passwords), "guest", "guest"], check=True)
     config = ["allow_anonymous false", f"password_file {passwords}", f"acl_file {acl}"]
@@ -171,6 +175,23 @@ async def test_a_client_the_acl_denies_replies_never_reads_them(password_broker:
             with pytest.raises(RpcTimeoutError):
                 await guest.call(topic, {"who": "guest"}, timeout=0.5)
             assert guest.pending == 0 and guest.stats()["replies_dropped_stray"] == 0
+
+
+async def test_with_inbox_replies_an_acl_keeps_each_clients_replies_its_own(password_broker: MosquittoBroker) -> None:
+    device_options = ["--username", "service", "--password", "s3cret"]
+    with ResponderDevice.start(password_broker, "+/device/control/set", options=device_options):
+        host, port = password_broker.host, password_broker.port
+        async with MqttRpcClient(host, port, username="guest", password="guest", reply_to="inbox") as owner:
+            inbox = f"mqtt-rpc/inbox/{owner.client_id}/+"
+            # Another guest subscribes to the owner's inbox: the broker accepts the SUBSCRIBE
+            # but delivers it none of the owner's replies.
+            async with MqttRpcClient(host, port, username="guest", password="guest", reply_filter=inbox) as snoop:
+                assert password_broker.subscribes(snoop.client_id) == [inbox]
+                topic = device()
+                replies = await asyncio.gather(*(owner.call(topic, {"n": n}) for n in range(10)))
+                assert [r["result"]["request"]["n"] for r in replies] == list(range(10))
+                await owner.call(topic, {"last": True})
+                assert snoop.stats()["replies_dropped_stray"] == 0
 
 
 def test_for_aws_iot_sets_what_aws_iot_core_wants(pki: Pki) -> None:

@@ -8,6 +8,7 @@
 
 from ._core import __version__
 from .client import ConnectionEvent, MqttRpcClient, Retry
+from .responder import Responder, RpcHandlerError
 from .sync import SyncMqttRpcClient
 from .errors import (
     BrokerRefusedError,
@@ -24,6 +25,8 @@ from .errors import (
 __all__ = [
     "MqttRpcClient",
     "SyncMqttRpcClient",
+    "Responder",
+    "RpcHandlerError",
     "Retry",
     "ConnectionEvent",
     "MqttRpcError",

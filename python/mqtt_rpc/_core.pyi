@@ -87,3 +87,46 @@ class LoopBridge:
     """The per-event-loop end through which results reach asyncio (internal)."""
 
     def __call__(self) -> None: ...
+
+class ReplyHandle:
+    """Where one request's answer goes (internal to `mqtt_rpc.Responder`)."""
+
+    def send_result(self, result_json: str) -> None:
+        """Answers with `{"request_id", "result": ...}`."""
+    def send_error(self, code: int, message: str, data_json: Optional[str] = None) -> None:
+        """Answers with `{"request_id", "error": {"code", "message", "data"}}`."""
+
+class CoreResponder:
+    """The Rust responder behind `mqtt_rpc.Responder`."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        client_id: Optional[str],
+        protocol: str,
+        qos: int,
+        keepalive: float,
+        username: Optional[str],
+        password: Optional[str],
+        filters: List[str],
+        share_group: Optional[str],
+        connect_timeout: float,
+        tls: bool = False,
+        ca_certs: Optional[str] = None,
+        certfile: Optional[str] = None,
+        keyfile: Optional[str] = None,
+        alpn_protocols: List[str] = ...,
+    ) -> None: ...
+    def serve(
+        self,
+        event_loop: asyncio.AbstractEventLoop,
+        on_request: Callable[[int, str, Dict[str, Any], Optional[ReplyHandle]], None],
+        on_ready: Callable[[], None],
+    ) -> "asyncio.Future[None]":
+        """Serves on the loop until `close`; fails if the first connection does."""
+    def close(self) -> None:
+        """Disconnects; the `serve` future then resolves."""
+    def detach(self) -> None:
+        """Stops watching the loop (after `serve` resolved)."""
+    def stats(self) -> Dict[str, int]: ...

@@ -17,6 +17,9 @@
 //! With `--mqtt5-only` it behaves like a plain MQTT 5 device: it answers only requests
 //! that carry a Response Topic, echoes their Correlation Data, and ignores `request_id`.
 //!
+//! With `--share-group NAME` it joins an MQTT shared-subscription group: the broker gives
+//! each request to one member of the pool (whose client id the answer carries).
+//!
 //! With `--session-expiry SECONDS` (and a fixed `--client-id`) the broker keeps its
 //! subscriptions and queues QoS 1 requests while it is away, like a device with a
 //! persistent session.
@@ -25,17 +28,20 @@
 //! reconnect), so that whoever started it can wait for that line instead of sleeping, and
 //! `NOTIFICATION <topic> <payload>` for each request that asks for no answer.
 
-use bytes::Bytes;
-use mqtt_rpc::link::{self, ConnectionOptions, Inbound, Outbox, Protocol};
-use mqtt_rpc::protocol;
+use mqtt_rpc::link::{ConnectionOptions, Protocol};
+use mqtt_rpc::protocol::{self, RemoteError};
+use mqtt_rpc::responder::{
+    reply_body, IncomingRequest, Replier, ReplyRoute, Responder, ResponderOptions,
+};
 use serde_json::{json, Map, Value};
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
+use tokio::sync::watch;
 
 const USAGE: &str = "usage: mqtt-rpc-responder [--host H] [--port P] [--protocol 3.1.1|5] \
 [--qos 0|1] [--client-id ID] [--session-expiry SECONDS] [--username U --password P] \
-[--mqtt5-only] FILTER...";
+[--share-group NAME] [--mqtt5-only] FILTER...";
 
 struct Args {
     host: String,
@@ -47,6 +53,7 @@ struct Args {
     session_expiry: Duration,
     username: Option<String>,
     password: Option<String>,
+    share_group: Option<String>,
     filters: Vec<String>,
 }
 
@@ -61,6 +68,7 @@ fn parse_args() -> Result<Args, String> {
         session_expiry: Duration::ZERO,
         username: None,
         password: None,
+        share_group: None,
         filters: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -90,6 +98,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--username" => args.username = Some(value("--username")?),
             "--password" => args.password = Some(value("--password")?),
+            "--share-group" => args.share_group = Some(value("--share-group")?),
             "--mqtt5-only" => args.mqtt5_only = true,
             "-h" | "--help" => return Err(USAGE.into()),
             filter if !filter.starts_with("--") => {
@@ -108,91 +117,38 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// Where and how to answer one request.
-struct ReplyRoute {
-    topic: String,
-    correlation_data: Option<Bytes>,
-    /// The id to put in the body (`None` for a plain MQTT 5 device).
-    request_id: Option<String>,
-}
-
-fn route(
+/// The answer this test device gives: the topic and request it received (and how often
+/// it saw the request id, for `ignore_first`), or the error the request asked for.
+fn answer(
     args: &Args,
-    topic: &str,
-    body: &Map<String, Value>,
-    response_topic: Option<String>,
-    correlation_data: Option<Bytes>,
-) -> Option<ReplyRoute> {
-    let body_id = body
-        .get(protocol::REQUEST_ID_MEMBER)
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    if args.mqtt5_only {
-        return response_topic.map(|topic| ReplyRoute {
-            topic,
-            correlation_data,
-            request_id: None,
-        });
-    }
-    if let Some(topic) = response_topic {
-        return Some(ReplyRoute {
-            topic,
-            correlation_data,
-            request_id: body_id,
-        });
-    }
-    if let (Some(reply_to), Some(id)) = (body.get("reply_to").and_then(Value::as_str), &body_id) {
-        return Some(ReplyRoute {
-            topic: reply_to.to_owned(),
-            correlation_data: None,
-            request_id: Some(id.clone()),
-        });
-    }
-    let id = body_id?;
-    Some(ReplyRoute {
-        topic: protocol::reply_topic(topic, &id),
-        correlation_data: None,
-        request_id: Some(id),
-    })
-}
-
-fn answer_body(
-    route: &ReplyRoute,
     topic: &str,
     request: &Map<String, Value>,
     seen: Option<u32>,
-) -> Vec<u8> {
-    let steer = request.get("_responder");
-    let mut reply = Map::new();
-    if let Some(id) = &route.request_id {
-        reply.insert(protocol::REQUEST_ID_MEMBER.into(), Value::from(id.as_str()));
+) -> Result<Value, RemoteError> {
+    if let Some(error) = request.get("_responder").and_then(|s| s.get("error")) {
+        return Err(RemoteError {
+            code: error.get("code").and_then(Value::as_i64).unwrap_or(0),
+            message: error
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            data: error.get("data").cloned().unwrap_or(Value::Null),
+        });
     }
-    match steer.and_then(|s| s.get("error")) {
-        Some(error) => {
-            reply.insert("error".into(), error.clone());
-        }
-        None => {
-            let mut result = json!({ "topic": topic, "request": Value::Object(request.clone()) });
-            if let Some(seen) = seen {
-                result["seen"] = Value::from(seen);
-            }
-            reply.insert("result".into(), result);
-        }
+    let mut result = json!({ "topic": topic, "request": Value::Object(request.clone()) });
+    if let Some(seen) = seen {
+        result["seen"] = Value::from(seen);
     }
-    serde_json::to_vec(&reply).unwrap_or_default()
+    if args.share_group.is_some() {
+        // In a pool, say who answered.
+        result["responder"] = Value::from(args.client_id.as_str());
+    }
+    Ok(result)
 }
 
-fn send(outbox: &Outbox, qos: u8, route: &ReplyRoute, body: Vec<u8>) {
-    if outbox
-        .publish(
-            &route.topic,
-            qos,
-            body,
-            None,
-            route.correlation_data.clone(),
-        )
-        .is_err()
-    {
+fn send(replier: &Replier, route: &ReplyRoute, body: Vec<u8>) {
+    if replier.send(route, body).is_err() {
         eprintln!(
             "mqtt-rpc-responder: reply to {} dropped: queue full",
             route.topic
@@ -218,21 +174,15 @@ impl SeenIds {
     }
 }
 
-fn handle(args: &Args, outbox: &Outbox, seen_ids: &mut SeenIds, inbound: Inbound) {
-    let Inbound::Message {
+fn handle(args: &Args, replier: &Replier, seen_ids: &mut SeenIds, incoming: IncomingRequest) {
+    let IncomingRequest {
         topic,
+        body: request,
         payload,
-        correlation_data,
-        response_topic,
-    } = inbound
-    else {
-        return;
-    };
-    let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(&payload) else {
-        eprintln!("mqtt-rpc-responder: dropped a request on {topic}: not a JSON object");
-        return;
-    };
-    let Some(route) = route(args, &topic, &request, response_topic, correlation_data) else {
+        route,
+        ..
+    } = incoming;
+    let Some(route) = route else {
         // No request id and no reply topic: a one-way notification. Say so, answer nothing.
         println!("NOTIFICATION {topic} {}", String::from_utf8_lossy(&payload));
         let _ = std::io::stdout().flush();
@@ -252,11 +202,11 @@ fn handle(args: &Args, outbox: &Outbox, seen_ids: &mut SeenIds, inbound: Inbound
     if seen == Some(1) {
         return;
     }
-    let body = answer_body(&route, &topic, &request, seen);
+    let body = reply_body(&route, answer(args, &topic, &request, seen));
     let twice = steer.get("twice").and_then(Value::as_bool) == Some(true);
     let garbage_first = steer.get("garbage_first").and_then(Value::as_bool) == Some(true);
     let delay = steer.get("delay_ms").and_then(Value::as_u64).unwrap_or(0);
-    let (outbox, qos) = (outbox.clone(), args.qos);
+    let replier = replier.clone();
     let reply = move || {
         if garbage_first {
             let other_id = json!({ "request_id": protocol::new_request_id(), "result": {} });
@@ -265,12 +215,12 @@ fn handle(args: &Args, outbox: &Outbox, seen_ids: &mut SeenIds, inbound: Inbound
                 b"[1, 2, 3]".to_vec(),
                 other_id.to_string().into_bytes(),
             ] {
-                send(&outbox, qos, &route, junk);
+                send(&replier, &route, junk);
             }
         }
-        send(&outbox, qos, &route, body.clone());
+        send(&replier, &route, body.clone());
         if twice {
-            send(&outbox, qos, &route, body);
+            send(&replier, &route, body);
         }
     };
     if delay == 0 {
@@ -304,41 +254,42 @@ async fn main() -> ExitCode {
         password: args.password.clone(),
         ..ConnectionOptions::default()
     };
-    let (outbox, mut events) = link::open(&connection, None, 65_536, u16::MAX);
-    let mut unacknowledged = args.filters.len();
+    let options = ResponderOptions {
+        connection,
+        qos: args.qos,
+        filters: args.filters.clone(),
+        share_group: args.share_group.clone(),
+        mqtt5_only: args.mqtt5_only,
+    };
+    let responder = match Responder::new(options) {
+        Ok(responder) => responder,
+        Err(error) => {
+            eprintln!("mqtt-rpc-responder: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let replier = responder.replier();
     let mut seen_ids = SeenIds::default();
-    loop {
-        match events.next().await {
-            Ok(Inbound::Connected { .. }) => {
-                for filter in &args.filters {
-                    if outbox.subscribe(filter, args.qos).is_err() {
-                        eprintln!("mqtt-rpc-responder: could not subscribe {filter}");
-                        return ExitCode::FAILURE;
-                    }
-                }
-            }
-            Ok(Inbound::SubAck { granted, .. }) => {
-                if !granted {
-                    eprintln!("mqtt-rpc-responder: the broker refused a subscription");
-                    return ExitCode::FAILURE;
-                }
-                unacknowledged = unacknowledged.saturating_sub(1);
-                if unacknowledged == 0 {
-                    println!("READY");
-                    let _ = std::io::stdout().flush();
-                }
-            }
-            Ok(inbound) => handle(&args, &outbox, &mut seen_ids, inbound),
-            Err(why) => {
-                // Keep trying (rumqttc reconnects when polled again); the filters are
-                // subscribed again on every connection.
-                eprintln!(
-                    "mqtt-rpc-responder: connection to {}:{} failed: {why}; retrying",
-                    args.host, args.port
-                );
-                unacknowledged = args.filters.len();
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+    // Runs until the process is stopped.
+    let (_stop, stop_requested) = watch::channel(false);
+    let served = responder
+        .serve(
+            |request| handle(&args, &replier, &mut seen_ids, request),
+            || {
+                println!("READY");
+                let _ = std::io::stdout().flush();
+            },
+            stop_requested,
+        )
+        .await;
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!(
+                "mqtt-rpc-responder: could not connect to {}:{}: {error}",
+                args.host, args.port
+            );
+            ExitCode::FAILURE
         }
     }
 }

@@ -36,6 +36,10 @@ pub enum Completion {
     },
     /// Every call of a batch ended, or one failed and ended it.
     Batch(Arc<Batch>),
+    /// A request for a Python responder's handlers.
+    Request(super::responder::PyRequest),
+    /// A Python responder's filters are subscribed: call this.
+    Ready(Arc<Py<PyAny>>),
     /// The connection came up or went down: tell the client's Python handler.
     Event {
         handler: Arc<Py<PyAny>>,
@@ -300,6 +304,20 @@ fn batch_result(py: Python<'_>, batch: &Batch) -> PyResult<Py<PyAny>> {
 
 fn deliver(py: Python<'_>, completion: Completion) {
     let (future, result) = match completion {
+        Completion::Request(request) => {
+            // The dispatcher only schedules the handler; what it raises is a bug of ours,
+            // reported by Python's unraisable hook rather than lost.
+            if let Err(error) = request.deliver(py) {
+                error.write_unraisable(py, None);
+            }
+            return;
+        }
+        Completion::Ready(callback) => {
+            if let Err(error) = callback.call0(py) {
+                error.write_unraisable(py, None);
+            }
+            return;
+        }
         Completion::Batch(batch) => {
             let result = batch_result(py, &batch);
             (batch.future.clone_ref(py), result)

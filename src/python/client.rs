@@ -76,7 +76,18 @@ fn in_batch(py: Python<'_>, index: usize, error: PyErr) -> PyErr {
     }
 }
 
-fn seconds(name: &str, value: f64) -> PyResult<Duration> {
+/// "3.1.1" or "5" (and their common spellings).
+pub(crate) fn parse_protocol(protocol: &str) -> PyResult<Protocol> {
+    match protocol {
+        "3.1.1" | "311" | "4" => Ok(Protocol::V311),
+        "5" | "5.0" => Ok(Protocol::V5),
+        other => Err(value_error(format!(
+            "protocol must be \"3.1.1\" or \"5\", not {other:?}"
+        ))),
+    }
+}
+
+pub(crate) fn seconds(name: &str, value: f64) -> PyResult<Duration> {
     if !(value.is_finite() && value > 0.0 && value <= MAX_TIMEOUT_SECONDS) {
         return Err(value_error(format!(
             "{name} must be a positive number of seconds, not {value}"
@@ -179,15 +190,7 @@ impl CoreClient {
         aws_topic_rules: bool,
         inbox_prefix: Option<String>,
     ) -> PyResult<Self> {
-        let protocol = match protocol {
-            "3.1.1" | "311" | "4" => Protocol::V311,
-            "5" | "5.0" => Protocol::V5,
-            other => {
-                return Err(value_error(format!(
-                    "protocol must be \"3.1.1\" or \"5\", not {other:?}"
-                )))
-            }
-        };
+        let protocol = parse_protocol(protocol)?;
         if qos > 1 {
             return Err(value_error(format!(
                 "qos must be 0 or 1 (AWS IoT Core has no QoS 2), not {qos}"

@@ -5,6 +5,7 @@ mod bridge;
 mod client;
 mod convert;
 mod errors;
+mod responder;
 mod runtime;
 
 use pyo3::prelude::*;
@@ -13,6 +14,8 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::CoreClient>()?;
     m.add_class::<bridge::LoopBridge>()?;
+    m.add_class::<responder::CoreResponder>()?;
+    m.add_class::<responder::ReplyHandle>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

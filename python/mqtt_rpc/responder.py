@@ -1,0 +1,232 @@
+"""`Responder`: the device side. Register handlers for request topic filters; each request
+runs its handler on the asyncio loop (plain functions in a worker thread), and the handler's
+result, or the error it raised, is published where the caller waits for it. The Rust core
+does the MQTT work: subscriptions, routing answers, reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import os
+from types import TracebackType
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set, Type, Union
+
+from . import _core
+from .errors import MqttRpcError
+
+logger = logging.getLogger("mqtt_rpc")
+
+Handler = Callable[[Dict[str, Any]], Union[Any, Awaitable[Any]]]
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: JSON-RPC's code for an error inside the handler.
+INTERNAL_ERROR = -32603
+#: The code of the answer to a request that found the responder over its queue limit.
+OVERLOADED = -32000
+
+
+class RpcHandlerError(MqttRpcError):
+    """Raise it in a handler to answer with this error: the caller gets a `RemoteError`
+    with the same ``code``, ``message`` and ``data``."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+class Responder:
+    """Answers mqtt-rpc requests.
+
+        responder = Responder("localhost", 1883)
+
+        @responder.handle("+/device/control/set")
+        async def control(request: dict) -> dict:
+            return {"status": "ok", "action": request["action"]}
+
+        await responder.serve()          # until close(); or: async with responder: ...
+
+    Handlers take the request object (a ``dict``, ``request_id`` included) and return a
+    JSON-serialisable result. One that raises `RpcHandlerError` answers with its code,
+    message and data; any other exception answers with code -32603 (internal error).
+    A request without ``request_id`` and reply topic is a notification: its handler runs,
+    nothing is answered.
+
+    Args:
+        host, port, client_id, protocol, qos, keepalive, username, password, tls,
+            ca_certs, certfile, keyfile, alpn_protocols, connect_timeout: as for
+            `MqttRpcClient`.
+        share_group: join an MQTT shared-subscription group (``$share/<group>/<filter>``):
+            the broker gives each request to one responder of the group (a pool).
+        max_concurrency: handlers running at once; more requests wait for a turn.
+        max_queued: requests waiting for a turn; beyond it a request is answered at once
+            with an "overloaded" error (code -32000) rather than queued without bound.
+    """
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int = 1883,
+        *,
+        client_id: Optional[str] = None,
+        protocol: str = "3.1.1",
+        qos: int = 0,
+        keepalive: float = 60,
+        username: Optional[str] = None,
+        password: Optional[str] = None,
+        share_group: Optional[str] = None,
+        max_concurrency: int = 100,
+        max_queued: int = 10_000,
+        connect_timeout: float = 10,
+        tls: bool = False,
+        ca_certs: Optional[PathLike] = None,
+        certfile: Optional[PathLike] = None,
+        keyfile: Optional[PathLike] = None,
+        alpn_protocols: Sequence[str] = (),
+    ) -> None:
+        if max_concurrency < 1 or max_queued < 0:
+            raise ValueError("max_concurrency must be at least 1 and max_queued not negative")
+        self._options = dict(
+            host=host,
+            port=port,
+            client_id=client_id,
+            protocol=str(protocol),
+            qos=qos,
+            keepalive=float(keepalive),
+            username=username,
+            password=password,
+            share_group=share_group,
+            connect_timeout=float(connect_timeout),
+            tls=bool(tls or ca_certs or certfile or keyfile or alpn_protocols),
+            ca_certs=None if ca_certs is None else os.fspath(ca_certs),
+            certfile=None if certfile is None else os.fspath(certfile),
+            keyfile=None if keyfile is None else os.fspath(keyfile),
+            alpn_protocols=list(alpn_protocols),
+        )
+        self._filters: List[str] = []
+        self._handlers: List[Handler] = []
+        self._max_concurrency = max_concurrency
+        self._max_queued = max_queued
+        self._core: Optional[_core.CoreResponder] = None
+        self._serving: Optional[asyncio.Future] = None
+        self._ready: Optional[asyncio.Event] = None
+        self._turns: Optional[asyncio.Semaphore] = None
+        self._waiting = 0
+        self._tasks: Set[asyncio.Task] = set()
+
+    def handle(self, topic_filter: str) -> Callable[[Handler], Handler]:
+        """Registers the decorated function for requests on ``topic_filter`` (the first
+        registered filter that matches a request's topic wins). Register before serving."""
+
+        def register(handler: Handler) -> Handler:
+            if self._core is not None:
+                raise RuntimeError("register handlers before start() or serve()")
+            self._filters.append(topic_filter)
+            self._handlers.append(handler)
+            return handler
+
+        return register
+
+    async def start(self) -> None:
+        """Connects, subscribes every filter, and returns once requests are being served."""
+        if self._core is not None:
+            raise RuntimeError("this responder was already started")
+        if not self._filters:
+            raise ValueError("register at least one handler with @responder.handle(filter)")
+        options = dict(self._options)
+        self._core = _core.CoreResponder(
+            options.pop("host"),
+            options.pop("port"),
+            options.pop("client_id"),
+            options.pop("protocol"),
+            options.pop("qos"),
+            options.pop("keepalive"),
+            options.pop("username"),
+            options.pop("password"),
+            list(self._filters),
+            options.pop("share_group"),
+            options.pop("connect_timeout"),
+            **options,
+        )
+        loop = asyncio.get_running_loop()
+        self._ready = asyncio.Event()
+        self._turns = asyncio.Semaphore(self._max_concurrency)
+        self._serving = self._core.serve(loop, self._on_request, self._ready.set)
+        ready = asyncio.ensure_future(self._ready.wait())
+        await asyncio.wait({ready, self._serving}, return_when=asyncio.FIRST_COMPLETED)
+        if self._serving.done():
+            ready.cancel()
+            self._serving.result()  # raises why the first connection failed
+        logger.info("responder serving %s", ", ".join(self._filters))
+
+    async def serve(self) -> None:
+        """Serves until `close()` (starting first if needed)."""
+        if self._core is None:
+            await self.start()
+        assert self._serving is not None
+        await asyncio.shield(self._serving)
+
+    async def close(self) -> None:
+        """Stops taking requests, lets running handlers finish, and disconnects."""
+        if self._core is None or self._serving is None:
+            return
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._core.close()
+        await self._serving
+        self._core.detach()
+
+    async def __aenter__(self) -> "Responder":
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        await self.close()
+
+    def stats(self) -> Dict[str, int]:
+        """Requests and notifications received, malformed ones dropped, answers sent."""
+        if self._core is None:
+            return {}
+        return {**self._core.stats(), "handlers_running_or_waiting": len(self._tasks)}
+
+    def _on_request(self, index: int, topic: str, body: Dict[str, Any], reply: Optional[_core.ReplyHandle]) -> None:
+        if self._waiting >= self._max_queued:
+            if reply is not None:
+                reply.send_error(OVERLOADED, "the responder is overloaded: try again later")
+            return
+        task = asyncio.ensure_future(self._run(self._handlers[index], body, reply))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, handler: Handler, request: Dict[str, Any], reply: Optional[_core.ReplyHandle]) -> None:
+        assert self._turns is not None
+        self._waiting += 1
+        try:
+            await self._turns.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            try:
+                if inspect.iscoroutinefunction(handler):
+                    result = await handler(request)
+                else:
+                    # A plain function may block: run it in a worker thread, not on the loop.
+                    result = await asyncio.get_running_loop().run_in_executor(None, handler, request)
+                    if inspect.isawaitable(result):
+                        result = await result
+            finally:
+                self._turns.release()
+            if reply is not None:
+                reply.send_result(json.dumps(result))
+        except RpcHandlerError as error:
+            if reply is not None:
+                reply.send_error(error.code, error.message, None if error.data is None else json.dumps(error.data, default=str))
+        except Exception as error:  # the handler's failure becomes the caller's RemoteError
+            logger.debug("handler for %s failed", request.get("request_id"), exc_info=True)
+            if reply is not None:
+                reply.send_error(INTERNAL_ERROR, f"{type(error).__name__}: {error}")

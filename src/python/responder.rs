@@ -1,0 +1,253 @@
+//! `CoreResponder`, the Python face of the Rust `Responder`: requests reach the Python
+//! handlers through the loop's completion queue (never from a tokio thread), and each
+//! request's `ReplyHandle` publishes its answer. The public class is
+//! `mqtt_rpc.Responder` (python/mqtt_rpc/responder.py).
+
+use super::bridge::{Completion, LoopBridge};
+use super::errors::value_error;
+use super::runtime::runtime;
+use crate::client::CallError;
+use crate::link::ConnectionOptions;
+use crate::protocol::RemoteError;
+use crate::responder::{Replier, ReplyRoute, Responder, ResponderCounters, ResponderOptions};
+use crate::tls::TlsOptions;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+#[pyclass(frozen, module = "mqtt_rpc._core")]
+pub struct CoreResponder {
+    responder: Mutex<Option<Responder>>,
+    replier: Replier,
+    counters: Arc<ResponderCounters>,
+    stop: watch::Sender<bool>,
+    bridge: Mutex<Option<Py<LoopBridge>>>,
+}
+
+/// Where one request's answer goes; `send_result` or `send_error` publishes it.
+#[pyclass(frozen, module = "mqtt_rpc._core")]
+pub struct ReplyHandle {
+    replier: Replier,
+    route: ReplyRoute,
+}
+
+#[pymethods]
+impl ReplyHandle {
+    /// Answers with `{"request_id", "result": <result_json>}`.
+    fn send_result(&self, result_json: &str) -> PyResult<()> {
+        let result: serde_json::Value = serde_json::from_str(result_json)
+            .map_err(|e| value_error(format!("the result is not JSON: {e}")))?;
+        self.send(Ok(result))
+    }
+
+    /// Answers with `{"request_id", "error": {"code", "message", "data"}}`.
+    #[pyo3(signature = (code, message, data_json=None))]
+    fn send_error(&self, code: i64, message: String, data_json: Option<&str>) -> PyResult<()> {
+        let data = match data_json {
+            Some(text) => serde_json::from_str(text)
+                .map_err(|e| value_error(format!("the error data is not JSON: {e}")))?,
+            None => serde_json::Value::Null,
+        };
+        self.send(Err(RemoteError {
+            code,
+            message,
+            data,
+        }))
+    }
+}
+
+impl ReplyHandle {
+    fn send(&self, outcome: Result<serde_json::Value, RemoteError>) -> PyResult<()> {
+        self.replier.answer(&self.route, outcome).map_err(|_| {
+            PyRuntimeError::new_err("the answer could not be queued: the connection is closed")
+        })
+    }
+}
+
+/// A Python request handed to the loop: the dispatcher and what it is called with.
+pub struct PyRequest {
+    pub dispatcher: Arc<Py<PyAny>>,
+    pub request: crate::responder::IncomingRequest,
+    pub replier: Replier,
+}
+
+impl PyRequest {
+    /// Calls `dispatcher(filter_index, topic, body, reply_handle_or_None)` on the loop.
+    pub fn deliver(self, py: Python<'_>) -> PyResult<()> {
+        let body = super::convert::object_to_py(py, &self.request.body)?;
+        let handle = match self.request.route {
+            Some(route) => Some(Py::new(
+                py,
+                ReplyHandle {
+                    replier: self.replier,
+                    route,
+                },
+            )?),
+            None => None,
+        };
+        self.dispatcher.call1(
+            py,
+            (self.request.filter_index, self.request.topic, body, handle),
+        )?;
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl CoreResponder {
+    #[new]
+    #[pyo3(signature = (host, port, client_id, protocol, qos, keepalive, username, password,
+                        filters, share_group, connect_timeout, tls=false, ca_certs=None,
+                        certfile=None, keyfile=None, alpn_protocols=Vec::new()))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        host: String,
+        port: u16,
+        client_id: Option<String>,
+        protocol: &str,
+        qos: u8,
+        keepalive: f64,
+        username: Option<String>,
+        password: Option<String>,
+        filters: Vec<String>,
+        share_group: Option<String>,
+        connect_timeout: f64,
+        tls: bool,
+        ca_certs: Option<PathBuf>,
+        certfile: Option<PathBuf>,
+        keyfile: Option<PathBuf>,
+        alpn_protocols: Vec<String>,
+    ) -> PyResult<Self> {
+        let protocol = super::client::parse_protocol(protocol)?;
+        if qos > 1 {
+            return Err(value_error(format!("qos must be 0 or 1, not {qos}")));
+        }
+        let options = ResponderOptions {
+            connection: ConnectionOptions {
+                host,
+                port,
+                client_id: client_id.unwrap_or_else(crate::link::default_client_id),
+                protocol,
+                keepalive: super::client::seconds("keepalive", keepalive)?,
+                username,
+                password,
+                connect_timeout: super::client::seconds("connect_timeout", connect_timeout)?,
+                tls: tls.then_some(TlsOptions {
+                    ca_certs,
+                    certfile,
+                    keyfile,
+                    alpn_protocols,
+                }),
+                ..ConnectionOptions::default()
+            },
+            qos,
+            filters,
+            share_group,
+            mqtt5_only: false,
+        };
+        let responder = Responder::new(options).map_err(|e| value_error(e.to_string()))?;
+        let (stop, _) = watch::channel(false);
+        Ok(CoreResponder {
+            replier: responder.replier(),
+            counters: responder.counters(),
+            responder: Mutex::new(Some(responder)),
+            stop,
+            bridge: Mutex::new(None),
+        })
+    }
+
+    /// Serves on `event_loop`: `on_request(filter_index, topic, body, reply_handle)` for each
+    /// request (`reply_handle` is None for a notification), `on_ready()` each time the
+    /// filters are subscribed. The returned future resolves when serving stops (`close`),
+    /// or fails if the first connection does.
+    fn serve(
+        &self,
+        event_loop: &Bound<'_, PyAny>,
+        on_request: Py<PyAny>,
+        on_ready: Py<PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = event_loop.py();
+        let Some(responder) = self
+            .responder
+            .lock()
+            .map_err(|_| PyRuntimeError::new_err("poisoned"))?
+            .take()
+        else {
+            return Err(value_error("serve() was already called on this responder"));
+        };
+        let runtime = runtime().map_err(PyRuntimeError::new_err)?;
+        let bridge = LoopBridge::attach(event_loop)?;
+        let queue = bridge.get().queue.clone();
+        let future = bridge.get().new_future(py)?;
+        *self
+            .bridge
+            .lock()
+            .map_err(|_| PyRuntimeError::new_err("poisoned"))? = Some(bridge);
+        let done = future.clone_ref(py);
+        let (on_request, on_ready) = (Arc::new(on_request), Arc::new(on_ready));
+        let replier = self.replier.clone();
+        let stop = self.stop.subscribe();
+        runtime.spawn(async move {
+            let requests = queue.clone();
+            let ready = queue.clone();
+            let served = responder
+                .serve(
+                    move |request| {
+                        requests.push(Completion::Request(PyRequest {
+                            dispatcher: on_request.clone(),
+                            request,
+                            replier: replier.clone(),
+                        }))
+                    },
+                    move || ready.push(Completion::Ready(on_ready.clone())),
+                    stop,
+                )
+                .await;
+            queue.push(Completion::Done {
+                future: done,
+                result: served.map_err(|e| {
+                    CallError::NotConnected(format!("the responder could not connect: {e}"))
+                }),
+            });
+        });
+        Ok(future)
+    }
+
+    /// Stops serving: disconnects; the `serve` future then resolves. Call `detach` after.
+    fn close(&self) {
+        Responder::disconnect(&self.replier);
+        let _ = self.stop.send(true);
+    }
+
+    /// Stops watching the loop (after `serve` resolved).
+    fn detach(&self, py: Python<'_>) -> PyResult<()> {
+        let bridge = self
+            .bridge
+            .lock()
+            .map_err(|_| PyRuntimeError::new_err("poisoned"))?
+            .take();
+        if let Some(bridge) = bridge {
+            bridge.get().detach(py, true)?;
+        }
+        Ok(())
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = &self.counters;
+        let dict = PyDict::new(py);
+        for (name, counter) in [
+            ("requests", &c.requests),
+            ("notifications", &c.notifications),
+            ("dropped_malformed", &c.dropped_malformed),
+            ("answers_sent", &c.answers_sent),
+            ("answers_unsent", &c.answers_unsent),
+        ] {
+            dict.set_item(name, counter.load(Ordering::Relaxed))?;
+        }
+        Ok(dict)
+    }
+}

@@ -1,0 +1,160 @@
+"""The device side: the Python `Responder`, and pools of responders sharing the requests."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections import Counter
+from typing import Any, Dict, Iterator, List
+
+import pytest
+
+from mqtt_rpc import MqttRpcClient, RemoteError, Responder, RpcHandlerError
+from mqtt_rpc.testing import MosquittoBroker, ResponderDevice
+
+
+def publish_raw(broker: MosquittoBroker, topic: str, payload: bytes) -> None:
+    """Publishes bytes as they are (QoS 0) over a bare MQTT 3.1.1 connection: the way to
+    send what no well-behaved client would."""
+
+    def remaining_length(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            byte, n = n % 128, n // 128
+            out.append(byte | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+
+    def string(text: str) -> bytes:
+        data = text.encode()
+        return struct.pack("!H", len(data)) + data
+
+    with socket.create_connection((broker.host, broker.port), timeout=5) as conn:
+        body = string("MQTT") + bytes([4, 0x02]) + struct.pack("!H", 60) + string(f"raw-{uuid.uuid4().hex[:8]}")
+        conn.sendall(bytes([0x10]) + remaining_length(len(body)) + body)
+        assert conn.recv(4)[:2] == b"\x20\x02"  # CONNACK
+        body = string(topic) + payload
+        conn.sendall(bytes([0x30]) + remaining_length(len(body)) + body)
+        conn.sendall(b"\xe0\x00")  # DISCONNECT
+
+
+@pytest.fixture
+async def served(broker: MosquittoBroker) -> Any:
+    """A Python responder with async, sync and failing handlers, and what it received."""
+    received: List[Dict[str, Any]] = []
+    responder = Responder(broker.host, broker.port, max_concurrency=50)
+
+    @responder.handle("+/py/control/set")
+    async def control(request: Dict[str, Any]) -> Dict[str, Any]:
+        received.append(request)
+        if request.get("fail") == "typed":
+            raise RpcHandlerError(-32001, "camera busy", {"retry_after": 5})
+        if request.get("fail") == "crash":
+            raise KeyError("lens")
+        if "sleep" in request:
+            await asyncio.sleep(request["sleep"])
+        return {"status": "ok", "echo": request.get("n")}
+
+    @responder.handle("+/py/sync/set")
+    def blocking(request: Dict[str, Any]) -> Dict[str, Any]:
+        received.append(request)
+        time.sleep(request.get("sleep", 0))  # a blocking handler: it runs in a worker thread
+        return {"thread": threading.current_thread() is not threading.main_thread()}
+
+    async with responder:
+        yield responder, received
+
+
+async def test_python_responder_answers_async_and_sync_handlers(served: Any, client: MqttRpcClient) -> None:
+    responder, received = served
+    device = f"cam-{uuid.uuid4().hex[:6]}"
+    reply = await client.call(f"{device}/py/control/set", {"n": 1})
+    assert reply == {"request_id": reply["request_id"], "result": {"status": "ok", "echo": 1}}
+    assert received[-1] == {"n": 1, "request_id": reply["request_id"]}
+    reply = await client.call(f"{device}/py/sync/set", {})
+    assert reply["result"] == {"thread": True}
+
+
+async def test_handler_errors_reach_the_caller_as_remote_errors(served: Any, client: MqttRpcClient) -> None:
+    topic = f"cam-{uuid.uuid4().hex[:6]}/py/control/set"
+    with pytest.raises(RemoteError) as raised:
+        await client.call(topic, {"fail": "typed"})
+    assert (raised.value.code, raised.value.message, raised.value.data) == (-32001, "camera busy", {"retry_after": 5})
+    with pytest.raises(RemoteError) as raised:
+        await client.call(topic, {"fail": "crash"})
+    assert raised.value.code == -32603 and "KeyError" in raised.value.message
+
+
+async def test_a_slow_handler_does_not_hold_up_the_others(served: Any, client: MqttRpcClient) -> None:
+    topic = f"cam-{uuid.uuid4().hex[:6]}/py/control/set"
+    slow = asyncio.ensure_future(client.call(topic, {"sleep": 1.0}))
+    await asyncio.sleep(0)  # let the slow call start
+    started = time.monotonic()
+    await asyncio.gather(*(client.call(topic, {"n": i}) for i in range(20)))
+    assert time.monotonic() - started < 0.8
+    await slow
+
+
+async def test_a_thousand_concurrent_calls_across_ten_devices(served: Any, client: MqttRpcClient) -> None:
+    run = uuid.uuid4().hex[:6]
+    topics = [f"d{i}-{run}/py/control/set" for i in range(10)]
+    replies = await asyncio.gather(*(client.call(topics[n % 10], {"n": n}) for n in range(1000)))
+    assert [r["result"]["echo"] for r in replies] == list(range(1000))
+
+
+async def test_malformed_requests_are_dropped_and_counted(
+    served: Any, client: MqttRpcClient, broker: MosquittoBroker
+) -> None:
+    responder, _ = served
+    topic = f"cam-{uuid.uuid4().hex[:6]}/py/control/set"
+    before = responder.stats()["dropped_malformed"]
+    for junk in (b"not json", b"[1, 2]", b'"text"'):
+        await asyncio.get_running_loop().run_in_executor(None, publish_raw, broker, topic, junk)
+    # The responder keeps serving: and it handles one connection's messages in order.
+    reply = await client.call(topic, {"n": 9})
+    assert reply["result"]["echo"] == 9
+    assert responder.stats()["dropped_malformed"] - before == 3
+
+
+async def test_notifications_run_the_handler_and_get_no_answer(served: Any, client: MqttRpcClient) -> None:
+    responder, received = served
+    topic = f"cam-{uuid.uuid4().hex[:6]}/py/control/set"
+    sent_before = responder.stats()["answers_sent"]
+    await client.notify(topic, {"event": "door opened"})
+    await client.call(topic, {"n": 1})  # handled after the notification
+    assert {"event": "door opened"} in received
+    assert responder.stats()["answers_sent"] - sent_before == 1  # the call's answer only
+    assert client.stats()["replies_dropped_stray"] == 0
+
+
+@pytest.fixture
+def pool(broker: MosquittoBroker) -> Iterator[List[ResponderDevice]]:
+    devices = [
+        ResponderDevice.start(
+            broker,
+            "+/pool/control/set",
+            options=["--protocol", "5", "--share-group", "workers", "--client-id", f"worker-{i}-{uuid.uuid4().hex[:4]}"],
+        )
+        for i in range(3)
+    ]
+    yield devices
+    for device in devices:
+        device.stop()
+
+
+async def test_a_pool_in_one_share_group_answers_each_request_once(
+    broker: MosquittoBroker, pool: List[ResponderDevice]
+) -> None:
+    topic = f"job-{uuid.uuid4().hex[:6]}/pool/control/set"
+    async with MqttRpcClient(broker.host, broker.port, protocol="5") as client:
+        replies = await client.call_many([(topic, {"n": n}) for n in range(3000)], timeout=30)
+        assert [r["result"]["request"]["n"] for r in replies] == list(range(3000))
+        served_by = Counter(r["result"]["responder"] for r in replies)
+        assert len(served_by) == 3 and min(served_by.values()) > 0
+        # Exactly once: no second answer to any request.
+        stats = client.stats()
+        assert stats["replies_dropped_duplicate"] == 0 and stats["replies_dropped_stray"] == 0
