@@ -158,3 +158,28 @@ async def test_a_pool_in_one_share_group_answers_each_request_once(
         # Exactly once: no second answer to any request.
         stats = client.stats()
         assert stats["replies_dropped_duplicate"] == 0 and stats["replies_dropped_stray"] == 0
+
+
+async def test_python_responders_in_one_share_group_split_the_requests(broker: MosquittoBroker) -> None:
+    served_by: Counter = Counter()
+    responders = []
+    for name in ("a", "b"):
+        responder = Responder(broker.host, broker.port, protocol="5", share_group="py-workers")
+
+        @responder.handle("+/pypool/control/set")
+        async def work(request: Dict[str, Any], name: str = name) -> str:
+            served_by[name] += 1
+            return name
+
+        await responder.start()
+        responders.append(responder)
+    try:
+        topic = f"job-{uuid.uuid4().hex[:6]}/pypool/control/set"
+        async with MqttRpcClient(broker.host, broker.port, protocol="5") as client:
+            replies = await client.call_many([(topic, {"n": n}) for n in range(400)])
+            assert Counter(r["result"] for r in replies) == served_by
+            assert sum(served_by.values()) == 400 and set(served_by) == {"a", "b"}
+            assert client.stats()["replies_dropped_duplicate"] == 0
+    finally:
+        for responder in responders:
+            await responder.close()
