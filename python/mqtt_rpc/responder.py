@@ -179,6 +179,12 @@ class Responder:
         await self._serving
         self._core.detach()
 
+    async def close_now(self) -> None:
+        """Stops at once: handlers still running are cancelled, unanswered."""
+        for task in list(self._tasks):
+            task.cancel()
+        await self.close()
+
     async def __aenter__(self) -> "Responder":
         await self.start()
         return self

@@ -1,13 +1,20 @@
-"""Real parts for tests and demos: a Mosquitto broker on a free loopback port and the Rust
-responder (`mqtt-rpc-responder`) as a device. No mocks: both are the real programs.
+"""Real parts for tests and demos: a Mosquitto broker on a free loopback port, a scriptable
+`SimulatedDevice` (a Python `Responder`), and the Rust test responder. No mocks: each is the
+real program. With mqtt-rpc installed, pytest gets the fixtures `mqtt_broker` (a Mosquitto
+for the session) and `mqtt_device` (a fresh simulated device per test).
 
-    with MosquittoBroker.start() as broker, ResponderDevice.start(broker, "+/device/control/set"):
-        async with MqttRpcClient(broker.host, broker.port) as client:
-            ...
+    with MosquittoBroker.start() as broker:
+        async with SimulatedDevice(broker, "+/device/control/set") as device:
+            device.fail(423, "busy")
+            async with MqttRpcClient(broker.host, broker.port) as client:
+                ...
+
+Mosquitto is found on the PATH (Debian/Ubuntu: `apt-get install mosquitto`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import shutil
@@ -17,9 +24,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence
 
-__all__ = ["MosquittoBroker", "ResponderDevice", "free_port", "find_responder"]
+__all__ = ["MosquittoBroker", "SimulatedDevice", "ResponderDevice", "free_port", "find_responder"]
 
 
 def free_port() -> int:
@@ -262,3 +269,78 @@ class ResponderDevice:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class SimulatedDevice:
+    """A device for your own tests, in Python (no Rust binary needed): it answers requests on
+    `topic_filter`, and each test scripts what it does next.
+
+        async with SimulatedDevice(broker, "+/device/control/set") as device:
+            device.answer({"status": "ok"})              # every request, until told otherwise
+            device.answer_late({"status": "ok"}, 2.0)    # after 2 s
+            device.stay_silent()                         # never answer: the caller times out
+            device.fail(423, "camera is recording")      # the caller gets RemoteError
+            ...
+            device.requests                              # what it received, oldest first
+
+    A result may also be a function of the request: ``device.answer(lambda r: {"echo": r})``.
+    """
+
+    def __init__(self, broker: "MosquittoBroker", topic_filter: str = "+/device/control/set", **options: Any) -> None:
+        from .responder import Responder, RpcHandlerError
+
+        self.requests: List[Dict[str, Any]] = []
+        self._script: Callable[[Dict[str, Any]], Awaitable[Any]] = self._answering(lambda request: {"status": "ok"})
+        self._responder = Responder(broker.host, broker.port, **options)
+        self._error_type = RpcHandlerError
+
+        @self._responder.handle(topic_filter)
+        async def handle(request: Dict[str, Any]) -> Any:
+            self.requests.append(request)
+            return await self._script(request)
+
+    @staticmethod
+    def _answering(result: Any, delay: float = 0.0) -> Callable[[Dict[str, Any]], Awaitable[Any]]:
+        async def respond(request: Dict[str, Any]) -> Any:
+            if delay:
+                await asyncio.sleep(delay)
+            return result(request) if callable(result) else result
+
+        return respond
+
+    def answer(self, result: Any) -> None:
+        """Answer every request with `result` (or `result(request)`)."""
+        self._script = self._answering(result)
+
+    def answer_late(self, result: Any, delay: float) -> None:
+        """Answer after `delay` seconds."""
+        self._script = self._answering(result, delay)
+
+    def stay_silent(self) -> None:
+        """Never answer."""
+
+        async def silent(request: Dict[str, Any]) -> Any:
+            await asyncio.Event().wait()  # until the device is closed
+
+        self._script = silent
+
+    def fail(self, code: int, message: str, data: Any = None) -> None:
+        """Answer with an error object: the caller gets `RemoteError(code, message, data)`."""
+
+        async def failing(request: Dict[str, Any]) -> Any:
+            raise self._error_type(code, message, data)
+
+        self._script = failing
+
+    async def start(self) -> "SimulatedDevice":
+        await self._responder.start()
+        return self
+
+    async def close(self) -> None:
+        await self._responder.close_now()
+
+    async def __aenter__(self) -> "SimulatedDevice":
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

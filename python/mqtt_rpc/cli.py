@@ -1,0 +1,275 @@
+"""The `mqtt-rpc` command line: call a device, serve as a test device, measure, or run the
+demo. Each command prints what it does and exits non-zero with a message that says what
+went wrong (2 bad input, 3 timeout, 4 the device answered an error, 5 no connection)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+from . import __version__
+from .client import MqttRpcClient
+from .errors import NotConnectedError, PayloadError, RemoteError, RpcTimeoutError
+from .responder import Responder, RpcHandlerError
+
+EXIT_BAD_INPUT, EXIT_TIMEOUT, EXIT_REMOTE_ERROR, EXIT_NO_CONNECTION = 2, 3, 4, 5
+DEMO_FILTER = "+/device/control/set"
+
+
+def connection_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("broker")
+    group.add_argument("--host", default="localhost", help="broker host (default: localhost)")
+    group.add_argument("--port", type=int, default=1883, help="broker port (default: 1883)")
+    group.add_argument("--protocol", choices=["3.1.1", "5"], default="3.1.1", help="MQTT version")
+    group.add_argument("--qos", type=int, choices=[0, 1], default=0)
+    group.add_argument("--username")
+    group.add_argument("--password")
+    group.add_argument("--client-id", help="default: a unique id")
+    tls = parser.add_argument_group("TLS")
+    tls.add_argument("--tls", action="store_true", help="connect with TLS (implied by the files below)")
+    tls.add_argument("--ca-certs", help="PEM file of the CAs to trust (default: the system's)")
+    tls.add_argument("--certfile", help="client certificate (PEM), for mutual TLS")
+    tls.add_argument("--keyfile", help="client private key (PEM)")
+
+
+def connection_options(args: argparse.Namespace) -> Dict[str, Any]:
+    return dict(
+        client_id=args.client_id,
+        protocol=args.protocol,
+        qos=args.qos,
+        username=args.username,
+        password=args.password,
+        tls=args.tls,
+        ca_certs=args.ca_certs,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+    )
+
+
+def fail(code: int, message: str) -> int:
+    print(f"mqtt-rpc: {message}", file=sys.stderr)
+    return code
+
+
+# --- call -------------------------------------------------------------------------------
+
+
+async def call_command(args: argparse.Namespace) -> int:
+    client = MqttRpcClient(args.host, args.port, reply_to=args.reply_to, **connection_options(args))
+    try:
+        await client.connect()
+    except NotConnectedError as error:
+        return fail(EXIT_NO_CONNECTION, f"{error} (is a broker running there? try --host/--port)")
+    try:
+        reply = await client.call(args.topic, args.payload, timeout=args.timeout)
+    except PayloadError as error:
+        return fail(EXIT_BAD_INPUT, str(error))
+    except RpcTimeoutError as error:
+        return fail(EXIT_TIMEOUT, f"{error}: is a device subscribed to this topic?")
+    except RemoteError as error:
+        print(json.dumps({"code": error.code, "message": error.message, "data": error.data}), file=sys.stderr)
+        return fail(EXIT_REMOTE_ERROR, f"the device answered with error {error.code}: {error.message}")
+    finally:
+        await client.close(grace=0)
+    print(json.dumps(reply, indent=2))
+    return 0
+
+
+# --- serve ------------------------------------------------------------------------------
+
+
+def echo_responder(args: argparse.Namespace) -> Responder:
+    responder = Responder(args.host, args.port, share_group=args.share_group, **connection_options(args))
+    fail_action = args.fail_action
+
+    @responder.handle(args.filter)
+    async def echo(request: Dict[str, Any]) -> Dict[str, Any]:
+        if fail_action is not None and request.get("action") == fail_action:
+            raise RpcHandlerError(423, f"{fail_action} refused by the test device", {"action": fail_action})
+        return {"status": "ok", "echo": request}
+
+    return responder
+
+
+async def serve_command(args: argparse.Namespace) -> int:
+    if not args.echo:
+        return fail(EXIT_BAD_INPUT, "serve needs --echo (the only behaviour of the test device)")
+    responder = echo_responder(args)
+    try:
+        await responder.start()
+    except NotConnectedError as error:
+        return fail(EXIT_NO_CONNECTION, str(error))
+    print(f"serving {args.filter} on {args.host}:{args.port} (Ctrl-C stops)", flush=True)
+    try:
+        await responder.serve()
+    finally:
+        await responder.close_now()
+    return 0
+
+
+# --- bench and demo: a broker and a device of their own ---------------------------------
+
+
+class OwnSetup:
+    """A Mosquitto on a free loopback port and an echo device in a child process."""
+
+    def __init__(self, fail_action: Optional[str] = None) -> None:
+        from .testing import MosquittoBroker
+
+        self.broker = MosquittoBroker.start()
+        command = [sys.executable, "-m", "mqtt_rpc", "serve", DEMO_FILTER, "--echo", "--port", str(self.broker.port),
+                   "--host", self.broker.host]
+        if fail_action:
+            command += ["--fail-action", fail_action]
+        self.device = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        assert self.device.stdout is not None
+        line = self.device.stdout.readline()
+        if not line.startswith("serving"):
+            self.close()
+            raise RuntimeError("the simulated device did not start")
+
+    def close(self) -> None:
+        self.device.terminate()
+        self.device.wait(timeout=10)
+        self.broker.stop()
+
+
+async def measure(client: MqttRpcClient, topic: str, calls: int, concurrency: int) -> Dict[str, float]:
+    latencies: List[float] = []
+    remaining = calls
+
+    async def caller() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            await client.call(topic, {"action": "PING"})
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "calls_per_second": len(latencies) / elapsed,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000,
+    }
+
+
+async def bench_command(args: argparse.Namespace) -> int:
+    print("starting mosquitto and an echo device...", flush=True)
+    setup = OwnSetup()
+    try:
+        async with MqttRpcClient(setup.broker.host, setup.broker.port) as client:
+            await measure(client, "bench/device/control/set", min(1000, args.calls), args.concurrency)  # warm-up
+            result = await measure(client, "bench/device/control/set", args.calls, args.concurrency)
+        print(
+            f"{args.calls:,} calls, {args.concurrency} at a time: {result['calls_per_second']:,.0f} calls/s, "
+            f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms"
+        )
+        print("(a Python device on the same machine; scripts/bench compares clients properly)")
+    finally:
+        setup.close()
+    return 0
+
+
+async def demo_command(args: argparse.Namespace) -> int:
+    print("starting mosquitto and a simulated device on free loopback ports...", flush=True)
+    setup = OwnSetup(fail_action="REBOOT")
+    try:
+        broker = setup.broker
+        async with MqttRpcClient(broker.host, broker.port) as client:
+            print(f"connected to mosquitto at {broker.host}:{broker.port} as {client.client_id}\n")
+
+            def show(label: str, started: float, outcome: str) -> None:
+                print(f"{label:<34} {(time.perf_counter() - started) * 1000:8.2f} ms  {outcome}")
+
+            device = "rpi-camera-device/device/control/set"
+            started = time.perf_counter()
+            reply = await client.call(device, '{"action": "GET_HEALTH_CHECK"}', timeout=10)
+            show("call GET_HEALTH_CHECK (first)", started, json.dumps(reply))
+            started = time.perf_counter()
+            reply = await client.call(device, {"action": "GET_HEALTH_CHECK"}, timeout=10)
+            show("call GET_HEALTH_CHECK (again)", started, f"request_id={reply['request_id']}")
+            started = time.perf_counter()
+            try:
+                await client.call(device, {"action": "REBOOT"})
+            except RemoteError as error:
+                show("call REBOOT (the device refuses)", started, f"RemoteError {error.code}: {error.message}")
+            started = time.perf_counter()
+            try:
+                await client.call("rpi-offline-device/silent/control/set", {"action": "GET_HEALTH_CHECK"}, timeout=0.5)
+            except RpcTimeoutError as error:
+                show("call an offline device", started, f"RpcTimeoutError: {error}")
+            started = time.perf_counter()
+            replies = await client.call_many([(device, {"action": "PING", "i": i}) for i in range(1000)])
+            show("call_many: 1,000 requests", started, f"{len(replies)} answers, in order")
+            for concurrency, calls in ((1, 300), (64, 5000)):
+                result = await measure(client, device, calls, concurrency)
+                print(
+                    f"\n{calls:,} calls, {concurrency} at a time: {result['calls_per_second']:,.0f} calls/s, "
+                    f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms",
+                    end="",
+                )
+            print(f"\n\npending calls left: {client.pending}")
+    finally:
+        setup.close()
+    print("stopped the device and the broker.")
+    return 0
+
+
+# --- the parser ---------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="mqtt-rpc",
+        description="Request/response over MQTT: call a device and print its answer, act as a test "
+        "device, measure, or run the demo.",
+    )
+    top.add_argument("--version", action="version", version=f"mqtt-rpc {__version__}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    call = commands.add_parser("call", help="call a device and print its answer as JSON",
+                               description="Publish PAYLOAD (a JSON object) to TOPIC with a fresh request_id "
+                               "and print the device's answer.")
+    call.add_argument("topic", help='request topic, e.g. "dev1/device/control/set"')
+    call.add_argument("payload", help='JSON object, e.g. \'{"action": "GET_HEALTH_CHECK"}\'')
+    call.add_argument("--timeout", type=float, default=10, help="seconds to wait for the answer (default: 10)")
+    call.add_argument("--reply-to", choices=["topic", "inbox"], default="topic", help="reply topic convention")
+    connection_arguments(call)
+
+    serve = commands.add_parser("serve", help="answer requests as a test device",
+                                description="Answer every request on FILTER with "
+                                '{"status": "ok", "echo": <request>} until stopped.')
+    serve.add_argument("filter", help='request topic filter, e.g. "+/device/control/set"')
+    serve.add_argument("--echo", action="store_true", help="answer with the request (required)")
+    serve.add_argument("--fail-action", metavar="ACTION", help='answer requests whose "action" is ACTION with an error')
+    serve.add_argument("--share-group", help="join this shared-subscription group (a pool of devices)")
+    connection_arguments(serve)
+
+    bench = commands.add_parser("bench", help="a short benchmark against a broker and device of its own")
+    bench.add_argument("--calls", type=int, default=20_000)
+    bench.add_argument("--concurrency", type=int, default=256)
+
+    commands.add_parser("demo", help="start a broker and a simulated device, call it, print the answers",
+                        description="Needs Mosquitto on the PATH (apt-get install mosquitto).")
+    return top
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    command = {"call": call_command, "serve": serve_command, "bench": bench_command, "demo": demo_command}
+    try:
+        return asyncio.run(command[args.command](args))
+    except KeyboardInterrupt:
+        return 130
+    except FileNotFoundError as error:  # no mosquitto for bench/demo
+        return fail(EXIT_NO_CONNECTION, str(error))
