@@ -7,7 +7,7 @@ import asyncio
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -26,15 +26,22 @@ def load_example() -> Any:
     return module
 
 
+@pytest.fixture(scope="module")
+def example_broker() -> Iterator[MosquittoBroker]:
+    # Its own broker: the suite's Rust test device also answers */device/control/set.
+    with MosquittoBroker.start() as broker:
+        yield broker
+
+
 @pytest.fixture
-async def device(broker: MosquittoBroker) -> AsyncIterator[SimulatedDevice]:
-    async with SimulatedDevice(broker, "+/device/control/set") as simulated:
+async def device(example_broker: MosquittoBroker) -> AsyncIterator[SimulatedDevice]:
+    async with SimulatedDevice(example_broker, "+/device/control/set") as simulated:
         yield simulated
 
 
 @pytest.fixture
-async def http(broker: MosquittoBroker) -> AsyncIterator[httpx.AsyncClient]:
-    app = load_example().create_app(broker.host, broker.port)
+async def http(example_broker: MosquittoBroker) -> AsyncIterator[httpx.AsyncClient]:
+    app = load_example().create_app(example_broker.host, example_broker.port)
     async with app.router.lifespan_context(app):  # connects the MQTT client, closes it after
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:

@@ -14,6 +14,7 @@ async def test_the_plugins_fixtures_give_a_broker_and_a_scriptable_device(
     mqtt_broker: MosquittoBroker, mqtt_device: SimulatedDevice
 ) -> None:
     async with MqttRpcClient(mqtt_broker.host, mqtt_broker.port) as client:
+        # The plugin's broker is its own: no other device of this suite answers there.
         topic = "dev1/device/control/set"
         assert (await client.call(topic, {}))["result"] == {"status": "ok"}
 
