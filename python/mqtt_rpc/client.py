@@ -64,7 +64,40 @@ class Retry:
             raise ValueError(f"attempt_timeout must be positive, not {self.attempt_timeout}")
 
 
-class MqttRpcClient:
+class _ClientState:
+    """What both clients report about themselves, read from the core."""
+
+    _core: _core.CoreClient
+
+    @property
+    def pending(self) -> int:
+        """Calls not yet ended: waiting for a slot, for a SUBACK, or for their answer."""
+        return self._core.pending
+
+    @property
+    def reply_subscriptions(self) -> int:
+        """Reply filters held or being subscribed."""
+        return self._core.reply_subscriptions
+
+    @property
+    def connected(self) -> bool:
+        """Whether the MQTT connection is up."""
+        return self._core.connected
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id of this client's connection."""
+        return self._core.client_id
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters (calls started, succeeded, timed out, failed remotely, cancelled, failed;
+        replies dropped as stray, duplicate or malformed; reconnects), gauges (pending, reply
+        subscriptions) and latency percentiles of answered calls (``latency_p50_ms``,
+        ``latency_p90_ms``, ``latency_p99_ms``; None before the first answer)."""
+        return self._core.stats()
+
+
+class MqttRpcClient(_ClientState):
     """A request/response client over one MQTT connection.
 
     ``await client.call(topic, payload)`` publishes the JSON object ``payload`` with a fresh
@@ -382,33 +415,6 @@ class MqttRpcClient:
             for request_id in request_ids:
                 self._core.forget(request_id)
             raise
-
-    @property
-    def pending(self) -> int:
-        """Calls not yet ended: waiting for a slot, for a SUBACK, or for their answer."""
-        return self._core.pending
-
-    @property
-    def reply_subscriptions(self) -> int:
-        """Reply filters held or being subscribed."""
-        return self._core.reply_subscriptions
-
-    @property
-    def connected(self) -> bool:
-        """Whether the MQTT connection is up."""
-        return self._core.connected
-
-    @property
-    def client_id(self) -> str:
-        """The MQTT client id of this client's connection."""
-        return self._core.client_id
-
-    def stats(self) -> Dict[str, int]:
-        """Counters (calls started, succeeded, timed out, failed remotely, cancelled, failed;
-        replies dropped as stray or malformed; reconnects) and gauges (pending, reply
-        subscriptions)."""
-        return self._core.stats()
-
 
 def _weak_handler(client: MqttRpcClient) -> Callable[[bool, bool, bool, str], None]:
     # The core holds its event handler where Python's garbage collector cannot see it: a

@@ -7,10 +7,10 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Any, Dict, Optional, Type
 
-from .client import MqttRpcClient, Payload, _encode
+from .client import MqttRpcClient, Payload, _ClientState, _encode
 
 
-class SyncMqttRpcClient:
+class SyncMqttRpcClient(_ClientState):
     """A blocking MQTT RPC client. It takes the same arguments as `MqttRpcClient`
     (``on_connection_change`` excepted: without a loop, connection changes are only
     visible as ``connected``) and raises the same errors.
@@ -63,17 +63,3 @@ class SyncMqttRpcClient:
             payload = _encode(payload)
         self._core.notify(topic, payload)
 
-    @property
-    def pending(self) -> int:
-        return self._core.pending
-
-    @property
-    def connected(self) -> bool:
-        return self._core.connected
-
-    @property
-    def client_id(self) -> str:
-        return self._core.client_id
-
-    def stats(self) -> Dict[str, Any]:
-        return self._core.stats()
