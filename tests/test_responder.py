@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import struct
 import threading
@@ -13,7 +14,7 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 
-from mqtt_rpc import MqttRpcClient, RemoteError, Responder, RpcHandlerError
+from mqtt_rpc import MqttRpcClient, RemoteError, Responder, Retry, RpcHandlerError
 from mqtt_rpc.testing import MosquittoBroker, ResponderDevice
 
 
@@ -183,3 +184,32 @@ async def test_python_responders_in_one_share_group_split_the_requests(broker: M
     finally:
         for responder in responders:
             await responder.close()
+
+
+async def test_a_repeated_request_gets_the_same_answer_without_a_second_run(
+    broker: MosquittoBroker, client: MqttRpcClient
+) -> None:
+    runs = 0
+    responder = Responder(broker.host, broker.port)
+
+    @responder.handle("+/once/control/set")
+    async def move_motor(request: Dict[str, Any]) -> Dict[str, Any]:
+        nonlocal runs
+        runs += 1  # the side effect that must not happen twice
+        await asyncio.sleep(0.4)
+        return {"moved": runs}
+
+    async with responder:
+        topic = f"motor-{uuid.uuid4().hex[:6]}/once/control/set"
+        # The first attempt times out while the handler runs; the retry (same request_id)
+        # arrives while it still runs and gets that run's answer.
+        reply = await client.call(topic, {"steps": 10}, timeout=5, retry=Retry(attempts=2, attempt_timeout=0.2, backoff=0))
+        assert reply["result"] == {"moved": 1} and runs == 1
+        # The same request once more, after the answer: answered again from the cache.
+        body = json.dumps({"steps": 10, "request_id": reply["request_id"]}).encode()
+        await asyncio.get_running_loop().run_in_executor(None, publish_raw, broker, topic, body)
+        await client.call(topic, {"barrier": True})  # the broker delivered the repeat before this
+        assert runs == 2  # the barrier ran; the repeat did not
+        assert responder.stats()["repeats_answered_from_cache"] == 2
+        # Each copy of the request got its answer: the call took one, two were duplicates.
+        assert client.stats()["replies_dropped_duplicate"] == 2

@@ -10,8 +10,10 @@ import inspect
 import json
 import logging
 import os
+import time
+from collections import OrderedDict
 from types import TracebackType
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set, Type, Union
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
 
 from . import _core
 from .errors import MqttRpcError
@@ -64,6 +66,10 @@ class Responder:
         max_concurrency: handlers running at once; more requests wait for a turn.
         max_queued: requests waiting for a turn; beyond it a request is answered at once
             with an "overloaded" error (code -32000) rather than queued without bound.
+        reply_cache_size, reply_cache_ttl: answers kept per ``request_id`` (how many, for
+            how many seconds) so that a repeated request, a client's retry, gets the same
+            answer again without running its handler twice; a repeat that arrives while the
+            first copy runs gets that run's answer. 0 turns this off.
     """
 
     def __init__(
@@ -80,6 +86,8 @@ class Responder:
         share_group: Optional[str] = None,
         max_concurrency: int = 100,
         max_queued: int = 10_000,
+        reply_cache_size: int = 10_000,
+        reply_cache_ttl: float = 300.0,
         connect_timeout: float = 10,
         tls: bool = False,
         ca_certs: Optional[PathLike] = None,
@@ -116,6 +124,11 @@ class Responder:
         self._turns: Optional[asyncio.Semaphore] = None
         self._waiting = 0
         self._tasks: Set[asyncio.Task] = set()
+        self._cache_size = max(0, reply_cache_size)
+        self._cache_ttl = reply_cache_ttl
+        self._answers: "OrderedDict[str, Tuple[float, Answer]]" = OrderedDict()
+        self._running: Dict[str, List[Optional[_core.ReplyHandle]]] = {}
+        self._repeats = 0
 
     def handle(self, topic_filter: str) -> Callable[[Handler], Handler]:
         """Registers the decorated function for requests on ``topic_filter`` (the first
@@ -198,18 +211,58 @@ class Responder:
         """Requests and notifications received, malformed ones dropped, answers sent."""
         if self._core is None:
             return {}
-        return {**self._core.stats(), "handlers_running_or_waiting": len(self._tasks)}
+        return {
+            **self._core.stats(),
+            "handlers_running_or_waiting": len(self._tasks),
+            "repeats_answered_from_cache": self._repeats,
+        }
 
     def _on_request(self, index: int, topic: str, body: Dict[str, Any], reply: Optional[_core.ReplyHandle]) -> None:
+        request_id = body.get("request_id") if reply is not None and self._cache_size else None
+        if isinstance(request_id, str):
+            cached = self._answers.get(request_id)
+            if cached is not None and cached[0] > time.monotonic():
+                # A repeat of an answered request (a retry): the same answer, no second run.
+                self._repeats += 1
+                _send(reply, cached[1])
+                return
+            running = self._running.get(request_id)
+            if running is not None:
+                # A repeat while the first copy runs: it gets that run's answer.
+                self._repeats += 1
+                running.append(reply)
+                return
+            self._running[request_id] = []
+        else:
+            request_id = None
         if self._waiting >= self._max_queued:
+            if request_id is not None:
+                self._running.pop(request_id, None)
             if reply is not None:
                 reply.send_error(OVERLOADED, "the responder is overloaded: try again later")
             return
-        task = asyncio.ensure_future(self._run(self._handlers[index], body, reply))
+        task = asyncio.ensure_future(self._run(self._handlers[index], body, reply, request_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, handler: Handler, request: Dict[str, Any], reply: Optional[_core.ReplyHandle]) -> None:
+    async def _run(
+        self, handler: Handler, request: Dict[str, Any], reply: Optional[_core.ReplyHandle], request_id: Optional[str]
+    ) -> None:
+        answer = await self._answer(handler, request)
+        repeats = self._running.pop(request_id, []) if request_id is not None else []
+        if request_id is not None:
+            self._remember(request_id, answer)
+        for handle in [reply, *repeats]:
+            if handle is not None:
+                _send(handle, answer)
+
+    def _remember(self, request_id: str, answer: "Answer") -> None:
+        self._answers[request_id] = (time.monotonic() + self._cache_ttl, answer)
+        self._answers.move_to_end(request_id)
+        while len(self._answers) > self._cache_size:
+            self._answers.popitem(last=False)
+
+    async def _answer(self, handler: Handler, request: Dict[str, Any]) -> "Answer":
         assert self._turns is not None
         self._waiting += 1
         try:
@@ -227,12 +280,21 @@ class Responder:
                         result = await result
             finally:
                 self._turns.release()
-            if reply is not None:
-                reply.send_result(json.dumps(result))
+            return ("result", json.dumps(result))
         except RpcHandlerError as error:
-            if reply is not None:
-                reply.send_error(error.code, error.message, None if error.data is None else json.dumps(error.data, default=str))
+            data = None if error.data is None else json.dumps(error.data, default=str)
+            return ("error", error.code, error.message, data)
         except Exception as error:  # the handler's failure becomes the caller's RemoteError
             logger.debug("handler for %s failed", request.get("request_id"), exc_info=True)
-            if reply is not None:
-                reply.send_error(INTERNAL_ERROR, f"{type(error).__name__}: {error}")
+            return ("error", INTERNAL_ERROR, f"{type(error).__name__}: {error}", None)
+
+
+#: A handler's outcome, ready to send: ("result", json) or ("error", code, message, data json).
+Answer = Tuple[Any, ...]
+
+
+def _send(reply: _core.ReplyHandle, answer: Answer) -> None:
+    if answer[0] == "result":
+        reply.send_result(answer[1])
+    else:
+        reply.send_error(answer[1], answer[2], answer[3])
