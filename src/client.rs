@@ -47,6 +47,9 @@ pub struct ClientOptions {
     pub fail_fast: bool,
     /// Refuse request topics whose reply topic breaks AWS IoT Core's topic rules.
     pub aws_topic_rules: bool,
+    /// When a published call times out or is cancelled, publish `{"request_id", "cancel":
+    /// true}` to its request topic so that the device can stop its work.
+    pub cancel_on_abandon: bool,
 }
 
 impl Default for ClientOptions {
@@ -62,6 +65,7 @@ impl Default for ClientOptions {
             reconnect_max_delay: Duration::from_secs(10),
             fail_fast: false,
             aws_topic_rules: false,
+            cancel_on_abandon: false,
         }
     }
 }
@@ -530,8 +534,9 @@ impl<W: Waiter> RpcClient<W> {
             shared.take_call(&mut state, request_id, &mut wakeups)
         };
         let found = call.is_some();
-        if found {
+        if let Some(call) = &call {
             bump(&shared.counters.cancelled);
+            shared.abandoned(request_id, call);
         }
         // The waiter may hold a caller's object: let it go outside the lock.
         drop(call);
@@ -698,6 +703,19 @@ fn packet_size(topic: &str, request: &[u8], reply_topic_len: usize, protocol: Pr
 impl<W: Waiter> Shared<W> {
     fn lock(&self) -> MutexGuard<'_, State<W>> {
         lock(&self.state)
+    }
+
+    /// A published call nobody waits for any more (timed out, or its caller cancelled): with
+    /// `cancel_on_abandon`, tell the device, which may stop working on it.
+    fn abandoned(&self, request_id: &str, call: &Call<W>) {
+        if !self.options.cancel_on_abandon || call.stage != Stage::Published {
+            return;
+        }
+        let body = protocol::cancel_request(request_id);
+        // Best effort: a cancellation that cannot be queued changes nothing for the caller.
+        let _ = self
+            .outbox
+            .publish(&call.topic, self.options.qos, body, None, None);
     }
 
     /// Where the answer to one call goes: the client's inbox, or the seed reply topic.
@@ -1010,6 +1028,7 @@ impl<W: Waiter> Shared<W> {
             for request_id in state.calls.expired(now) {
                 if let Some(call) = self.take_call(&mut state, &request_id, &mut wakeups) {
                     bump(&self.counters.timed_out);
+                    self.abandoned(&request_id, &call);
                     let topic = call.topic.clone();
                     wakeups.push((call.waiter, Err(CallError::Timeout { topic })));
                 }

@@ -266,6 +266,22 @@ pub fn build_request(
     Ok(out)
 }
 
+/// The message that tells a device a call was abandoned: `{"request_id": ..., "cancel": true}`.
+pub fn cancel_request(request_id: &str) -> Vec<u8> {
+    let mut body = Map::new();
+    body.insert(REQUEST_ID_MEMBER.into(), Value::from(request_id));
+    body.insert(CANCEL_MEMBER.into(), Value::Bool(true));
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// The body member that marks a cancellation.
+pub const CANCEL_MEMBER: &str = "cancel";
+
+/// Whether a request body is a cancellation of an earlier request.
+pub fn is_cancellation(body: &Map<String, Value>) -> bool {
+    body.get(CANCEL_MEMBER) == Some(&Value::Bool(true))
+}
+
 /// Checks that a payload is a JSON object, without building it (for notifications, which
 /// are sent as they are).
 pub fn check_object(payload: &[u8]) -> Result<(), InputError> {

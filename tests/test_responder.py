@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 
-from mqtt_rpc import MqttRpcClient, RemoteError, Responder, Retry, RpcHandlerError
+from mqtt_rpc import MqttRpcClient, RemoteError, Responder, Retry, RpcHandlerError, RpcTimeoutError
 from mqtt_rpc.testing import MosquittoBroker, ResponderDevice
 
 
@@ -213,3 +213,35 @@ async def test_a_repeated_request_gets_the_same_answer_without_a_second_run(
         assert responder.stats()["repeats_answered_from_cache"] == 2
         # Each copy of the request got its answer: the call took one, two were duplicates.
         assert client.stats()["replies_dropped_duplicate"] == 2
+
+
+@pytest.mark.parametrize("how", ["timeout", "task cancelled"])
+async def test_cancellation_reaches_the_devices_handler(broker: MosquittoBroker, how: str) -> None:
+    started, cancelled = asyncio.Event(), asyncio.Event()
+    responder = Responder(broker.host, broker.port)
+
+    @responder.handle("+/long/control/set")
+    async def long_job(request: Dict[str, Any]) -> str:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "done"
+
+    async with responder, MqttRpcClient(broker.host, broker.port, cancel_on_abandon=True) as client:
+        topic = f"job-{uuid.uuid4().hex[:6]}/long/control/set"
+        if how == "timeout":
+            with pytest.raises(RpcTimeoutError):
+                await client.call(topic, {}, timeout=0.5)
+        else:
+            call = asyncio.ensure_future(client.call(topic, {}, timeout=30))
+            await asyncio.wait_for(started.wait(), 5)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        await asyncio.wait_for(cancelled.wait(), 5)
+        assert client.pending == 0
+        assert responder.stats()["handlers_cancelled"] == 1
+        assert responder.stats()["answers_sent"] == 0

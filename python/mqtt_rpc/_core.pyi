@@ -35,6 +35,7 @@ class CoreClient:
         alpn_protocols: List[str] = ...,
         aws_topic_rules: bool = False,
         inbox_prefix: Optional[str] = None,
+        cancel_on_abandon: bool = False,
     ) -> None: ...
     def connect(self, event_loop: asyncio.AbstractEventLoop) -> "asyncio.Future[None]":
         """Connects; the future resolves when the client is ready, or fails with

@@ -146,6 +146,9 @@ class MqttRpcClient(_ClientState):
         alpn_protocols: ALPN protocols to offer (AWS IoT Core on port 443: ``x-amzn-mqtt-ca``).
         aws_topic_rules: refuse, before publishing, a request whose reply topic breaks AWS
             IoT Core's topic rules (at most 7 slashes and 256 bytes). `for_aws_iot` sets it.
+        cancel_on_abandon: when a call times out or its task is cancelled, publish
+            ``{"request_id": ..., "cancel": true}`` to its topic: a `Responder` then cancels
+            that request's handler and answers nothing.
 
     After a lost connection the client reconnects by itself. Calls in flight keep waiting for
     their answers until their own timeouts; calls made meanwhile wait for the connection (and
@@ -182,6 +185,7 @@ class MqttRpcClient(_ClientState):
         keyfile: Optional[PathLike] = None,
         alpn_protocols: Sequence[str] = (),
         aws_topic_rules: bool = False,
+        cancel_on_abandon: bool = False,
     ) -> None:
         if reply_to not in ("topic", "inbox"):
             raise ValueError(f'reply_to must be "topic" or "inbox", not {reply_to!r}')
@@ -215,6 +219,7 @@ class MqttRpcClient(_ClientState):
             list(alpn_protocols),
             bool(aws_topic_rules),
             inbox_prefix if reply_to == "inbox" else None,
+            bool(cancel_on_abandon),
         )
         self._address = f"{host}:{port}"
         self._on_connection_change = on_connection_change

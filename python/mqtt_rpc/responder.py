@@ -55,6 +55,8 @@ class Responder:
     JSON-serialisable result. One that raises `RpcHandlerError` answers with its code,
     message and data; any other exception answers with code -32603 (internal error).
     A request without ``request_id`` and reply topic is a notification: its handler runs,
+    nothing is answered. A ``{"request_id": ..., "cancel": true}`` message (sent by a client
+    with ``cancel_on_abandon=True`` when it gives up) cancels that request's handler task;
     nothing is answered.
 
     Args:
@@ -128,7 +130,9 @@ class Responder:
         self._cache_ttl = reply_cache_ttl
         self._answers: "OrderedDict[str, Tuple[float, Answer]]" = OrderedDict()
         self._running: Dict[str, List[Optional[_core.ReplyHandle]]] = {}
+        self._handler_tasks: Dict[str, asyncio.Task] = {}
         self._repeats = 0
+        self._cancelled = 0
 
     def handle(self, topic_filter: str) -> Callable[[Handler], Handler]:
         """Registers the decorated function for requests on ``topic_filter`` (the first
@@ -215,9 +219,17 @@ class Responder:
             **self._core.stats(),
             "handlers_running_or_waiting": len(self._tasks),
             "repeats_answered_from_cache": self._repeats,
+            "handlers_cancelled": self._cancelled,
         }
 
     def _on_request(self, index: int, topic: str, body: Dict[str, Any], reply: Optional[_core.ReplyHandle]) -> None:
+        if body.get("cancel") is True:
+            # The caller gave up on this request: stop its handler; nobody waits for an answer.
+            running = self._handler_tasks.get(body.get("request_id"))  # type: ignore[arg-type]
+            if running is not None:
+                self._cancelled += 1
+                running.cancel()
+            return
         request_id = body.get("request_id") if reply is not None and self._cache_size else None
         if isinstance(request_id, str):
             cached = self._answers.get(request_id)
@@ -244,12 +256,19 @@ class Responder:
         task = asyncio.ensure_future(self._run(self._handlers[index], body, reply, request_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        handler_id = body.get("request_id")
+        if isinstance(handler_id, str):
+            self._handler_tasks[handler_id] = task
+            task.add_done_callback(lambda _: self._handler_tasks.pop(handler_id, None))
 
     async def _run(
         self, handler: Handler, request: Dict[str, Any], reply: Optional[_core.ReplyHandle], request_id: Optional[str]
     ) -> None:
-        answer = await self._answer(handler, request)
-        repeats = self._running.pop(request_id, []) if request_id is not None else []
+        try:
+            answer = await self._answer(handler, request)
+        finally:
+            # Cancelled or not, this run is over: repeats waiting for it go with it.
+            repeats = self._running.pop(request_id, []) if request_id is not None else []
         if request_id is not None:
             self._remember(request_id, answer)
         for handle in [reply, *repeats]:

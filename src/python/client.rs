@@ -161,7 +161,8 @@ impl CoreClient {
                         connect_timeout, session_expiry=None, fail_fast=false,
                         reconnect_min_delay=0.1, reconnect_max_delay=10.0, event_handler=None,
                         tls=false, ca_certs=None, certfile=None, keyfile=None,
-                        alpn_protocols=Vec::new(), aws_topic_rules=false, inbox_prefix=None))]
+                        alpn_protocols=Vec::new(), aws_topic_rules=false, inbox_prefix=None,
+                        cancel_on_abandon=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: String,
@@ -189,6 +190,7 @@ impl CoreClient {
         alpn_protocols: Vec<String>,
         aws_topic_rules: bool,
         inbox_prefix: Option<String>,
+        cancel_on_abandon: bool,
     ) -> PyResult<Self> {
         let protocol = parse_protocol(protocol)?;
         if qos > 1 {
@@ -236,6 +238,7 @@ impl CoreClient {
             reconnect_max_delay: seconds("reconnect_max_delay", reconnect_max_delay)?,
             fail_fast,
             aws_topic_rules,
+            cancel_on_abandon,
         };
         let inner = RpcClient::new(options).map_err(|e| value_error(e.to_string()))?;
         Ok(CoreClient {
