@@ -126,6 +126,10 @@ pub type Outcome = Result<Map<String, Value>, CallError>;
 /// thread or the caller's own, and never while the client's lock is held.
 pub trait Waiter: Send + 'static {
     fn complete(self, outcome: Outcome);
+
+    /// An interim progress message for the call (before its answer). Called with the
+    /// client's lock held: it must only hand the message on. Most waiters ignore it.
+    fn progress(&self, _message: Map<String, Value>) {}
 }
 
 impl Waiter for oneshot::Sender<Outcome> {
@@ -164,6 +168,7 @@ pub struct Stats {
     pub replies_dropped_stray: u64,
     pub replies_dropped_duplicate: u64,
     pub replies_dropped_malformed: u64,
+    pub progress_received: u64,
     pub reconnects: u64,
     pub pending: u64,
     pub reply_subscriptions: u64,
@@ -183,6 +188,7 @@ struct Counters {
     failed: AtomicU64,
     stray: AtomicU64,
     duplicate: AtomicU64,
+    progress: AtomicU64,
     malformed: AtomicU64,
     reconnects: AtomicU64,
 }
@@ -575,6 +581,7 @@ impl<W: Waiter> RpcClient<W> {
             replies_dropped_stray: get(&c.stray),
             replies_dropped_duplicate: get(&c.duplicate),
             replies_dropped_malformed: get(&c.malformed),
+            progress_received: get(&c.progress),
             reconnects: get(&c.reconnects),
             pending: pending as u64,
             reply_subscriptions: reply_subscriptions as u64,
@@ -958,6 +965,17 @@ impl<W: Waiter> Shared<W> {
                 }
             };
             match request_id {
+                Some(id) if state.calls.contains(&id) && reply.is_progress() => {
+                    if reply.may_answer(&id) {
+                        bump(&self.counters.progress);
+                        if let Some(call) = state.calls.get_mut(&id) {
+                            call.waiter.progress(reply.body.clone());
+                        }
+                    } else {
+                        bump(&self.counters.malformed);
+                    }
+                    None
+                }
                 Some(id) if state.calls.contains(&id) => {
                     if reply.may_answer(&id) {
                         let call = self.take_call(&mut state, &id, &mut wakeups);

@@ -274,6 +274,9 @@ pub fn cancel_request(request_id: &str) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
+/// The body member of an interim progress message.
+pub const PROGRESS_MEMBER: &str = "progress";
+
 /// The body member that marks a cancellation.
 pub const CANCEL_MEMBER: &str = "cancel";
 
@@ -416,6 +419,14 @@ impl Reply {
             Some(Value::String(id)) => id == request_id,
             Some(_) => false,
         }
+    }
+
+    /// An interim message (`{"request_id", "progress": ...}`, no `result` or `error`): the
+    /// call goes on waiting for its answer.
+    pub fn is_progress(&self) -> bool {
+        self.body.contains_key(PROGRESS_MEMBER)
+            && !self.body.contains_key("result")
+            && !self.body.contains_key("error")
     }
 
     /// An `error` member without a `result` makes a remote error; anything else is the answer.
@@ -633,6 +644,21 @@ mod tests {
         assert!(
             matches!(reply.into_outcome(), ReplyOutcome::Remote(e) if e.message == "plain text")
         );
+    }
+
+    #[test]
+    fn progress_messages_are_not_answers() {
+        assert!(Reply::parse(br#"{"request_id": "x", "progress": 50}"#)
+            .unwrap()
+            .is_progress());
+        assert!(
+            !Reply::parse(br#"{"request_id": "x", "progress": 50, "result": 1}"#)
+                .unwrap()
+                .is_progress()
+        );
+        assert!(!Reply::parse(br#"{"request_id": "x", "result": 1}"#)
+            .unwrap()
+            .is_progress());
     }
 
     #[test]

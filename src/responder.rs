@@ -102,6 +102,16 @@ pub fn reply_body(route: &ReplyRoute, outcome: Result<Value, RemoteError>) -> Ve
     serde_json::to_vec(&reply).unwrap_or_default()
 }
 
+/// An interim message before the answer: `{"request_id", "progress": <value>}`.
+pub fn progress_body(route: &ReplyRoute, progress: Value) -> Vec<u8> {
+    let mut message = Map::new();
+    if let Some(id) = &route.request_id {
+        message.insert(REQUEST_ID_MEMBER.into(), Value::from(id.as_str()));
+    }
+    message.insert(protocol::PROGRESS_MEMBER.into(), progress);
+    serde_json::to_vec(&message).unwrap_or_default()
+}
+
 /// One request, ready for a handler.
 #[derive(Debug)]
 pub struct IncomingRequest {

@@ -202,6 +202,7 @@ async def test_stats_count_exactly_what_happened(client: MqttRpcClient, seed_dev
         "replies_dropped_stray": 0,
         "replies_dropped_duplicate": 1,
         "replies_dropped_malformed": 3,
+        "progress_received": 0,
         "reconnects": 0,
         "pending": 0,
         "reply_subscriptions": 2,

@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from typing import Any, Dict, Iterator, List
+from typing import Any, AsyncIterator, Dict, Iterator, List
 
 import pytest
 
@@ -245,3 +245,62 @@ async def test_cancellation_reaches_the_devices_handler(broker: MosquittoBroker,
         assert client.pending == 0
         assert responder.stats()["handlers_cancelled"] == 1
         assert responder.stats()["answers_sent"] == 0
+
+
+@pytest.fixture
+async def reporting(broker: MosquittoBroker) -> AsyncIterator[Responder]:
+    responder = Responder(broker.host, broker.port)
+
+    @responder.handle("+/progress/control/set")
+    async def update(request: Dict[str, Any], report: Any) -> Dict[str, Any]:
+        for step in range(1, request.get("steps", 0) + 1):
+            report({"step": step})
+            await asyncio.sleep(request.get("pause", 0))
+        if request.get("then_quiet"):
+            await asyncio.sleep(30)
+        while request.get("forever"):
+            report("still working")
+            await asyncio.sleep(0.05)
+        return {"updated": True}
+
+    await responder.start()
+    yield responder
+    await responder.close_now()  # some handlers here never end by themselves
+
+
+async def test_stream_yields_progress_then_the_answer(reporting: Responder, client: MqttRpcClient) -> None:
+    topic = f"fw-{uuid.uuid4().hex[:6]}/progress/control/set"
+    messages = [m async for m in client.stream(topic, {"steps": 5}, timeout=5)]
+    assert [m.get("progress") for m in messages[:5]] == [{"step": s} for s in range(1, 6)]
+    assert messages[5]["result"] == {"updated": True} and len(messages) == 6
+    assert {m["request_id"] for m in messages} == {messages[5]["request_id"]}
+    # call() ignores the progress and returns the answer.
+    assert (await client.call(topic, {"steps": 3}))["result"] == {"updated": True}
+    assert client.stats()["progress_received"] == 8 and client.pending == 0
+
+
+async def test_stream_from_the_rust_device(client: MqttRpcClient, seed_device: ResponderDevice) -> None:
+    topic = f"fw-{uuid.uuid4().hex[:6]}/device/control/set"
+    messages = [m async for m in client.stream(topic, {"_responder": {"progress_steps": 3}})]
+    assert [m.get("progress") for m in messages] == [1, 2, 3, None]
+
+
+async def test_idle_timeout_fires_when_the_device_goes_quiet(reporting: Responder, client: MqttRpcClient) -> None:
+    topic = f"fw-{uuid.uuid4().hex[:6]}/progress/control/set"
+    received = []
+    started = time.monotonic()
+    with pytest.raises(RpcTimeoutError, match="neither progress nor an answer for 0.3s"):
+        async for message in client.stream(topic, {"steps": 1, "then_quiet": True}, timeout=10, idle_timeout=0.3):
+            received.append(message)
+    assert len(received) == 1 and time.monotonic() - started < 1.5
+    assert client.pending == 0
+
+
+async def test_timeout_bounds_a_device_that_reports_forever(reporting: Responder, client: MqttRpcClient) -> None:
+    topic = f"fw-{uuid.uuid4().hex[:6]}/progress/control/set"
+    started = time.monotonic()
+    with pytest.raises(RpcTimeoutError, match="after 0.6s"):
+        async for _ in client.stream(topic, {"forever": True}, timeout=0.6, idle_timeout=0.3):
+            pass
+    assert 0.6 <= time.monotonic() - started < 1.2
+    assert client.pending == 0

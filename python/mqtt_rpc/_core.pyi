@@ -56,6 +56,15 @@ class CoreClient:
         """Starts a call and returns its future and request id (`request_id`: a retry's,
         to send the same request again). Raises `PayloadError` or `ValueError` before
         anything is published."""
+    def start_stream(
+        self,
+        event_loop: asyncio.AbstractEventLoop,
+        topic: str,
+        payload: Union[str, bytes, bytearray],
+        timeout: float,
+        on_progress: Callable[[Dict[str, Any]], None],
+    ) -> Tuple["asyncio.Future[Dict[str, Any]]", str]:
+        """Starts a call whose progress messages go to `on_progress` before its answer."""
     def start_many(
         self,
         event_loop: asyncio.AbstractEventLoop,
@@ -94,6 +103,8 @@ class ReplyHandle:
 
     def send_result(self, result_json: str) -> None:
         """Answers with `{"request_id", "result": ...}`."""
+    def send_progress(self, progress_json: str) -> None:
+        """Sends `{"request_id", "progress": ...}` before the answer."""
     def send_error(self, code: int, message: str, data_json: Optional[str] = None) -> None:
         """Answers with `{"request_id", "error": {"code", "message", "data"}}`."""
 

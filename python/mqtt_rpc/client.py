@@ -12,7 +12,7 @@ import os
 import weakref
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, AsyncIterator, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
 
 from . import _core
 from .errors import ConnectionLostError, PayloadError, RpcTimeoutError
@@ -382,6 +382,46 @@ class MqttRpcClient(_ClientState):
         if last is None or isinstance(last, RpcTimeoutError):
             raise RpcTimeoutError(f"MQTT call timed out after {timeout}s for topic '{topic}'", timeout, topic) from last
         raise last
+
+    async def stream(
+        self, topic: str, payload: Payload, timeout: Optional[float] = None, idle_timeout: Optional[float] = None
+    ) -> AsyncIterator[Dict[str, Any]]:
+        """Calls, yielding the device's progress messages (``{"request_id", "progress": ...}``)
+        as they arrive and then its answer. ``timeout`` bounds the whole call; with
+        ``idle_timeout`` it also fails when neither progress nor the answer has come for
+        that long. Raises as `call` does.
+
+            async for message in client.stream("dev1/firmware/update", {"url": url}, timeout=600, idle_timeout=30):
+                print(message.get("progress", message.get("result")))
+        """
+        if timeout is None:
+            timeout = self._timeout
+        if isinstance(payload, dict):
+            payload = _encode(payload)
+        progress: asyncio.Queue = asyncio.Queue()
+        future, request_id = self._core.start_stream(_get_running_loop(), topic, payload, timeout, progress.put_nowait)
+        try:
+            while True:
+                getter = asyncio.ensure_future(progress.get())
+                done, _ = await asyncio.wait({getter, future}, timeout=idle_timeout, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield getter.result()
+                    continue
+                getter.cancel()
+                if future in done:
+                    # Progress sent before the answer was queued before it: give it first.
+                    while not progress.empty():
+                        yield progress.get_nowait()
+                    yield future.result()
+                    return
+                raise RpcTimeoutError(
+                    f"MQTT call got neither progress nor an answer for {idle_timeout}s for topic '{topic}'",
+                    idle_timeout,
+                    topic,
+                )
+        finally:
+            if not future.done():
+                self._core.forget(request_id)
 
     async def notify(self, topic: str, payload: Payload) -> None:
         """Publishes a one-way notification: the JSON object as it is, with no

@@ -52,7 +52,9 @@ class Responder:
         await responder.serve()          # until close(); or: async with responder: ...
 
     Handlers take the request object (a ``dict``, ``request_id`` included) and return a
-    JSON-serialisable result. One that raises `RpcHandlerError` answers with its code,
+    JSON-serialisable result. A handler with a second (required) parameter gets a
+    ``report(progress)`` function: each call sends ``{"request_id", "progress": progress}`` to the caller at once
+    (`MqttRpcClient.stream` yields them; `call` ignores them). One that raises `RpcHandlerError` answers with its code,
     message and data; any other exception answers with code -32603 (internal error).
     A request without ``request_id`` and reply topic is a notification: its handler runs,
     nothing is answered. A ``{"request_id": ..., "cancel": true}`` message (sent by a client
@@ -186,21 +188,24 @@ class Responder:
         assert self._serving is not None
         await asyncio.shield(self._serving)
 
-    async def close(self) -> None:
-        """Stops taking requests, lets running handlers finish, and disconnects."""
+    async def close(self, grace: float = 5.0) -> None:
+        """Stops serving: waits up to ``grace`` seconds for running handlers to answer,
+        cancels the rest (their callers get no answer), and disconnects."""
         if self._core is None or self._serving is None:
             return
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            _, late = await asyncio.wait(set(self._tasks), timeout=grace) if grace > 0 else (set(), set(self._tasks))
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.gather(*late, return_exceptions=True)
         self._core.close()
         await self._serving
         self._core.detach()
 
     async def close_now(self) -> None:
         """Stops at once: handlers still running are cancelled, unanswered."""
-        for task in list(self._tasks):
-            task.cancel()
-        await self.close()
+        await self.close(grace=0)
 
     async def __aenter__(self) -> "Responder":
         await self.start()
@@ -265,7 +270,7 @@ class Responder:
         self, handler: Handler, request: Dict[str, Any], reply: Optional[_core.ReplyHandle], request_id: Optional[str]
     ) -> None:
         try:
-            answer = await self._answer(handler, request)
+            answer = await self._answer(handler, request, reply)
         finally:
             # Cancelled or not, this run is over: repeats waiting for it go with it.
             repeats = self._running.pop(request_id, []) if request_id is not None else []
@@ -281,7 +286,9 @@ class Responder:
         while len(self._answers) > self._cache_size:
             self._answers.popitem(last=False)
 
-    async def _answer(self, handler: Handler, request: Dict[str, Any]) -> "Answer":
+    async def _answer(
+        self, handler: Handler, request: Dict[str, Any], reply: Optional[_core.ReplyHandle] = None
+    ) -> "Answer":
         assert self._turns is not None
         self._waiting += 1
         try:
@@ -289,12 +296,15 @@ class Responder:
         finally:
             self._waiting -= 1
         try:
+            arguments: Tuple[Any, ...] = (request,)
+            if _takes_report(handler):
+                arguments = (request, _reporter(reply))
             try:
                 if inspect.iscoroutinefunction(handler):
-                    result = await handler(request)
+                    result = await handler(*arguments)
                 else:
                     # A plain function may block: run it in a worker thread, not on the loop.
-                    result = await asyncio.get_running_loop().run_in_executor(None, handler, request)
+                    result = await asyncio.get_running_loop().run_in_executor(None, handler, *arguments)
                     if inspect.isawaitable(result):
                         result = await result
             finally:
@@ -310,6 +320,25 @@ class Responder:
 
 #: A handler's outcome, ready to send: ("result", json) or ("error", code, message, data json).
 Answer = Tuple[Any, ...]
+
+
+def _takes_report(handler: Handler) -> bool:
+    """Whether the handler wants `report`: a second positional parameter without a default."""
+    try:
+        parameters = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p for p in parameters if p.kind in positional and p.default is inspect.Parameter.empty]
+    return len(required) >= 2
+
+
+def _reporter(reply: Optional[_core.ReplyHandle]) -> Callable[[Any], None]:
+    def report(progress: Any) -> None:
+        if reply is not None:
+            reply.send_progress(json.dumps(progress, default=str))
+
+    return report
 
 
 def _send(reply: _core.ReplyHandle, answer: Answer) -> None:

@@ -11,6 +11,7 @@
 //!   `error`: answer with this error object instead of a result
 //!   `garbage_first`: before the answer, send a non-JSON body, a JSON array and an
 //!                    object with another request_id to the same reply topic
+//!   `progress_steps`: send this many `{"request_id", "progress": n}` messages first
 //!   `ignore_first`: stay silent the first time a request_id is seen, answer its repeat
 //!                   (the answer's result then carries `seen`, the times it arrived)
 //!
@@ -31,7 +32,7 @@
 use mqtt_rpc::link::{ConnectionOptions, Protocol};
 use mqtt_rpc::protocol::{self, RemoteError};
 use mqtt_rpc::responder::{
-    reply_body, IncomingRequest, Replier, ReplyRoute, Responder, ResponderOptions,
+    progress_body, reply_body, IncomingRequest, Replier, ReplyRoute, Responder, ResponderOptions,
 };
 use serde_json::{json, Map, Value};
 use std::io::Write;
@@ -210,8 +211,15 @@ fn handle(args: &Args, replier: &Replier, seen_ids: &mut SeenIds, incoming: Inco
     let twice = steer.get("twice").and_then(Value::as_bool) == Some(true);
     let garbage_first = steer.get("garbage_first").and_then(Value::as_bool) == Some(true);
     let delay = steer.get("delay_ms").and_then(Value::as_u64).unwrap_or(0);
+    let progress_steps = steer
+        .get("progress_steps")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
     let replier = replier.clone();
     let reply = move || {
+        for step in 1..=progress_steps {
+            send(&replier, &route, progress_body(&route, Value::from(step)));
+        }
         if garbage_first {
             let other_id = json!({ "request_id": protocol::new_request_id(), "result": {} });
             for junk in [

@@ -36,6 +36,11 @@ pub enum Completion {
     },
     /// Every call of a batch ended, or one failed and ended it.
     Batch(Arc<Batch>),
+    /// A progress message of a `stream()` call.
+    Progress {
+        on_progress: Arc<Py<PyAny>>,
+        message: serde_json::Map<String, serde_json::Value>,
+    },
     /// A request for a Python responder's handlers.
     Request(super::responder::PyRequest),
     /// A Python responder's filters are subscribed: call this.
@@ -91,15 +96,44 @@ pub enum PyWaiter {
         index: usize,
     },
     Blocking(std::sync::mpsc::SyncSender<Outcome>),
+    /// A `stream()` call: its progress messages go to `on_progress`, its answer to `future`.
+    Stream {
+        future: Py<PyAny>,
+        timeout: Py<PyAny>,
+        queue: Arc<CompletionQueue>,
+        on_progress: Arc<Py<PyAny>>,
+    },
 }
 
 impl Waiter for PyWaiter {
+    fn progress(&self, message: serde_json::Map<String, serde_json::Value>) {
+        if let PyWaiter::Stream {
+            queue, on_progress, ..
+        } = self
+        {
+            queue.push(Completion::Progress {
+                on_progress: on_progress.clone(),
+                message,
+            });
+        }
+    }
+
     fn complete(self, outcome: Outcome) {
         match self {
             PyWaiter::Future {
                 future,
                 timeout,
                 queue,
+            } => queue.push(Completion::Call {
+                future,
+                timeout,
+                outcome,
+            }),
+            PyWaiter::Stream {
+                future,
+                timeout,
+                queue,
+                ..
             } => queue.push(Completion::Call {
                 future,
                 timeout,
@@ -308,6 +342,17 @@ fn deliver(py: Python<'_>, completion: Completion) {
             // The dispatcher only schedules the handler; what it raises is a bug of ours,
             // reported by Python's unraisable hook rather than lost.
             if let Err(error) = request.deliver(py) {
+                error.write_unraisable(py, None);
+            }
+            return;
+        }
+        Completion::Progress {
+            on_progress,
+            message,
+        } => {
+            let delivered =
+                object_to_py(py, &message).and_then(|item| on_progress.call1(py, (item,)));
+            if let Err(error) = delivered {
                 error.write_unraisable(py, None);
             }
             return;

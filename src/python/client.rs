@@ -327,6 +327,42 @@ impl CoreClient {
         )
     }
 
+    /// Starts a call whose progress messages are handed to `on_progress` (on the loop, in
+    /// order, before the answer); returns `(future, request_id)` as `start_call`.
+    fn start_stream<'py>(
+        &self,
+        event_loop: &Bound<'py, PyAny>,
+        topic: &str,
+        payload: &Bound<'py, PyAny>,
+        timeout: &Bound<'py, PyAny>,
+        on_progress: Py<PyAny>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let py = event_loop.py();
+        let duration = timeout_seconds(timeout)?;
+        let body = payload_bytes(payload)?;
+        let prepared = self
+            .inner
+            .prepare(topic, &body, None)
+            .map_err(|error| call_error(py, &error, Some(timeout)))?;
+        let bridge = self.bridge(event_loop)?;
+        let bridge = bridge.get();
+        let future = bridge.new_future(py)?;
+        let waiter = PyWaiter::Stream {
+            future: future.clone_ref(py),
+            timeout: timeout.clone().unbind(),
+            queue: bridge.queue.clone(),
+            on_progress: Arc::new(on_progress),
+        };
+        let request_id = self.inner.start(prepared, duration, waiter);
+        PyTuple::new(
+            py,
+            [
+                future.into_bound(py),
+                PyString::new(py, &request_id).into_any(),
+            ],
+        )
+    }
+
     /// Starts a batch of `(topic, payload)` calls in one crossing; returns `(future,
     /// request_ids)`, the future resolving to the list of results in input order. Every
     /// request is checked before any is sent.
@@ -480,6 +516,7 @@ impl CoreClient {
             ("replies_dropped_stray", s.replies_dropped_stray),
             ("replies_dropped_duplicate", s.replies_dropped_duplicate),
             ("replies_dropped_malformed", s.replies_dropped_malformed),
+            ("progress_received", s.progress_received),
             ("reconnects", s.reconnects),
             ("pending", s.pending),
             ("reply_subscriptions", s.reply_subscriptions),

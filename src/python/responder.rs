@@ -9,7 +9,9 @@ use super::runtime::runtime;
 use crate::client::CallError;
 use crate::link::ConnectionOptions;
 use crate::protocol::RemoteError;
-use crate::responder::{Replier, ReplyRoute, Responder, ResponderCounters, ResponderOptions};
+use crate::responder::{
+    progress_body, Replier, ReplyRoute, Responder, ResponderCounters, ResponderOptions,
+};
 use crate::tls::TlsOptions;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -42,6 +44,19 @@ impl ReplyHandle {
         let result: serde_json::Value = serde_json::from_str(result_json)
             .map_err(|e| value_error(format!("the result is not JSON: {e}")))?;
         self.send(Ok(result))
+    }
+
+    /// Sends an interim `{"request_id", "progress": <progress_json>}` before the answer.
+    fn send_progress(&self, progress_json: &str) -> PyResult<()> {
+        let progress: serde_json::Value = serde_json::from_str(progress_json)
+            .map_err(|e| value_error(format!("the progress is not JSON: {e}")))?;
+        self.replier
+            .send(&self.route, progress_body(&self.route, progress))
+            .map_err(|_| {
+                PyRuntimeError::new_err(
+                    "the progress could not be queued: the connection is closed",
+                )
+            })
     }
 
     /// Answers with `{"request_id", "error": {"code", "message", "data"}}`.
