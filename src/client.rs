@@ -965,25 +965,21 @@ impl<W: Waiter> Shared<W> {
                 }
             };
             match request_id {
-                Some(id) if state.calls.contains(&id) && reply.is_progress() => {
-                    if reply.may_answer(&id) {
+                Some(id) if state.calls.contains(&id) => {
+                    if !reply.may_answer(&id) {
+                        bump(&self.counters.malformed);
+                        None
+                    } else if reply.is_progress() {
+                        // An interim message: the call goes on waiting for its answer.
                         bump(&self.counters.progress);
                         if let Some(call) = state.calls.get_mut(&id) {
                             call.waiter.progress(reply.body.clone());
                         }
+                        None
                     } else {
-                        bump(&self.counters.malformed);
-                    }
-                    None
-                }
-                Some(id) if state.calls.contains(&id) => {
-                    if reply.may_answer(&id) {
                         let call = self.take_call(&mut state, &id, &mut wakeups);
                         state.recent.remember(id);
                         call
-                    } else {
-                        bump(&self.counters.malformed);
-                        None
                     }
                 }
                 Some(id) if state.recent.contains(&id) => {

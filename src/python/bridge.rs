@@ -84,31 +84,27 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Wakes a Python caller: an asyncio future (one call, or one call of a batch), or a thread
 /// blocked in a synchronous call.
 pub enum PyWaiter {
-    /// The future, the timeout the caller passed (for the error message), and the queue of
-    /// the loop it awaits on.
+    /// The future, the timeout the caller passed (for the error message), the queue of
+    /// the loop it awaits on, and, for a `stream()` call, where its progress messages go.
     Future {
         future: Py<PyAny>,
         timeout: Py<PyAny>,
         queue: Arc<CompletionQueue>,
+        on_progress: Option<Arc<Py<PyAny>>>,
     },
     Batch {
         batch: Arc<Batch>,
         index: usize,
     },
     Blocking(std::sync::mpsc::SyncSender<Outcome>),
-    /// A `stream()` call: its progress messages go to `on_progress`, its answer to `future`.
-    Stream {
-        future: Py<PyAny>,
-        timeout: Py<PyAny>,
-        queue: Arc<CompletionQueue>,
-        on_progress: Arc<Py<PyAny>>,
-    },
 }
 
 impl Waiter for PyWaiter {
     fn progress(&self, message: serde_json::Map<String, serde_json::Value>) {
-        if let PyWaiter::Stream {
-            queue, on_progress, ..
+        if let PyWaiter::Future {
+            queue,
+            on_progress: Some(on_progress),
+            ..
         } = self
         {
             queue.push(Completion::Progress {
@@ -121,15 +117,6 @@ impl Waiter for PyWaiter {
     fn complete(self, outcome: Outcome) {
         match self {
             PyWaiter::Future {
-                future,
-                timeout,
-                queue,
-            } => queue.push(Completion::Call {
-                future,
-                timeout,
-                outcome,
-            }),
-            PyWaiter::Stream {
                 future,
                 timeout,
                 queue,

@@ -112,6 +112,42 @@ impl CoreClient {
         Ok(bridge)
     }
 
+    /// Starts one call awaited through an asyncio future: `(future, request_id)`.
+    fn start_future<'py>(
+        &self,
+        event_loop: &Bound<'py, PyAny>,
+        topic: &str,
+        payload: &Bound<'py, PyAny>,
+        timeout: &Bound<'py, PyAny>,
+        request_id: Option<&str>,
+        on_progress: Option<Arc<Py<PyAny>>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let py = event_loop.py();
+        let duration = timeout_seconds(timeout)?;
+        let body = payload_bytes(payload)?;
+        let prepared = self
+            .inner
+            .prepare(topic, &body, request_id)
+            .map_err(|error| call_error(py, &error, Some(timeout)))?;
+        let bridge = self.bridge(event_loop)?;
+        let bridge = bridge.get();
+        let future = bridge.new_future(py)?;
+        let waiter = PyWaiter::Future {
+            future: future.clone_ref(py),
+            timeout: timeout.clone().unbind(),
+            queue: bridge.queue.clone(),
+            on_progress,
+        };
+        let request_id = self.inner.start(prepared, duration, waiter);
+        PyTuple::new(
+            py,
+            [
+                future.into_bound(py),
+                PyString::new(py, &request_id).into_any(),
+            ],
+        )
+    }
+
     /// Runs `work` on the runtime and resolves a future of `event_loop` when it ends.
     fn spawn_done<F>(&self, event_loop: &Bound<'_, PyAny>, work: F) -> PyResult<Py<PyAny>>
     where
@@ -302,29 +338,7 @@ impl CoreClient {
         timeout: &Bound<'py, PyAny>,
         request_id: Option<&str>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let py = event_loop.py();
-        let duration = timeout_seconds(timeout)?;
-        let body = payload_bytes(payload)?;
-        let prepared = self
-            .inner
-            .prepare(topic, &body, request_id)
-            .map_err(|error| call_error(py, &error, Some(timeout)))?;
-        let bridge = self.bridge(event_loop)?;
-        let bridge = bridge.get();
-        let future = bridge.new_future(py)?;
-        let waiter = PyWaiter::Future {
-            future: future.clone_ref(py),
-            timeout: timeout.clone().unbind(),
-            queue: bridge.queue.clone(),
-        };
-        let request_id = self.inner.start(prepared, duration, waiter);
-        PyTuple::new(
-            py,
-            [
-                future.into_bound(py),
-                PyString::new(py, &request_id).into_any(),
-            ],
-        )
+        self.start_future(event_loop, topic, payload, timeout, request_id, None)
     }
 
     /// Starts a call whose progress messages are handed to `on_progress` (on the loop, in
@@ -337,30 +351,8 @@ impl CoreClient {
         timeout: &Bound<'py, PyAny>,
         on_progress: Py<PyAny>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let py = event_loop.py();
-        let duration = timeout_seconds(timeout)?;
-        let body = payload_bytes(payload)?;
-        let prepared = self
-            .inner
-            .prepare(topic, &body, None)
-            .map_err(|error| call_error(py, &error, Some(timeout)))?;
-        let bridge = self.bridge(event_loop)?;
-        let bridge = bridge.get();
-        let future = bridge.new_future(py)?;
-        let waiter = PyWaiter::Stream {
-            future: future.clone_ref(py),
-            timeout: timeout.clone().unbind(),
-            queue: bridge.queue.clone(),
-            on_progress: Arc::new(on_progress),
-        };
-        let request_id = self.inner.start(prepared, duration, waiter);
-        PyTuple::new(
-            py,
-            [
-                future.into_bound(py),
-                PyString::new(py, &request_id).into_any(),
-            ],
-        )
+        let on_progress = Some(Arc::new(on_progress));
+        self.start_future(event_loop, topic, payload, timeout, None, on_progress)
     }
 
     /// Starts a batch of `(topic, payload)` calls in one crossing; returns `(future,
