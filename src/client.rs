@@ -7,11 +7,12 @@
 //! subscriptions together; waiters are completed only after it is released, since
 //! completing one may run a caller's code.
 
+use crate::acks::{self, AckLedger, PubAckReason, Sent};
 use crate::link::{
     self, ConnectionOptions, Events, Inbound, LinkError, LinkErrorKind, Outbox, Protocol,
 };
 use crate::metrics::LatencyHistogram;
-use crate::pending::{Admission, Call, PendingTable, RecentlyAnswered, Stage};
+use crate::pending::{Admission, Call, Gather, PendingTable, RecentlyAnswered, Stage};
 use crate::protocol::{self, InputError, RemoteError, Reply, ReplyOutcome};
 use crate::subscriptions::{Need, ReplySubscriptions, Settled};
 use bytes::Bytes;
@@ -76,6 +77,8 @@ pub struct Prepared {
     pub request_id: String,
     topic: String,
     request: Vec<u8>,
+    /// A scatter-gather request, and how many answers end it (`None`: its deadline).
+    gather: Option<Option<usize>>,
 }
 
 /// Why a call did not get an answer.
@@ -97,6 +100,10 @@ pub enum CallError {
     ConnectionLost(String),
     /// The broker refused the reply subscription, so no answer could arrive.
     SubscribeRefused { filter: String },
+    /// MQTT 5: the broker acknowledged the request with "No matching subscribers".
+    NoResponders { topic: Arc<str> },
+    /// MQTT 5: the broker acknowledged the request with a failing reason code.
+    PublishRejected { topic: Arc<str>, reason_code: u8 },
 }
 
 impl fmt::Display for CallError {
@@ -112,6 +119,15 @@ impl fmt::Display for CallError {
             CallError::SubscribeRefused { filter } => write!(
                 f,
                 "the broker refused the reply subscription '{filter}', so no answer can arrive"
+            ),
+            CallError::NoResponders { topic } => write!(
+                f,
+                "no responders: nobody is subscribed to '{topic}' (the broker said so in its PUBACK)"
+            ),
+            CallError::PublishRejected { topic, reason_code } => write!(
+                f,
+                "the broker rejected the request to '{topic}': PUBACK reason {reason_code} ({})",
+                acks::reason_name(*reason_code)
             ),
         }
     }
@@ -165,10 +181,15 @@ pub struct Stats {
     pub calls_failed_remotely: u64,
     pub calls_cancelled: u64,
     pub calls_failed: u64,
+    /// MQTT 5 calls ended at once by a PUBACK: no subscriber, or rejected by the broker.
+    pub calls_no_responders: u64,
+    pub calls_rejected: u64,
     pub replies_dropped_stray: u64,
     pub replies_dropped_duplicate: u64,
     pub replies_dropped_malformed: u64,
     pub progress_received: u64,
+    /// Answers collected by scatter-gather calls (each device's once).
+    pub replies_gathered: u64,
     pub reconnects: u64,
     pub pending: u64,
     pub reply_subscriptions: u64,
@@ -186,9 +207,12 @@ struct Counters {
     remote: AtomicU64,
     cancelled: AtomicU64,
     failed: AtomicU64,
+    no_responders: AtomicU64,
+    rejected: AtomicU64,
     stray: AtomicU64,
     duplicate: AtomicU64,
     progress: AtomicU64,
+    gathered: AtomicU64,
     malformed: AtomicU64,
     reconnects: AtomicU64,
 }
@@ -214,6 +238,9 @@ struct Shared<W> {
     options: ClientOptions,
     outbox: Outbox,
     state: Mutex<State<W>>,
+    /// MQTT 5 with QoS 1: which call each PUBACK acknowledges. Locked after `state`,
+    /// never before it.
+    acks: Option<Mutex<AckLedger>>,
     counters: Counters,
     /// From `start` to the answer, for answered calls (results and remote errors).
     latency: LatencyHistogram,
@@ -271,7 +298,10 @@ impl<W: Waiter> RpcClient<W> {
             u16::try_from(max_in_flight).unwrap_or(u16::MAX),
         );
         let (shutdown, _) = watch::channel(false);
+        let acks = (options.connection.protocol == Protocol::V5 && options.qos > 0)
+            .then(|| Mutex::new(AckLedger::new(true)));
         let shared = Shared {
+            acks,
             state: Mutex::new(State {
                 calls: PendingTable::new(max_in_flight),
                 recent: RecentlyAnswered::default(),
@@ -402,6 +432,28 @@ impl<W: Waiter> RpcClient<W> {
         payload: &[u8],
         request_id: Option<&str>,
     ) -> Result<Prepared, CallError> {
+        self.prepare_request(topic, payload, request_id, None)
+    }
+
+    /// Prepares a scatter-gather request: sent once (typically to a group topic that many
+    /// devices subscribe to), it asks every device to answer and name itself; the call
+    /// collects answers, each device's once, until its deadline or `max_replies`.
+    pub fn prepare_gather(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        max_replies: Option<usize>,
+    ) -> Result<Prepared, CallError> {
+        self.prepare_request(topic, payload, None, Some(max_replies.map(|n| n.max(1))))
+    }
+
+    fn prepare_request(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        request_id: Option<&str>,
+        gather: Option<Option<usize>>,
+    ) -> Result<Prepared, CallError> {
         let shared = &self.shared;
         self.accepting()?;
         protocol::validate_request_topic(topic).map_err(CallError::Input)?;
@@ -432,8 +484,13 @@ impl<W: Waiter> RpcClient<W> {
             .inbox_prefix
             .as_ref()
             .map(|_| shared.reply_topic(topic, &request_id));
-        let request = protocol::build_request(payload, &request_id, inbox_topic.as_deref())
-            .map_err(CallError::Input)?;
+        let request = protocol::build_request(
+            payload,
+            &request_id,
+            inbox_topic.as_deref(),
+            gather.is_some(),
+        )
+        .map_err(CallError::Input)?;
         let reply_topic_len = match &inbox_topic {
             Some(inbox) => inbox.len(),
             None => protocol::reply_topic_len(topic),
@@ -447,6 +504,7 @@ impl<W: Waiter> RpcClient<W> {
             request_id,
             topic: topic.to_owned(),
             request,
+            gather,
         })
     }
 
@@ -484,8 +542,7 @@ impl<W: Waiter> RpcClient<W> {
             return Err(CallError::Input(InputError::TooLarge { size, limit }));
         }
         self.shared
-            .outbox
-            .publish(topic, self.shared.options.qos, payload.to_vec(), None, None)
+            .send(topic, payload.to_vec(), None, None, None)
             .map_err(|_| Shared::<W>::unsent())
     }
 
@@ -497,6 +554,7 @@ impl<W: Waiter> RpcClient<W> {
             request_id,
             topic,
             request,
+            gather,
         } = prepared;
         bump(&shared.counters.started);
         let started = Instant::now();
@@ -518,6 +576,9 @@ impl<W: Waiter> RpcClient<W> {
                 (started, deadline),
                 waiter,
             );
+            if let (Some(max_replies), Some(call)) = (gather, state.calls.get_mut(&request_id)) {
+                call.gather = Some(Gather::new(max_replies));
+            }
             if admission == Admission::Admitted {
                 shared.admit(&mut state, &request_id, &mut wakeups);
             }
@@ -578,10 +639,13 @@ impl<W: Waiter> RpcClient<W> {
             calls_failed_remotely: get(&c.remote),
             calls_cancelled: get(&c.cancelled),
             calls_failed: get(&c.failed),
+            calls_no_responders: get(&c.no_responders),
+            calls_rejected: get(&c.rejected),
             replies_dropped_stray: get(&c.stray),
             replies_dropped_duplicate: get(&c.duplicate),
             replies_dropped_malformed: get(&c.malformed),
             progress_received: get(&c.progress),
+            replies_gathered: get(&c.gathered),
             reconnects: get(&c.reconnects),
             pending: pending as u64,
             reply_subscriptions: reply_subscriptions as u64,
@@ -720,9 +784,77 @@ impl<W: Waiter> Shared<W> {
         }
         let body = protocol::cancel_request(request_id);
         // Best effort: a cancellation that cannot be queued changes nothing for the caller.
-        let _ = self
+        let _ = self.send(&call.topic, body, None, None, None);
+    }
+
+    /// Publishes with the client's QoS; on MQTT 5 with QoS 1 the publish is also entered
+    /// in the PUBACK ledger, under its lock, so that the ledger's order is rumqttc's.
+    fn send(
+        &self,
+        topic: &str,
+        body: Vec<u8>,
+        response_topic: Option<String>,
+        correlation_data: Option<Bytes>,
+        call: Option<Sent>,
+    ) -> Result<(), link::Unsent> {
+        let qos = self.options.qos;
+        let Some(acks) = &self.acks else {
+            return self
+                .outbox
+                .publish(topic, qos, body, response_topic, correlation_data);
+        };
+        let mut ledger = lock(acks);
+        let sent = self
             .outbox
-            .publish(&call.topic, self.options.qos, body, None, None);
+            .publish(topic, qos, body, response_topic, correlation_data);
+        if sent.is_ok() {
+            ledger.queued(call);
+        }
+        sent
+    }
+
+    fn with_ledger(&self, update: impl FnOnce(&mut AckLedger)) {
+        if let Some(acks) = &self.acks {
+            update(&mut lock(acks));
+        }
+    }
+
+    /// A PUBACK: on MQTT 5, "no matching subscribers" or a refusal ends its call at once.
+    fn on_puback(&self, packet_id: u16, code: u8) {
+        let Some(acks) = &self.acks else {
+            return;
+        };
+        let reason = PubAckReason::from_code(code);
+        let Some(sent) = lock(acks).acknowledged(packet_id, reason) else {
+            return;
+        };
+        let mut wakeups = Vec::new();
+        {
+            let mut state = self.lock();
+            let Some(call) = state.calls.get_mut(&sent.request_id) else {
+                return;
+            };
+            if call.seq() != sent.call_seq {
+                return;
+            }
+            let topic = call.topic.clone();
+            let (error, counter) = match reason {
+                PubAckReason::Success => return,
+                PubAckReason::NoMatchingSubscribers => (
+                    CallError::NoResponders { topic },
+                    &self.counters.no_responders,
+                ),
+                PubAckReason::Rejected(reason_code) => (
+                    CallError::PublishRejected { topic, reason_code },
+                    &self.counters.rejected,
+                ),
+            };
+            if let Some(call) = self.take_call(&mut state, &sent.request_id, &mut wakeups) {
+                bump(counter);
+                wakeups.push((call.waiter, Err(error)));
+            }
+        }
+        self.wake(wakeups);
     }
 
     /// Where the answer to one call goes: the client's inbox, or the seed reply topic.
@@ -799,12 +931,17 @@ impl<W: Waiter> Shared<W> {
                 Some(Bytes::copy_from_slice(request_id.as_bytes())),
             ),
         };
-        let sent = self.outbox.publish(
-            &call.topic,
-            self.options.qos,
+        let sent = Sent {
+            request_id: request_id.to_owned(),
+            call_seq: call.seq(),
+        };
+        let topic = call.topic.clone();
+        let sent = self.send(
+            &topic,
             request,
             response_topic,
             correlation_data,
+            Some(sent),
         );
         if sent.is_err() {
             self.fail(state, request_id, Self::unsent(), wakeups);
@@ -857,6 +994,9 @@ impl<W: Waiter> Shared<W> {
                 ..
             } => self.on_reply(&topic, &payload, correlation_data.as_deref()),
             Inbound::SubscribeSent(packet_id) => self.lock().subscriptions.sent(packet_id),
+            Inbound::PublishWritten(packet_id) => self.with_ledger(|l| l.written(packet_id)),
+            Inbound::PublishHeldBack(packet_id) => self.with_ledger(|l| l.held_back(packet_id)),
+            Inbound::PubAck { packet_id, reason } => self.on_puback(packet_id, reason),
             Inbound::SubAck { packet_id, granted } => self.on_suback(packet_id, granted),
             Inbound::Connected { session_present } => self.on_connected(session_present),
             Inbound::DisconnectSent | Inbound::Other => {}
@@ -871,6 +1011,7 @@ impl<W: Waiter> Shared<W> {
 
     fn on_connected(&self, session_present: bool) {
         self.connected.store(true, Ordering::Release);
+        self.with_ledger(|l| l.reconnected(session_present));
         let mut wakeups = Vec::new();
         {
             let mut state = self.lock();
@@ -973,8 +1114,13 @@ impl<W: Waiter> Shared<W> {
                         // An interim message: the call goes on waiting for its answer.
                         bump(&self.counters.progress);
                         if let Some(call) = state.calls.get_mut(&id) {
-                            call.waiter.progress(reply.body.clone());
+                            if call.gather.is_none() {
+                                call.waiter.progress(reply.body.clone());
+                            }
                         }
+                        None
+                    } else if state.calls.get_mut(&id).is_some_and(|c| c.gather.is_some()) {
+                        self.gathered(&mut state, &id, reply.body.clone(), &mut wakeups);
                         None
                     } else {
                         let call = self.take_call(&mut state, &id, &mut wakeups);
@@ -1009,6 +1155,38 @@ impl<W: Waiter> Shared<W> {
         self.wake(wakeups);
     }
 
+    /// An answer to a scatter-gather call: handed on unless its device already answered;
+    /// the call ends once it has `max_replies`.
+    fn gathered(
+        &self,
+        state: &mut State<W>,
+        request_id: &str,
+        body: Map<String, Value>,
+        wakeups: &mut Wakeups<W>,
+    ) {
+        let Some(call) = state.calls.get_mut(request_id) else {
+            return;
+        };
+        let Some(gather) = call.gather.as_mut() else {
+            return;
+        };
+        let responder = body.get(protocol::RESPONDER_MEMBER).and_then(Value::as_str);
+        if !gather.accept(responder) {
+            bump(&self.counters.duplicate);
+            return;
+        }
+        bump(&self.counters.gathered);
+        let full = gather.is_full();
+        call.waiter.progress(body);
+        if full {
+            if let Some(call) = self.take_call(state, request_id, wakeups) {
+                bump(&self.counters.succeeded);
+                state.recent.remember(request_id.to_owned());
+                wakeups.push((call.waiter, Ok(Map::new())));
+            }
+        }
+    }
+
     /// Returns whether to keep polling (and so reconnect).
     fn on_connection_lost(&self, why: &LinkError) -> bool {
         let was_connected = self.connected.swap(false, Ordering::AcqRel);
@@ -1041,6 +1219,13 @@ impl<W: Waiter> Shared<W> {
             let mut state = self.lock();
             for request_id in state.calls.expired(now) {
                 if let Some(call) = self.take_call(&mut state, &request_id, &mut wakeups) {
+                    if call.gather.is_some() && call.stage == Stage::Published {
+                        // A scatter-gather call ends at its deadline with what it collected.
+                        bump(&self.counters.succeeded);
+                        state.recent.remember(request_id);
+                        wakeups.push((call.waiter, Ok(Map::new())));
+                        continue;
+                    }
                     bump(&self.counters.timed_out);
                     self.abandoned(&request_id, &call);
                     let topic = call.topic.clone();
@@ -1079,6 +1264,8 @@ async fn drive_events<W: Waiter>(shared: Arc<Shared<W>>, mut events: Events) {
                 }
                 // Our SUBSCRIBEs are sent again on reconnect, by us, in a known order.
                 events.drop_queued_subscriptions();
+                let replays = events.pending_publishes();
+                shared.with_ledger(|l| l.connection_lost(&replays));
                 let delay = reconnect_delay(&shared.options, failed_attempts);
                 failed_attempts = failed_attempts.saturating_add(1);
                 tokio::select! {

@@ -2,6 +2,7 @@
 //! protocol and tables, the Rust client, and (with the `python` feature) the Python module
 //! `mqtt_rpc._core`.
 
+pub mod acks;
 pub mod client;
 pub mod link;
 pub mod metrics;

@@ -79,6 +79,15 @@ pub enum Inbound {
         response_topic: Option<String>,
     },
     SubscribeSent(u16),
+    /// rumqttc wrote a publish with this packet id (0 for QoS 0).
+    PublishWritten(u16),
+    /// rumqttc held a publish back until this packet id's PUBACK arrives.
+    PublishHeldBack(u16),
+    /// A PUBACK with its reason code (always 0 on MQTT 3.1.1).
+    PubAck {
+        packet_id: u16,
+        reason: u8,
+    },
     SubAck {
         packet_id: u16,
         granted: bool,
@@ -279,6 +288,10 @@ impl Events {
                         correlation_data: None,
                         response_topic: None,
                     },
+                    Packet4::PubAck(ack) => Inbound::PubAck {
+                        packet_id: ack.pkid,
+                        reason: 0,
+                    },
                     Packet4::SubAck(ack) => Inbound::SubAck {
                         packet_id: ack.pkid,
                         granted: ack
@@ -318,6 +331,10 @@ impl Events {
                             response_topic,
                         }
                     }
+                    Packet5::PubAck(ack) => Inbound::PubAck {
+                        packet_id: ack.pkid,
+                        reason: puback_code(ack.reason),
+                    },
                     Packet5::SubAck(ack) => Inbound::SubAck {
                         packet_id: ack.pkid,
                         granted: ack.return_codes.iter().all(|c| {
@@ -359,6 +376,45 @@ impl Events {
                 .retain(|r| !matches!(r, v5::Request::Subscribe(_) | v5::Request::Unsubscribe(_))),
         }
     }
+
+    /// The publishes rumqttc will write first when the connection is back, in order:
+    /// `Some(packet_id)` for a replayed unacknowledged one, `None` for a new one.
+    pub fn pending_publishes(&self) -> Vec<Option<u16>> {
+        let known = |pkid: u16| (pkid != 0).then_some(pkid);
+        match self {
+            Events::V311(events) => events
+                .pending
+                .iter()
+                .filter_map(|r| match r {
+                    rumqttc::Request::Publish(p) => Some(known(p.pkid)),
+                    _ => None,
+                })
+                .collect(),
+            Events::V5(events) => events
+                .pending
+                .iter()
+                .filter_map(|r| match r {
+                    v5::Request::Publish(p) => Some(known(p.pkid)),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn puback_code(reason: v5::mqttbytes::v5::PubAckReason) -> u8 {
+    use v5::mqttbytes::v5::PubAckReason as R;
+    match reason {
+        R::Success => 0,
+        R::NoMatchingSubscribers => 16,
+        R::UnspecifiedError => 128,
+        R::ImplementationSpecificError => 131,
+        R::NotAuthorized => 135,
+        R::TopicNameInvalid => 144,
+        R::PacketIdentifierInUse => 145,
+        R::QuotaExceeded => 151,
+        R::PayloadFormatInvalid => 153,
+    }
 }
 
 /// With TLS 1.3 a server that refuses the client's certificate says so in an alert that
@@ -377,6 +433,8 @@ fn classify_io(message: String) -> LinkError {
 fn outgoing_event(outgoing: Outgoing) -> Inbound {
     match outgoing {
         Outgoing::Subscribe(packet_id) => Inbound::SubscribeSent(packet_id),
+        Outgoing::Publish(packet_id) => Inbound::PublishWritten(packet_id),
+        Outgoing::AwaitAck(packet_id) => Inbound::PublishHeldBack(packet_id),
         Outgoing::Disconnect => Inbound::DisconnectSent,
         _ => Inbound::Other,
     }

@@ -6,7 +6,7 @@
 //! beside the calls so one timer can sweep them; removing a call removes its deadline, its
 //! place in the slot queue and its slot, so nothing outlives the call.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,7 +28,49 @@ pub struct Call<W> {
     pub deadline: Instant,
     pub stage: Stage,
     pub waiter: W,
+    /// A scatter-gather call: it collects answers until its deadline or its limit.
+    pub gather: Option<Gather>,
     seq: u64,
+}
+
+/// What a scatter-gather call has collected so far.
+#[derive(Debug, Default)]
+pub struct Gather {
+    pub max_replies: Option<usize>,
+    pub received: usize,
+    /// The `responder` names seen: each device's answer counts once.
+    pub responders: HashSet<String>,
+}
+
+impl Gather {
+    pub fn new(max_replies: Option<usize>) -> Self {
+        Gather {
+            max_replies,
+            ..Gather::default()
+        }
+    }
+
+    /// Takes an answer from `responder` (if it named itself); false for a repeat.
+    pub fn accept(&mut self, responder: Option<&str>) -> bool {
+        if let Some(name) = responder {
+            if !self.responders.insert(name.to_owned()) {
+                return false;
+            }
+        }
+        self.received += 1;
+        true
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.max_replies.is_some_and(|max| self.received >= max)
+    }
+}
+
+impl<W> Call<W> {
+    /// Unique per call, even when a retry reuses a request id.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
 }
 
 /// Whether a new call may go ahead now or must wait for a slot.
@@ -120,6 +162,7 @@ impl<W> PendingTable<W> {
                 deadline,
                 stage,
                 waiter,
+                gather: None,
                 seq,
             },
         );

@@ -217,6 +217,16 @@ pub fn last_level(topic: &str) -> &str {
 /// The body member that tells a 3.1.1 device where to answer, in inbox reply mode.
 pub const REPLY_TO_MEMBER: &str = "reply_to";
 
+/// A request member that asks every device that receives it to answer, each naming
+/// itself in its answer's `responder` member (scatter-gather).
+pub const GATHER_MEMBER: &str = "gather";
+pub const RESPONDER_MEMBER: &str = "responder";
+
+/// Whether a request asks every receiving device to answer and name itself.
+pub fn is_gather(body: &Map<String, Value>) -> bool {
+    body.get(GATHER_MEMBER) == Some(&Value::Bool(true))
+}
+
 /// Builds the request body: the caller's JSON object with `"request_id"` added (and, in
 /// inbox reply mode, `"reply_to"`: the topic to answer on).
 ///
@@ -228,14 +238,21 @@ pub fn build_request(
     payload: &[u8],
     request_id: &str,
     reply_to: Option<&str>,
+    gather: bool,
 ) -> Result<Vec<u8>, InputError> {
     let scan: ObjectScan = serde_json::from_slice(payload).map_err(|e| classify_json_error(&e))?;
-    if scan.has_request_id || (reply_to.is_some() && scan.has_reply_to) {
+    if scan.has_request_id
+        || (reply_to.is_some() && scan.has_reply_to)
+        || (gather && scan.has_gather)
+    {
         let mut object: Map<String, Value> =
             serde_json::from_slice(payload).map_err(|e| classify_json_error(&e))?;
         object.insert(REQUEST_ID_MEMBER.to_owned(), Value::from(request_id));
         if let Some(topic) = reply_to {
             object.insert(REPLY_TO_MEMBER.to_owned(), Value::from(topic));
+        }
+        if gather {
+            object.insert(GATHER_MEMBER.to_owned(), Value::Bool(true));
         }
         return serde_json::to_vec(&object).map_err(|e| InputError::NotJson(e.to_string()));
     }
@@ -261,6 +278,9 @@ pub fn build_request(
         out.extend_from_slice(b", \"reply_to\": ");
         // A topic may hold characters JSON must escape.
         out.extend_from_slice(Value::from(topic).to_string().as_bytes());
+    }
+    if gather {
+        out.extend_from_slice(b", \"gather\": true");
     }
     out.extend_from_slice(&payload[content_end + 1..]);
     Ok(out)
@@ -306,6 +326,7 @@ fn classify_json_error(e: &serde_json::Error) -> InputError {
 struct ObjectScan {
     has_request_id: bool,
     has_reply_to: bool,
+    has_gather: bool,
 }
 
 impl<'de> Deserialize<'de> for ObjectScan {
@@ -327,11 +348,13 @@ impl<'de> Visitor<'de> for ObjectScanVisitor {
         let mut scan = ObjectScan {
             has_request_id: false,
             has_reply_to: false,
+            has_gather: false,
         };
         while let Some(key) = map.next_key::<ReservedKey>()? {
             match key {
                 ReservedKey::RequestId => scan.has_request_id = true,
                 ReservedKey::ReplyTo => scan.has_reply_to = true,
+                ReservedKey::Gather => scan.has_gather = true,
                 ReservedKey::Other => {}
             }
             map.next_value::<IgnoredAny>()?;
@@ -344,6 +367,7 @@ impl<'de> Visitor<'de> for ObjectScanVisitor {
 enum ReservedKey {
     RequestId,
     ReplyTo,
+    Gather,
     Other,
 }
 
@@ -359,6 +383,7 @@ impl<'de> Deserialize<'de> for ReservedKey {
                 Ok(match key {
                     REQUEST_ID_MEMBER => ReservedKey::RequestId,
                     REPLY_TO_MEMBER => ReservedKey::ReplyTo,
+                    GATHER_MEMBER => ReservedKey::Gather,
                     _ => ReservedKey::Other,
                 })
             }
@@ -464,6 +489,18 @@ mod tests {
     const ID: &str = "0b7c6a4e-5e0f-4c1e-9d0a-2f5a3b8c9d10";
 
     #[test]
+    fn a_gather_request_says_so_once() {
+        let out = build_request(br#"{"a": 1}"#, ID, None, true).unwrap();
+        assert_eq!(
+            out,
+            format!(r#"{{"a": 1, "request_id": "{ID}", "gather": true}}"#).into_bytes()
+        );
+        let out = build_request(br#"{"gather": "no", "a": 1}"#, ID, None, true).unwrap();
+        let body: Map<String, Value> = serde_json::from_slice(&out).unwrap();
+        assert!(is_gather(&body) && body.len() == 3);
+    }
+
+    #[test]
     fn request_topic_rules() {
         assert!(validate_request_topic("dev1/device/control/set").is_ok());
         assert!(validate_request_topic("$aws/things/t1/shadow/get").is_ok());
@@ -550,17 +587,17 @@ mod tests {
 
     #[test]
     fn request_matches_pythons_json_dumps() {
-        let out = build_request(br#"{"action": "GET_HEALTH_CHECK"}"#, ID, None).unwrap();
+        let out = build_request(br#"{"action": "GET_HEALTH_CHECK"}"#, ID, None, false).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             format!(r#"{{"action": "GET_HEALTH_CHECK", "request_id": "{ID}"}}"#)
         );
-        let out = build_request(b" {} \n", ID, None).unwrap();
+        let out = build_request(b" {} \n", ID, None, false).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             format!(" {{\"request_id\": \"{ID}\"}} \n")
         );
-        let out = build_request(b"{\n  \"a\": [1, {\"b\": 2}]\n}", ID, None).unwrap();
+        let out = build_request(b"{\n  \"a\": [1, {\"b\": 2}]\n}", ID, None, false).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["request_id"], ID);
         assert_eq!(v["a"][1]["b"], 2);
@@ -568,11 +605,17 @@ mod tests {
 
     #[test]
     fn inbox_mode_adds_an_escaped_reply_to() {
-        let out = build_request(br#"{"a": 1}"#, ID, Some("inbox/c\"1/x")).unwrap();
+        let out = build_request(br#"{"a": 1}"#, ID, Some("inbox/c\"1/x"), false).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["reply_to"], "inbox/c\"1/x");
         assert_eq!(v["request_id"], ID);
-        let out = build_request(br#"{"reply_to": "mine", "a": 1}"#, ID, Some("inbox/x")).unwrap();
+        let out = build_request(
+            br#"{"reply_to": "mine", "a": 1}"#,
+            ID,
+            Some("inbox/x"),
+            false,
+        )
+        .unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["reply_to"], "inbox/x");
         assert_eq!(check_object(b"[]"), Err(InputError::NotAnObject));
@@ -581,7 +624,7 @@ mod tests {
 
     #[test]
     fn an_existing_request_id_is_replaced_in_place() {
-        let out = build_request(br#"{"request_id": "old", "x": 1}"#, ID, None).unwrap();
+        let out = build_request(br#"{"request_id": "old", "x": 1}"#, ID, None, false).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             format!(r#"{{"request_id":"{ID}","x":1}}"#)
@@ -591,28 +634,31 @@ mod tests {
     #[test]
     fn bad_payloads_are_refused() {
         assert_eq!(
-            build_request(b"[1, 2]", ID, None),
+            build_request(b"[1, 2]", ID, None, false),
             Err(InputError::NotAnObject)
         );
         assert_eq!(
-            build_request(b"\"text\"", ID, None),
+            build_request(b"\"text\"", ID, None, false),
             Err(InputError::NotAnObject)
         );
-        assert_eq!(build_request(b"42", ID, None), Err(InputError::NotAnObject));
+        assert_eq!(
+            build_request(b"42", ID, None, false),
+            Err(InputError::NotAnObject)
+        );
         assert!(matches!(
-            build_request(b"{\"a\": ", ID, None),
+            build_request(b"{\"a\": ", ID, None, false),
             Err(InputError::NotJson(_))
         ));
         assert!(matches!(
-            build_request(b"", ID, None),
+            build_request(b"", ID, None, false),
             Err(InputError::NotJson(_))
         ));
         assert!(matches!(
-            build_request(b"{} {}", ID, None),
+            build_request(b"{} {}", ID, None, false),
             Err(InputError::NotJson(_))
         ));
         assert!(matches!(
-            build_request(b"\xff", ID, None),
+            build_request(b"\xff", ID, None, false),
             Err(InputError::NotJson(_))
         ));
     }

@@ -37,6 +37,9 @@ pub struct ReplyRoute {
     pub correlation_data: Option<Bytes>,
     /// The id to put in the answer's body (`None` for a plain MQTT 5 answer).
     pub request_id: Option<String>,
+    /// The name to put in the answer's `responder` member: set for a scatter-gather
+    /// request, whose caller counts each device's answer once.
+    pub responder: Option<String>,
 }
 
 /// Decides where the answer to a request goes; `None`: nowhere (a notification).
@@ -56,6 +59,7 @@ pub fn route(
             topic,
             correlation_data,
             request_id: None,
+            responder: None,
         });
     }
     if let Some(topic) = response_topic {
@@ -63,6 +67,7 @@ pub fn route(
             topic,
             correlation_data,
             request_id: body_id,
+            responder: None,
         });
     }
     let id = body_id?;
@@ -74,6 +79,7 @@ pub fn route(
         topic,
         correlation_data: None,
         request_id: Some(id),
+        responder: None,
     })
 }
 
@@ -83,6 +89,12 @@ pub fn reply_body(route: &ReplyRoute, outcome: Result<Value, RemoteError>) -> Ve
     let mut reply = Map::new();
     if let Some(id) = &route.request_id {
         reply.insert(REQUEST_ID_MEMBER.into(), Value::from(id.as_str()));
+    }
+    if let Some(name) = &route.responder {
+        reply.insert(
+            protocol::RESPONDER_MEMBER.into(),
+            Value::from(name.as_str()),
+        );
     }
     match outcome {
         Ok(result) => {
@@ -279,13 +291,18 @@ impl Responder {
                         .iter()
                         .position(|f| protocol::topic_matches(f, &topic))
                         .unwrap_or(0);
-                    let route = route(
+                    let mut route = route(
                         self.options.mqtt5_only,
                         &topic,
                         &body,
                         response_topic,
                         correlation_data,
                     );
+                    if let Some(route) = route.as_mut() {
+                        if route.request_id.is_some() && protocol::is_gather(&body) {
+                            route.responder = Some(self.options.connection.client_id.clone());
+                        }
+                    }
                     let counter = match route {
                         Some(_) => &counters.requests,
                         None => &counters.notifications,
@@ -372,13 +389,21 @@ mod tests {
 
     #[test]
     fn answer_bodies_follow_the_wire_protocol() {
-        let route = ReplyRoute {
+        let mut route = ReplyRoute {
             topic: "t".into(),
             correlation_data: None,
             request_id: Some("r1".into()),
+            responder: None,
         };
         let ok: Value = serde_json::from_slice(&reply_body(&route, Ok(json!({"x": 1})))).unwrap();
         assert_eq!(ok, json!({"request_id": "r1", "result": {"x": 1}}));
+        route.responder = Some("dev-7".into());
+        let named: Value = serde_json::from_slice(&reply_body(&route, Ok(json!(1)))).unwrap();
+        assert_eq!(
+            named,
+            json!({"request_id": "r1", "responder": "dev-7", "result": 1})
+        );
+        route.responder = None;
         let error = RemoteError {
             code: -32000,
             message: "busy".into(),

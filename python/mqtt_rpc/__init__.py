@@ -7,15 +7,17 @@
 """
 
 from ._core import __version__
-from .client import ConnectionEvent, MqttRpcClient, Retry
+from .client import CallStream, ConnectionEvent, MqttRpcClient, Retry
 from .responder import Responder, RpcHandlerError
 from .sync import SyncMqttRpcClient
 from .errors import (
     BrokerRefusedError,
     ConnectionLostError,
     MqttRpcError,
+    NoRespondersError,
     NotConnectedError,
     PayloadError,
+    PublishRejectedError,
     RemoteError,
     RpcTimeoutError,
     SubscriptionRefusedError,
@@ -28,6 +30,7 @@ __all__ = [
     "Responder",
     "RpcHandlerError",
     "Retry",
+    "CallStream",
     "ConnectionEvent",
     "MqttRpcError",
     "RpcTimeoutError",
@@ -37,6 +40,8 @@ __all__ = [
     "BrokerRefusedError",
     "ConnectionLostError",
     "SubscriptionRefusedError",
+    "NoRespondersError",
+    "PublishRejectedError",
     "PayloadError",
     "__version__",
 ]

@@ -65,6 +65,17 @@ class CoreClient:
         on_progress: Callable[[Dict[str, Any]], None],
     ) -> Tuple["asyncio.Future[Dict[str, Any]]", str]:
         """Starts a call whose progress messages go to `on_progress` before its answer."""
+    def start_gather(
+        self,
+        event_loop: asyncio.AbstractEventLoop,
+        topic: str,
+        payload: Union[str, bytes, bytearray],
+        timeout: float,
+        max_replies: Optional[int],
+        on_reply: Callable[[Dict[str, Any]], None],
+    ) -> Tuple["asyncio.Future[Dict[str, Any]]", str]:
+        """Starts a scatter-gather call: each device's answer goes to `on_reply` once; the
+        future resolves when the call ends (deadline or `max_replies`)."""
     def start_many(
         self,
         event_loop: asyncio.AbstractEventLoop,

@@ -12,10 +12,10 @@ import os
 import weakref
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, AsyncIterator, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
 
 from . import _core
-from .errors import ConnectionLostError, PayloadError, RpcTimeoutError
+from .errors import ConnectionLostError, NoRespondersError, PayloadError, RpcTimeoutError
 
 Payload = Union[str, bytes, bytearray, Dict[str, Any]]
 PathLike = Union[str, "os.PathLike[str]"]
@@ -90,8 +90,10 @@ class _ClientState:
         return self._core.client_id
 
     def stats(self) -> Dict[str, Any]:
-        """Counters (calls started, succeeded, timed out, failed remotely, cancelled, failed;
-        replies dropped as stray, duplicate or malformed; reconnects), gauges (pending, reply
+        """Counters (calls started, succeeded, timed out, failed remotely, cancelled, failed,
+        ended by "no responders" or rejected by the broker; replies dropped as stray,
+        duplicate or malformed; progress messages and scatter-gather answers received;
+        reconnects), gauges (pending, reply
         subscriptions) and latency percentiles of answered calls (``latency_p50_ms``,
         ``latency_p90_ms``, ``latency_p99_ms``; None before the first answer)."""
         return self._core.stats()
@@ -383,9 +385,9 @@ class MqttRpcClient(_ClientState):
             raise RpcTimeoutError(f"MQTT call timed out after {timeout}s for topic '{topic}'", timeout, topic) from last
         raise last
 
-    async def stream(
+    def stream(
         self, topic: str, payload: Payload, timeout: Optional[float] = None, idle_timeout: Optional[float] = None
-    ) -> AsyncIterator[Dict[str, Any]]:
+    ) -> "CallStream":
         """Calls, yielding the device's progress messages (``{"request_id", "progress": ...}``)
         as they arrive and then its answer. ``timeout`` bounds the whole call; with
         ``idle_timeout`` it also fails when neither progress nor the answer has come for
@@ -400,28 +402,44 @@ class MqttRpcClient(_ClientState):
             payload = _encode(payload)
         progress: asyncio.Queue = asyncio.Queue()
         future, request_id = self._core.start_stream(_get_running_loop(), topic, payload, timeout, progress.put_nowait)
-        try:
-            while True:
-                getter = asyncio.ensure_future(progress.get())
-                done, _ = await asyncio.wait({getter, future}, timeout=idle_timeout, return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    yield getter.result()
-                    continue
-                getter.cancel()
-                if future in done:
-                    # Progress sent before the answer was queued before it: give it first.
-                    while not progress.empty():
-                        yield progress.get_nowait()
-                    yield future.result()
-                    return
-                raise RpcTimeoutError(
-                    f"MQTT call got neither progress nor an answer for {idle_timeout}s for topic '{topic}'",
-                    idle_timeout,
-                    topic,
-                )
-        finally:
-            if not future.done():
-                self._core.forget(request_id)
+        return CallStream(self._core, future, request_id, progress, topic, idle_timeout=idle_timeout, ends_with_answer=True)
+
+    def call_all(
+        self, topic: str, payload: Payload, timeout: Optional[float] = None, max_replies: Optional[int] = None
+    ) -> "CallStream":
+        """Scatter-gather: publishes one request to ``topic`` (typically a group topic that
+        many devices subscribe to) and yields every device's answer as it arrives, until
+        ``timeout`` seconds have passed or ``max_replies`` answers have come. Reaching the
+        deadline is the normal end, not an error.
+
+        The request carries ``"gather": true``; a device names itself in its answer's
+        ``responder`` member (a `Responder` does so with its client id), and each device's
+        answer is yielded once. Answers without a ``responder`` are each yielded. A device's
+        error answer is yielded as it came (with its ``error`` member), so one failing device
+        does not end the gathering. With MQTT 5 and QoS 1, a topic nobody subscribes to ends
+        the iteration at once.
+
+            async for reply in client.call_all("fleet/all/status/get", {}, timeout=2):
+                print(reply["responder"], reply.get("result"))
+        """
+        if timeout is None:
+            timeout = self._timeout
+        if max_replies is not None and (not isinstance(max_replies, int) or max_replies < 1):
+            raise ValueError(f"max_replies must be a positive integer or None, not {max_replies!r}")
+        if isinstance(payload, dict):
+            payload = _encode(payload)
+        replies: asyncio.Queue = asyncio.Queue()
+        future, request_id = self._core.start_gather(
+            _get_running_loop(), topic, payload, timeout, max_replies, replies.put_nowait
+        )
+        return CallStream(self._core, future, request_id, replies, topic)
+
+    async def gather_all(
+        self, topic: str, payload: Payload, timeout: Optional[float] = None, max_replies: Optional[int] = None
+    ) -> List[Dict[str, Any]]:
+        """`call_all`, collected: the list of answers, in the order they arrived."""
+        async with self.call_all(topic, payload, timeout, max_replies) as replies:
+            return [reply async for reply in replies]
 
     async def notify(self, topic: str, payload: Payload) -> None:
         """Publishes a one-way notification: the JSON object as it is, with no
@@ -460,6 +478,98 @@ class MqttRpcClient(_ClientState):
             for request_id in request_ids:
                 self._core.forget(request_id)
             raise
+
+class CallStream:
+    """The messages of one call, as an async iterator: the progress messages and then the
+    answer of `MqttRpcClient.stream`, or the answers of `MqttRpcClient.call_all`.
+
+    The call is published when the stream is created. Leaving the iteration early (a
+    ``break``, an exception, ``aclose()``, the end of an ``async with`` block) ends the call
+    at once: the client forgets it (and, with ``cancel_on_abandon``, tells the device).
+    """
+
+    def __init__(
+        self,
+        core: _core.CoreClient,
+        future: "asyncio.Future[Dict[str, Any]]",
+        request_id: str,
+        messages: "asyncio.Queue[Dict[str, Any]]",
+        topic: str,
+        *,
+        idle_timeout: Optional[float] = None,
+        ends_with_answer: bool = False,
+    ) -> None:
+        self._core = core
+        self._future = future
+        self.request_id = request_id
+        self._messages = messages
+        self._topic = topic
+        self._idle_timeout = idle_timeout
+        self._ends_with_answer = ends_with_answer
+        self._finished = False
+
+    def __aiter__(self) -> "CallStream":
+        return self
+
+    async def __anext__(self) -> Dict[str, Any]:
+        while not self._finished:
+            if not self._messages.empty():
+                return self._messages.get_nowait()
+            if self._future.done():
+                # Messages sent before the call ended were queued before it: given first.
+                self._finished = True
+                return self._outcome()
+            getter = asyncio.ensure_future(self._messages.get())
+            try:
+                done, _ = await asyncio.wait(
+                    {getter, self._future}, timeout=self._idle_timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            except BaseException:
+                self._abandon()
+                raise
+            finally:
+                if not getter.done():
+                    getter.cancel()
+            if getter in done:
+                return getter.result()
+            if not done:
+                self._abandon()
+                raise RpcTimeoutError(
+                    f"MQTT call got neither progress nor an answer for {self._idle_timeout}s for topic '{self._topic}'",
+                    self._idle_timeout,
+                    self._topic,
+                )
+        raise StopAsyncIteration
+
+    def _outcome(self) -> Dict[str, Any]:
+        if self._ends_with_answer:
+            return self._future.result()
+        try:
+            self._future.result()
+        except NoRespondersError:
+            pass
+        raise StopAsyncIteration
+
+    def _abandon(self) -> None:
+        self._finished = True
+        if not self._future.done():
+            self._core.forget(self.request_id)
+
+    async def aclose(self) -> None:
+        """Ends the call now if it is still going."""
+        self._abandon()
+
+    async def __aenter__(self) -> "CallStream":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._abandon()
+
+    def __del__(self) -> None:
+        # Dropped while still going (a `break` out of `async for`): end the call now.
+        if not self._finished and not self._future.done():
+            self._core.forget(self.request_id)
+
 
 def _weak_handler(client: MqttRpcClient) -> Callable[[bool, bool, bool, str], None]:
     # The core holds its event handler where Python's garbage collector cannot see it: a

@@ -59,6 +59,30 @@ class SubscriptionRefusedError(MqttRpcError):
     """The broker refused the reply subscription, so no answer could ever arrive."""
 
 
+class NoRespondersError(MqttRpcError, LookupError):
+    """Nobody is subscribed to the request topic: with MQTT 5 and QoS 1 the broker says so
+    in its PUBACK (reason 16, "No matching subscribers") and the call ends at once instead
+    of waiting out its timeout. Also a ``LookupError``: the device was not found."""
+
+    def __init__(self, message: str, topic: str | None = None) -> None:
+        super().__init__(message)
+        self.topic = topic
+
+
+class PublishRejectedError(MqttRpcError):
+    """The broker refused the request (MQTT 5 PUBACK with a failing reason code, such as
+    135 "Not authorized" or 151 "Quota exceeded"): ``reason_code`` and ``reason`` say which."""
+
+    def __init__(self, message: str, topic: str | None = None, reason_code: int = 0, reason: str = "") -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.reason_code = reason_code
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.topic, self.reason_code, self.reason))
+
+
 class PayloadError(MqttRpcError, ValueError):
     """The request was refused before anything was sent: the payload is not a JSON object,
     is too large, or the topic has wildcards or empty levels."""
@@ -73,5 +97,7 @@ __all__ = [
     "BrokerRefusedError",
     "ConnectionLostError",
     "SubscriptionRefusedError",
+    "NoRespondersError",
+    "PublishRejectedError",
     "PayloadError",
 ]

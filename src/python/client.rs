@@ -5,7 +5,7 @@
 use super::bridge::{outcome_to_py, Batch, Completion, LoopBridge, PyWaiter};
 use super::errors::{call_error, value_error};
 use super::runtime::runtime;
-use crate::client::{CallError, ClientOptions, RpcClient};
+use crate::client::{CallError, ClientOptions, Prepared, RpcClient};
 use crate::link::{ConnectionOptions, Protocol};
 use crate::protocol::InputError;
 use crate::tls::TlsOptions;
@@ -116,19 +116,12 @@ impl CoreClient {
     fn start_future<'py>(
         &self,
         event_loop: &Bound<'py, PyAny>,
-        topic: &str,
-        payload: &Bound<'py, PyAny>,
+        prepared: Prepared,
         timeout: &Bound<'py, PyAny>,
-        request_id: Option<&str>,
         on_progress: Option<Arc<Py<PyAny>>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let py = event_loop.py();
         let duration = timeout_seconds(timeout)?;
-        let body = payload_bytes(payload)?;
-        let prepared = self
-            .inner
-            .prepare(topic, &body, request_id)
-            .map_err(|error| call_error(py, &error, Some(timeout)))?;
         let bridge = self.bridge(event_loop)?;
         let bridge = bridge.get();
         let future = bridge.new_future(py)?;
@@ -146,6 +139,26 @@ impl CoreClient {
                 PyString::new(py, &request_id).into_any(),
             ],
         )
+    }
+
+    /// Checks a request and builds its body (`gather`: a scatter-gather request and its
+    /// `max_replies`), raising the typed error of a refused one.
+    fn prepare(
+        &self,
+        py: Python<'_>,
+        topic: &str,
+        payload: &Bound<'_, PyAny>,
+        timeout: &Bound<'_, PyAny>,
+        request_id: Option<&str>,
+        gather: Option<Option<usize>>,
+    ) -> PyResult<Prepared> {
+        timeout_seconds(timeout)?;
+        let body = payload_bytes(payload)?;
+        let prepared = match gather {
+            None => self.inner.prepare(topic, &body, request_id),
+            Some(max_replies) => self.inner.prepare_gather(topic, &body, max_replies),
+        };
+        prepared.map_err(|error| call_error(py, &error, Some(timeout)))
     }
 
     /// Runs `work` on the runtime and resolves a future of `event_loop` when it ends.
@@ -338,7 +351,8 @@ impl CoreClient {
         timeout: &Bound<'py, PyAny>,
         request_id: Option<&str>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        self.start_future(event_loop, topic, payload, timeout, request_id, None)
+        let prepared = self.prepare(event_loop.py(), topic, payload, timeout, request_id, None)?;
+        self.start_future(event_loop, prepared, timeout, None)
     }
 
     /// Starts a call whose progress messages are handed to `on_progress` (on the loop, in
@@ -351,8 +365,26 @@ impl CoreClient {
         timeout: &Bound<'py, PyAny>,
         on_progress: Py<PyAny>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let on_progress = Some(Arc::new(on_progress));
-        self.start_future(event_loop, topic, payload, timeout, None, on_progress)
+        let prepared = self.prepare(event_loop.py(), topic, payload, timeout, None, None)?;
+        self.start_future(event_loop, prepared, timeout, Some(Arc::new(on_progress)))
+    }
+
+    /// Starts a scatter-gather call: every answer is handed to `on_reply` (on the loop, in
+    /// order, each device's once); the future resolves when the call ends, at its deadline
+    /// or after `max_replies`. Returns `(future, request_id)` as `start_call`.
+    #[pyo3(signature = (event_loop, topic, payload, timeout, max_replies, on_reply))]
+    fn start_gather<'py>(
+        &self,
+        event_loop: &Bound<'py, PyAny>,
+        topic: &str,
+        payload: &Bound<'py, PyAny>,
+        timeout: &Bound<'py, PyAny>,
+        max_replies: Option<usize>,
+        on_reply: Py<PyAny>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let py = event_loop.py();
+        let prepared = self.prepare(py, topic, payload, timeout, None, Some(max_replies))?;
+        self.start_future(event_loop, prepared, timeout, Some(Arc::new(on_reply)))
     }
 
     /// Starts a batch of `(topic, payload)` calls in one crossing; returns `(future,
@@ -505,10 +537,13 @@ impl CoreClient {
             ("calls_failed_remotely", s.calls_failed_remotely),
             ("calls_cancelled", s.calls_cancelled),
             ("calls_failed", s.calls_failed),
+            ("calls_no_responders", s.calls_no_responders),
+            ("calls_rejected", s.calls_rejected),
             ("replies_dropped_stray", s.replies_dropped_stray),
             ("replies_dropped_duplicate", s.replies_dropped_duplicate),
             ("replies_dropped_malformed", s.replies_dropped_malformed),
             ("progress_received", s.progress_received),
+            ("replies_gathered", s.replies_gathered),
             ("reconnects", s.reconnects),
             ("pending", s.pending),
             ("reply_subscriptions", s.reply_subscriptions),

@@ -66,6 +66,19 @@ fn build(py: Python<'_>, error: &CallError, timeout: Option<&Bound<'_, PyAny>>) 
             exception_type(py, "SubscriptionRefusedError")?,
             error.to_string(),
         ),
+        CallError::NoResponders { topic } => PyErr::from_type(
+            exception_type(py, "NoRespondersError")?,
+            (error.to_string(), topic.to_string()),
+        ),
+        CallError::PublishRejected { topic, reason_code } => PyErr::from_type(
+            exception_type(py, "PublishRejectedError")?,
+            (
+                error.to_string(),
+                topic.to_string(),
+                *reason_code,
+                crate::acks::reason_name(*reason_code),
+            ),
+        ),
     })
 }
 
