@@ -13,10 +13,13 @@ use crate::link::{
 };
 use crate::metrics::LatencyHistogram;
 use crate::pending::{Admission, Call, Gather, PendingTable, RecentlyAnswered, Stage};
+use crate::pool::Load;
 use crate::protocol::{self, InputError, RemoteError, Reply, ReplyOutcome};
-use crate::subscriptions::{Need, ReplySubscriptions, Settled};
+use crate::quota::{Quotas, RateLimiter};
+use crate::subscriptions::{Need, ReplySubscriptions, Room, Settled};
 use bytes::Bytes;
 use serde_json::{Map, Value};
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -34,8 +37,11 @@ pub struct ClientOptions {
     /// Inbox reply mode: replies go to `{inbox_prefix}/{client_id}/{request_id}`, and the
     /// client's one subscription is `{inbox_prefix}/{client_id}/+`, however many devices.
     pub inbox_prefix: Option<String>,
-    /// Idle per-topic reply filters held beyond this are unsubscribed, least recently used first.
+    /// At most this many reply filters are held at once: to make room the least recently
+    /// used idle one is unsubscribed first; with none idle a call waits for one.
     pub max_reply_subscriptions: usize,
+    /// Limits kept on the client (publish rate, unacknowledged QoS 1 publishes).
+    pub quotas: Quotas,
     /// Calls published and unanswered at once; more wait for a slot within their timeout.
     pub max_in_flight: usize,
     /// Reconnect attempts wait `reconnect_min_delay`, doubling up to `reconnect_max_delay`,
@@ -61,6 +67,7 @@ impl Default for ClientOptions {
             reply_filter: None,
             inbox_prefix: None,
             max_reply_subscriptions: 1000,
+            quotas: Quotas::default(),
             max_in_flight: 4096,
             reconnect_min_delay: Duration::from_millis(100),
             reconnect_max_delay: Duration::from_secs(10),
@@ -86,8 +93,12 @@ pub struct Prepared {
 pub enum CallError {
     /// Refused before anything was sent.
     Input(InputError),
-    /// No answer before the deadline.
-    Timeout { topic: Arc<str> },
+    /// No answer before the deadline. `throttled`: the call was still waiting for the
+    /// client's publish-rate limit (this many per second) and was never sent.
+    Timeout {
+        topic: Arc<str>,
+        throttled: Option<usize>,
+    },
     /// The device answered with an error object.
     Remote(RemoteError),
     /// The client is not connected (never was, or was closed).
@@ -110,7 +121,18 @@ impl fmt::Display for CallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CallError::Input(e) => e.fmt(f),
-            CallError::Timeout { topic } => write!(f, "no answer in time for topic '{topic}'"),
+            CallError::Timeout {
+                topic,
+                throttled: None,
+            } => write!(f, "no answer in time for topic '{topic}'"),
+            CallError::Timeout {
+                topic,
+                throttled: Some(rate),
+            } => write!(
+                f,
+                "no answer in time for topic '{topic}': {}",
+                throttled_reason(*rate)
+            ),
             CallError::Remote(e) => write!(f, "remote error {}: {}", e.code, e.message),
             CallError::NotConnected(why)
             | CallError::ConnectionLost(why)
@@ -134,6 +156,13 @@ impl fmt::Display for CallError {
 }
 
 impl std::error::Error for CallError {}
+
+/// Why a throttled call never went out, as its timeout message says it.
+pub fn throttled_reason(rate: usize) -> String {
+    format!(
+        "throttled on the client, the request was never sent (publish rate limit of {rate}/s per connection)"
+    )
+}
 
 /// A call's single result: the device's reply object, or why there is none.
 pub type Outcome = Result<Map<String, Value>, CallError>;
@@ -188,6 +217,11 @@ pub struct Stats {
     pub replies_dropped_duplicate: u64,
     pub replies_dropped_malformed: u64,
     pub progress_received: u64,
+    /// Calls that waited for the publish-rate limit, and how long they waited in all.
+    pub calls_throttled: u64,
+    pub throttled_wait: Duration,
+    pub publish_rate_limit: Option<usize>,
+    pub reply_subscriptions_limit: usize,
     /// Answers collected by scatter-gather calls (each device's once).
     pub replies_gathered: u64,
     pub reconnects: u64,
@@ -197,6 +231,35 @@ pub struct Stats {
     pub latency_p50: Option<Duration>,
     pub latency_p90: Option<Duration>,
     pub latency_p99: Option<Duration>,
+}
+
+impl Stats {
+    /// Adds another connection's counters and gauges (not its latency percentiles).
+    pub fn add(&mut self, other: &Stats) {
+        self.calls_started += other.calls_started;
+        self.calls_succeeded += other.calls_succeeded;
+        self.calls_timed_out += other.calls_timed_out;
+        self.calls_failed_remotely += other.calls_failed_remotely;
+        self.calls_cancelled += other.calls_cancelled;
+        self.calls_failed += other.calls_failed;
+        self.calls_no_responders += other.calls_no_responders;
+        self.calls_rejected += other.calls_rejected;
+        self.replies_dropped_stray += other.replies_dropped_stray;
+        self.replies_dropped_duplicate += other.replies_dropped_duplicate;
+        self.replies_dropped_malformed += other.replies_dropped_malformed;
+        self.progress_received += other.progress_received;
+        self.calls_throttled += other.calls_throttled;
+        self.throttled_wait += other.throttled_wait;
+        self.publish_rate_limit = match (self.publish_rate_limit, other.publish_rate_limit) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        self.reply_subscriptions_limit += other.reply_subscriptions_limit;
+        self.replies_gathered += other.replies_gathered;
+        self.reconnects += other.reconnects;
+        self.pending += other.pending;
+        self.reply_subscriptions += other.reply_subscriptions;
+    }
 }
 
 #[derive(Default)]
@@ -212,6 +275,8 @@ struct Counters {
     stray: AtomicU64,
     duplicate: AtomicU64,
     progress: AtomicU64,
+    throttled: AtomicU64,
+    throttled_wait_us: AtomicU64,
     gathered: AtomicU64,
     malformed: AtomicU64,
     reconnects: AtomicU64,
@@ -229,6 +294,24 @@ struct State<W> {
     pinned: Option<Arc<str>>,
     /// Told once the connection is up and the `reply_filter` held (or that it failed).
     ready: Option<oneshot::Sender<Result<(), CallError>>>,
+    /// The publish-rate quota, and what waits for it, in order.
+    limiter: Option<RateLimiter>,
+    throttled: VecDeque<Throttled>,
+    /// Calls whose new reply filter found every place taken by filters in use.
+    waiting_for_room: VecDeque<String>,
+}
+
+/// A publish waiting for the publish-rate limit.
+enum Throttled {
+    Call {
+        request_id: String,
+        since: Instant,
+    },
+    /// A notification or a cancellation.
+    Message {
+        topic: Arc<str>,
+        body: Vec<u8>,
+    },
 }
 
 /// Waiters to wake once the lock is released.
@@ -282,6 +365,11 @@ impl<W: Waiter> RpcClient<W> {
                 .map_err(|e| InputError::InvalidFilter(format!("inbox {e}")))?;
         }
         let max_in_flight = options.max_in_flight.max(1);
+        let max_unacked = options
+            .quotas
+            .max_unacked_publishes
+            .unwrap_or(u16::MAX)
+            .max(1);
         // Bad TLS files are reported by connect(), with the other reasons it can fail.
         let (tls_config, tls_error) = match &options.connection.tls {
             Some(tls) => match crate::tls::client_config(tls) {
@@ -295,7 +383,9 @@ impl<W: Waiter> RpcClient<W> {
             tls_config,
             // Room for every in-flight publish plus the subscribes that precede them.
             max_in_flight + 1024,
-            u16::try_from(max_in_flight).unwrap_or(u16::MAX),
+            u16::try_from(max_in_flight)
+                .unwrap_or(u16::MAX)
+                .min(max_unacked),
         );
         let (shutdown, _) = watch::channel(false);
         let acks = (options.connection.protocol == Protocol::V5 && options.qos > 0)
@@ -308,6 +398,9 @@ impl<W: Waiter> RpcClient<W> {
                 subscriptions: ReplySubscriptions::new(options.max_reply_subscriptions),
                 pinned: None,
                 ready: None,
+                limiter: options.quotas.publishes_per_second.map(RateLimiter::new),
+                throttled: VecDeque::new(),
+                waiting_for_room: VecDeque::new(),
             }),
             options,
             outbox,
@@ -541,8 +634,9 @@ impl<W: Waiter> RpcClient<W> {
         if size > limit {
             return Err(CallError::Input(InputError::TooLarge { size, limit }));
         }
+        let mut state = self.shared.lock();
         self.shared
-            .send(topic, payload.to_vec(), None, None, None)
+            .send_message(&mut state, Arc::from(topic), payload.to_vec())
             .map_err(|_| Shared::<W>::unsent())
     }
 
@@ -598,13 +692,14 @@ impl<W: Waiter> RpcClient<W> {
         let mut wakeups = Vec::new();
         let call = {
             let mut state = shared.lock();
-            shared.take_call(&mut state, request_id, &mut wakeups)
+            let call = shared.take_call(&mut state, request_id, &mut wakeups);
+            if let Some(call) = &call {
+                bump(&shared.counters.cancelled);
+                shared.abandoned(&mut state, request_id, call);
+            }
+            call
         };
         let found = call.is_some();
-        if let Some(call) = &call {
-            bump(&shared.counters.cancelled);
-            shared.abandoned(request_id, call);
-        }
         // The waiter may hold a caller's object: let it go outside the lock.
         drop(call);
         shared.wake(wakeups);
@@ -625,12 +720,35 @@ impl<W: Waiter> RpcClient<W> {
         self.shared.connected.load(Ordering::Acquire)
     }
 
+    /// How much room this connection has for a call on `topic` (for a pool's choice).
+    pub fn load(&self, topic: &str) -> Load {
+        let connected = self.is_connected();
+        let mut state = self.shared.lock();
+        let key = state.pinned.clone().unwrap_or_else(|| Arc::from(topic));
+        let throttled = !Shared::<W>::has_publish_place(&mut state);
+        Load {
+            connected,
+            throttled,
+            pending: state.calls.len(),
+            holds_reply_filter: state.subscriptions.is_active(&key),
+        }
+    }
+
+    pub fn latency_histogram(&self) -> &LatencyHistogram {
+        &self.shared.latency
+    }
+
     pub fn stats(&self) -> Stats {
         let c = &self.shared.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let (pending, reply_subscriptions) = {
+        let (pending, reply_subscriptions, reply_subscriptions_limit, publish_rate_limit) = {
             let state = self.shared.lock();
-            (state.calls.len(), state.subscriptions.len())
+            (
+                state.calls.len(),
+                state.subscriptions.len(),
+                state.subscriptions.limit(),
+                state.limiter.as_ref().map(RateLimiter::per_second),
+            )
         };
         Stats {
             calls_started: get(&c.started),
@@ -645,6 +763,10 @@ impl<W: Waiter> RpcClient<W> {
             replies_dropped_duplicate: get(&c.duplicate),
             replies_dropped_malformed: get(&c.malformed),
             progress_received: get(&c.progress),
+            calls_throttled: get(&c.throttled),
+            throttled_wait: Duration::from_micros(get(&c.throttled_wait_us)),
+            publish_rate_limit,
+            reply_subscriptions_limit,
             replies_gathered: get(&c.gathered),
             reconnects: get(&c.reconnects),
             pending: pending as u64,
@@ -778,13 +900,99 @@ impl<W: Waiter> Shared<W> {
 
     /// A published call nobody waits for any more (timed out, or its caller cancelled): with
     /// `cancel_on_abandon`, tell the device, which may stop working on it.
-    fn abandoned(&self, request_id: &str, call: &Call<W>) {
+    fn abandoned(&self, state: &mut State<W>, request_id: &str, call: &Call<W>) {
         if !self.options.cancel_on_abandon || call.stage != Stage::Published {
             return;
         }
         let body = protocol::cancel_request(request_id);
         // Best effort: a cancellation that cannot be queued changes nothing for the caller.
-        let _ = self.send(&call.topic, body, None, None, None);
+        let _ = self.send_message(state, call.topic.clone(), body);
+    }
+
+    /// A publish that answers to no call (a notification, a cancellation): sent now, or
+    /// queued behind the calls waiting for the publish-rate limit.
+    fn send_message(
+        &self,
+        state: &mut State<W>,
+        topic: Arc<str>,
+        body: Vec<u8>,
+    ) -> Result<(), link::Unsent> {
+        if Self::take_publish_place(state) {
+            self.send(&topic, body, None, None, None)
+        } else {
+            state
+                .throttled
+                .push_back(Throttled::Message { topic, body });
+            self.timer_wake.notify_one();
+            Ok(())
+        }
+    }
+
+    /// Whether a publish could go now under the publish-rate limit (taking nothing).
+    fn has_publish_place(state: &mut State<W>) -> bool {
+        let now = Instant::now();
+        match &state.limiter {
+            None => true,
+            Some(limiter) => {
+                state.throttled.is_empty() && limiter.next_free().is_none_or(|at| at <= now)
+            }
+        }
+    }
+
+    /// Whether a publish may go now under the publish-rate limit (it takes its place if
+    /// so); never ahead of publishes already waiting for it.
+    fn take_publish_place(state: &mut State<W>) -> bool {
+        let State {
+            limiter, throttled, ..
+        } = state;
+        match limiter {
+            None => true,
+            Some(limiter) => throttled.is_empty() && limiter.try_take(Instant::now()),
+        }
+    }
+
+    /// Sends what waited for the publish-rate limit, in order, as far as it now allows.
+    fn release_throttled(&self) {
+        let mut wakeups = Vec::new();
+        {
+            let mut state = self.lock();
+            let now = Instant::now();
+            loop {
+                let State {
+                    limiter, throttled, ..
+                } = &mut *state;
+                let (Some(limiter), false) = (limiter.as_mut(), throttled.is_empty()) else {
+                    break;
+                };
+                if !limiter.try_take(now) {
+                    break;
+                }
+                match throttled.pop_front() {
+                    Some(Throttled::Call { request_id, since }) => {
+                        bump(&self.counters.throttled);
+                        let waited = u64::try_from(since.elapsed().as_micros()).unwrap_or(0);
+                        self.counters
+                            .throttled_wait_us
+                            .fetch_add(waited, Ordering::Relaxed);
+                        self.publish_now(&mut state, &request_id, &mut wakeups);
+                    }
+                    Some(Throttled::Message { topic, body }) => {
+                        let _ = self.send(&topic, body, None, None, None);
+                    }
+                    None => break,
+                }
+            }
+        }
+        self.wake(wakeups);
+    }
+
+    /// When the sweeper must next look at the throttled publishes, if any wait.
+    fn next_release(&self, state: &State<W>) -> Option<Instant> {
+        if state.throttled.is_empty() {
+            return None;
+        }
+        let limiter = state.limiter.as_ref()?;
+        Some(limiter.next_free().unwrap_or_else(Instant::now))
     }
 
     /// Publishes with the client's QoS; on MQTT 5 with QoS 1 the publish is also entered
@@ -887,6 +1095,20 @@ impl<W: Waiter> Shared<W> {
         let topic = call.topic.clone();
         let key = Self::subscription_key(state, &topic);
         let pinned = state.pinned.is_some();
+        if !pinned && !state.subscriptions.contains(&key) {
+            match state.subscriptions.make_room() {
+                Room::Available => {}
+                Room::Evicted(idle) => {
+                    for filter in idle {
+                        let _ = self.outbox.unsubscribe(&filter);
+                    }
+                }
+                Room::Full => {
+                    state.waiting_for_room.push_back(request_id.to_owned());
+                    return;
+                }
+            }
+        }
         let need = state.subscriptions.acquire(&key, request_id, |k| {
             if pinned {
                 k.to_owned()
@@ -917,6 +1139,24 @@ impl<W: Waiter> Shared<W> {
     }
 
     fn publish(&self, state: &mut State<W>, request_id: &str, wakeups: &mut Wakeups<W>) {
+        if !state.calls.contains(request_id) {
+            return;
+        }
+        if !Self::take_publish_place(state) {
+            if let Some(call) = state.calls.get_mut(request_id) {
+                call.stage = Stage::WaitingForToken;
+            }
+            state.throttled.push_back(Throttled::Call {
+                request_id: request_id.to_owned(),
+                since: Instant::now(),
+            });
+            self.timer_wake.notify_one();
+            return;
+        }
+        self.publish_now(state, request_id, wakeups);
+    }
+
+    fn publish_now(&self, state: &mut State<W>, request_id: &str, wakeups: &mut Wakeups<W>) {
         let Some(call) = state.calls.get_mut(request_id) else {
             return;
         };
@@ -956,11 +1196,23 @@ impl<W: Waiter> Shared<W> {
         wakeups: &mut Wakeups<W>,
     ) -> Option<Call<W>> {
         let call = state.calls.remove(request_id)?;
+        if call.stage == Stage::WaitingForToken {
+            state.throttled.retain(
+                |t| !matches!(t, Throttled::Call { request_id: id, .. } if id == request_id),
+            );
+        }
+        if !state.waiting_for_room.is_empty() {
+            state.waiting_for_room.retain(|id| id != request_id);
+        }
         if call.stage != Stage::WaitingForSlot {
             let key = Self::subscription_key(state, &call.topic);
             for filter in state.subscriptions.release(&key, request_id) {
                 // An unsubscribe that cannot be queued leaves a harmless extra filter.
                 let _ = self.outbox.unsubscribe(&filter);
+            }
+            // A filter may have become idle: calls waiting for room try again, in order.
+            for id in std::mem::take(&mut state.waiting_for_room) {
+                self.admit(state, &id, wakeups);
             }
             while let Some(next) = state.calls.admit_next() {
                 self.admit(state, &next, wakeups);
@@ -1227,9 +1479,12 @@ impl<W: Waiter> Shared<W> {
                         continue;
                     }
                     bump(&self.counters.timed_out);
-                    self.abandoned(&request_id, &call);
+                    self.abandoned(&mut state, &request_id, &call);
                     let topic = call.topic.clone();
-                    wakeups.push((call.waiter, Err(CallError::Timeout { topic })));
+                    let throttled = (call.stage == Stage::WaitingForToken)
+                        .then(|| state.limiter.as_ref().map(RateLimiter::per_second))
+                        .flatten();
+                    wakeups.push((call.waiter, Err(CallError::Timeout { topic, throttled })));
                 }
             }
         }
@@ -1297,7 +1552,14 @@ fn reconnect_delay(options: &ClientOptions, failed_attempts: u32) -> Duration {
 async fn sweep_deadlines<W: Waiter>(shared: Arc<Shared<W>>) {
     let mut shutdown = shared.shutdown.subscribe();
     loop {
-        let next = shared.lock().calls.next_deadline();
+        let next = {
+            let state = shared.lock();
+            let deadline = state.calls.next_deadline();
+            match (deadline, shared.next_release(&state)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        };
         let sleep = async {
             match next {
                 Some(deadline) => {
@@ -1309,7 +1571,10 @@ async fn sweep_deadlines<W: Waiter>(shared: Arc<Shared<W>>) {
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => break,
             _ = shared.timer_wake.notified() => {}
-            _ = sleep => shared.expire(Instant::now()),
+            _ = sleep => {
+                shared.expire(Instant::now());
+                shared.release_throttled();
+            }
         }
     }
 }

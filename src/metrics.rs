@@ -56,25 +56,31 @@ impl LatencyHistogram {
 
     /// The latency below which `fraction` (0 to 1) of the recorded calls fall, if any were.
     pub fn percentile(&self, fraction: f64) -> Option<Duration> {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let rank = ((total as f64 * fraction).ceil() as u64).clamp(1, total);
-        let mut seen = 0;
-        for (i, count) in counts.iter().enumerate() {
-            seen += count;
-            if seen >= rank {
-                return Some(Duration::from_secs_f64(midpoint(i) / 1e6));
-            }
-        }
-        None
+        merged_percentile(&[self], fraction)
     }
+}
+
+/// A percentile over the calls recorded in several histograms (a pool's connections).
+pub fn merged_percentile(histograms: &[&LatencyHistogram], fraction: f64) -> Option<Duration> {
+    let mut counts = vec![0u64; BUCKETS];
+    for histogram in histograms {
+        for (sum, bucket) in counts.iter_mut().zip(histogram.buckets.iter()) {
+            *sum += bucket.load(Ordering::Relaxed);
+        }
+    }
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((total as f64 * fraction).ceil() as u64).clamp(1, total);
+    let mut seen = 0;
+    for (i, count) in counts.iter().enumerate() {
+        seen += count;
+        if seen >= rank {
+            return Some(Duration::from_secs_f64(midpoint(i) / 1e6));
+        }
+    }
+    None
 }
 
 #[cfg(test)]

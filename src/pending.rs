@@ -14,6 +14,8 @@ use std::time::Instant;
 pub enum Stage {
     WaitingForSlot,
     WaitingForSubscription,
+    /// Holds its slot and its reply filter; waits for the publish-rate limit to let it go.
+    WaitingForToken,
     Published,
 }
 

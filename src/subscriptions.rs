@@ -60,6 +60,16 @@ pub enum Need {
     Subscribe(String),
 }
 
+/// Whether a new reply filter fits under the limit.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Room {
+    Available,
+    /// Made by dropping these idle filters (unsubscribe them before subscribing).
+    Evicted(Vec<String>),
+    /// Every filter held is in use: the call waits until one is free.
+    Full,
+}
+
 /// What a SUBACK settled.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Settled {
@@ -104,6 +114,28 @@ impl ReplySubscriptions {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.max_idle_held
+    }
+
+    /// Room for one more filter: the limit is never exceeded, so when it is reached the
+    /// least recently used idle filter goes first, and with none idle there is no room.
+    pub fn make_room(&mut self) -> Room {
+        if self.entries.len() < self.max_idle_held {
+            return Room::Available;
+        }
+        let dropped = self.evict_down_to(self.max_idle_held - 1);
+        if dropped.is_empty() {
+            Room::Full
+        } else {
+            Room::Evicted(dropped)
+        }
     }
 
     /// Registers the one filter that covers every reply; it is never evicted.
@@ -210,8 +242,12 @@ impl ReplySubscriptions {
     /// (filters in use stay, so the count can exceed the limit while they are busy).
     /// Returns the filters to unsubscribe.
     pub fn evict_idle(&mut self) -> Vec<String> {
+        self.evict_down_to(self.max_idle_held)
+    }
+
+    fn evict_down_to(&mut self, most: usize) -> Vec<String> {
         let mut dropped = Vec::new();
-        while self.entries.len() > self.max_idle_held {
+        while self.entries.len() > most {
             let oldest_idle = self
                 .entries
                 .iter()

@@ -192,7 +192,8 @@ async def test_stats_count_exactly_what_happened(client: MqttRpcClient, seed_dev
     await client.call(topic, {"barrier": True})  # the duplicate above arrived before this answer
 
     stats = client.stats()
-    assert {k: v for k, v in stats.items() if not k.startswith("latency")} == {
+    counts = {k: v for k, v in stats.items() if not k.startswith("latency") and k != "connections"}
+    assert counts == {
         "calls_started": 11,
         "calls_succeeded": 7,
         "calls_timed_out": 2,
@@ -206,8 +207,16 @@ async def test_stats_count_exactly_what_happened(client: MqttRpcClient, seed_dev
         "replies_dropped_malformed": 3,
         "progress_received": 0,
         "replies_gathered": 0,
+        "calls_throttled": 0,
+        "throttled_wait_ms": 0.0,
+        "publish_rate_limit": None,
         "reconnects": 0,
         "pending": 0,
         "reply_subscriptions": 2,
+        "reply_subscriptions_limit": 1000,
     }
+    # One connection: its own counters are the totals.
+    [own] = stats["connections"]
+    assert own["client_id"] == client.client_id
+    assert {k: v for k, v in own.items() if k in counts} == counts
     assert 0 < stats["latency_p50_ms"] <= stats["latency_p90_ms"] <= stats["latency_p99_ms"] < 1000

@@ -187,8 +187,9 @@ async def test_connection_changes_are_reported_and_logged(
     await restart_in_background(own_broker)
     await watched.until(connected=True, count=2)
     first, lost, back = watched.events[:3]
-    assert first == ConnectionEvent(connected=True, reconnect=False, session_present=False)
-    assert not lost.connected and lost.reason
+    client_id = watched.client.client_id
+    assert first == ConnectionEvent(connected=True, reconnect=False, session_present=False, client_id=client_id)
+    assert not lost.connected and lost.reason and lost.client_id == client_id
     assert back.connected and back.reconnect
     messages = [r.getMessage() for r in caplog.records if r.name == "mqtt_rpc"]
     assert any("lost" in m for m in messages) and any("reconnected" in m for m in messages)

@@ -27,7 +27,7 @@ class CoreClient:
         fail_fast: bool = False,
         reconnect_min_delay: float = 0.1,
         reconnect_max_delay: float = 10.0,
-        event_handler: Optional[Callable[[bool, bool, bool, str], None]] = None,
+        event_handler: Optional[Callable[[bool, bool, bool, str, str], None]] = None,
         tls: bool = False,
         ca_certs: Optional[str] = None,
         certfile: Optional[str] = None,
@@ -36,6 +36,9 @@ class CoreClient:
         aws_topic_rules: bool = False,
         inbox_prefix: Optional[str] = None,
         cancel_on_abandon: bool = False,
+        connections: int = 1,
+        publishes_per_second: Optional[int] = None,
+        max_unacked_publishes: Optional[int] = None,
     ) -> None: ...
     def connect(self, event_loop: asyncio.AbstractEventLoop) -> "asyncio.Future[None]":
         """Connects; the future resolves when the client is ready, or fails with
@@ -102,7 +105,10 @@ class CoreClient:
     def connected(self) -> bool: ...
     @property
     def client_id(self) -> str: ...
-    def stats(self) -> Dict[str, int]: ...
+    @property
+    def client_ids(self) -> List[str]: ...
+    def stats(self) -> Dict[str, Any]:
+        """The pool's totals, and each connection's own under ``connections``."""
 
 class LoopBridge:
     """The per-event-loop end through which results reach asyncio (internal)."""

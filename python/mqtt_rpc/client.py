@@ -6,6 +6,7 @@ adapts it to asyncio (the running loop, `async with`, cancellation)."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import os
@@ -31,6 +32,22 @@ class ConnectionEvent:
     reconnect: bool = False
     session_present: bool = False
     reason: str = ""
+    #: The connection it is about (a pool has several).
+    client_id: str = ""
+
+#: Per-connection limits of the brokers that publish theirs, for ``quotas=``.
+QUOTA_PRESETS: Dict[str, Dict[str, Any]] = {
+    # AWS IoT Core's message-broker quotas per connection: publish requests per second,
+    # subscriptions, payload size, unacknowledged QoS 1 publishes, and topic rules (at most
+    # 7 slashes and 256 bytes). One SUBSCRIBE carries one filter, under its 8 per packet.
+    "aws-iot-core": {
+        "publishes_per_second": 100,
+        "max_reply_subscriptions": 50,
+        "max_packet_size": 128 * 1024,
+        "max_unacked_publishes": 100,
+        "aws_topic_rules": True,
+    },
+}
 
 _get_running_loop = asyncio.get_running_loop
 _CancelledError = asyncio.CancelledError
@@ -86,8 +103,13 @@ class _ClientState:
 
     @property
     def client_id(self) -> str:
-        """The MQTT client id of this client's connection."""
+        """The MQTT client id of this client's connection (of a pool: the base of its ids)."""
         return self._core.client_id
+
+    @property
+    def client_ids(self) -> List[str]:
+        """The client id of each connection: ``[client_id]``, or a pool's ``{client_id}-{i}``."""
+        return self._core.client_ids
 
     def stats(self) -> Dict[str, Any]:
         """Counters (calls started, succeeded, timed out, failed remotely, cancelled, failed,
@@ -151,6 +173,17 @@ class MqttRpcClient(_ClientState):
         cancel_on_abandon: when a call times out or its task is cancelled, publish
             ``{"request_id": ..., "cancel": true}`` to its topic: a `Responder` then cancels
             that request's handler and answers nothing.
+        connections: a pool of this many connections, with client ids
+            ``{client_id}-0`` ... ``{client_id}-{N-1}``; each call goes to the connection with
+            the most room, and its answer comes back on that connection. ``pending``,
+            ``stats()`` (with each connection's own under ``"connections"``) and ``close()``
+            cover the pool; each connection reconnects on its own.
+        quotas: ``"aws-iot-core"`` sets AWS IoT Core's per-connection limits (see
+            `QUOTA_PRESETS`); options given explicitly win over the preset.
+        publishes_per_second: at most this many publishes per connection in any one-second
+            window; a call waits for its turn within its own timeout, and one that never got
+            it raises `RpcTimeoutError` saying it was throttled on the client.
+        max_unacked_publishes: QoS 1 publishes awaiting their PUBACK per connection.
 
     After a lost connection the client reconnects by itself. Calls in flight keep waiting for
     their answers until their own timeouts; calls made meanwhile wait for the connection (and
@@ -188,7 +221,27 @@ class MqttRpcClient(_ClientState):
         alpn_protocols: Sequence[str] = (),
         aws_topic_rules: bool = False,
         cancel_on_abandon: bool = False,
+        connections: int = 1,
+        quotas: Optional[str] = None,
+        publishes_per_second: Optional[int] = None,
+        max_unacked_publishes: Optional[int] = None,
     ) -> None:
+        if quotas is not None:
+            if quotas not in QUOTA_PRESETS:
+                raise ValueError(f"quotas must be one of {sorted(QUOTA_PRESETS)} or None, not {quotas!r}")
+            # A preset replaces the defaults, never a value the caller passed.
+            preset = QUOTA_PRESETS[quotas]
+            if publishes_per_second is None:
+                publishes_per_second = preset["publishes_per_second"]
+            if max_unacked_publishes is None:
+                max_unacked_publishes = preset["max_unacked_publishes"]
+            if max_reply_subscriptions == _DEFAULTS["max_reply_subscriptions"]:
+                max_reply_subscriptions = preset["max_reply_subscriptions"]
+            if max_packet_size == _DEFAULTS["max_packet_size"]:
+                max_packet_size = preset["max_packet_size"]
+            aws_topic_rules = aws_topic_rules or preset["aws_topic_rules"]
+        if not (isinstance(connections, int) and connections >= 1):
+            raise ValueError(f"connections must be a positive integer, not {connections!r}")
         if reply_to not in ("topic", "inbox"):
             raise ValueError(f'reply_to must be "topic" or "inbox", not {reply_to!r}')
         if not (isinstance(port, int) and 0 < port < 65536):
@@ -222,6 +275,9 @@ class MqttRpcClient(_ClientState):
             bool(aws_topic_rules),
             inbox_prefix if reply_to == "inbox" else None,
             bool(cancel_on_abandon),
+            connections,
+            publishes_per_second,
+            max_unacked_publishes,
         )
         self._address = f"{host}:{port}"
         self._on_connection_change = on_connection_change
@@ -294,15 +350,17 @@ class MqttRpcClient(_ClientState):
         await self._core.close(running_loop, float(grace))
         self._core.detach(running_loop)
 
-    def _on_connection_event(self, connected: bool, reconnect: bool, session_present: bool, reason: str) -> None:
-        event = ConnectionEvent(connected, reconnect, session_present, reason)
+    def _on_connection_event(
+        self, connected: bool, reconnect: bool, session_present: bool, reason: str, client_id: str
+    ) -> None:
+        event = ConnectionEvent(connected, reconnect, session_present, reason, client_id)
         if not connected:
-            logger.warning("connection to %s lost (%s); reconnecting", self._address, reason)
+            logger.warning("connection %s to %s lost (%s); reconnecting", client_id, self._address, reason)
         elif reconnect:
             kept = "kept" if session_present else "not kept: subscribing again"
-            logger.info("reconnected to %s (session %s)", self._address, kept)
+            logger.info("reconnected %s to %s (session %s)", client_id, self._address, kept)
         else:
-            logger.info("connected to %s as %s", self._address, self.client_id)
+            logger.info("connected to %s as %s", self._address, client_id)
         if self._on_connection_change is not None:
             try:
                 self._on_connection_change(event)
@@ -571,15 +629,18 @@ class CallStream:
             self._core.forget(self.request_id)
 
 
-def _weak_handler(client: MqttRpcClient) -> Callable[[bool, bool, bool, str], None]:
+_DEFAULTS = {name: p.default for name, p in inspect.signature(MqttRpcClient.__init__).parameters.items()}
+
+
+def _weak_handler(client: MqttRpcClient) -> Callable[[bool, bool, bool, str, str], None]:
     # The core holds its event handler where Python's garbage collector cannot see it: a
     # strong reference back to the client would keep an unclosed client alive for ever.
     method = weakref.WeakMethod(client._on_connection_event)
 
-    def handler(connected: bool, reconnect: bool, session_present: bool, reason: str) -> None:
+    def handler(connected: bool, reconnect: bool, session_present: bool, reason: str, client_id: str) -> None:
         bound = method()
         if bound is not None:
-            bound(connected, reconnect, session_present, reason)
+            bound(connected, reconnect, session_present, reason, client_id)
 
     return handler
 

@@ -48,6 +48,7 @@ pub enum Completion {
     /// The connection came up or went down: tell the client's Python handler.
     Event {
         handler: Arc<Py<PyAny>>,
+        client_id: Arc<str>,
         event: ConnectionEvent,
     },
 }
@@ -354,7 +355,11 @@ fn deliver(py: Python<'_>, completion: Completion) {
             let result = batch_result(py, &batch);
             (batch.future.clone_ref(py), result)
         }
-        Completion::Event { handler, event } => {
+        Completion::Event {
+            handler,
+            client_id,
+            event,
+        } => {
             let (connected, reconnect, session_present, reason) = match event {
                 ConnectionEvent::Connected {
                     reconnect,
@@ -363,7 +368,8 @@ fn deliver(py: Python<'_>, completion: Completion) {
                 ConnectionEvent::Disconnected { reason } => (false, false, false, reason),
             };
             // The handler logs and calls the user's callback, catching what it raises.
-            let _ = handler.call1(py, (connected, reconnect, session_present, reason));
+            let args = (connected, reconnect, session_present, reason, &*client_id);
+            let _ = handler.call1(py, args);
             return;
         }
         Completion::Call {

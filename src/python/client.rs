@@ -1,13 +1,15 @@
-//! `CoreClient`, the Python face of `RpcClient`: converts arguments, creates each call's
+//! `CoreClient`, the Python face of `RpcPool` (one connection, or a pool of them): converts arguments, creates each call's
 //! asyncio future on the caller's loop, and maps errors. The public, documented class is
 //! `mqtt_rpc.MqttRpcClient` (python/mqtt_rpc/client.py), which wraps this one.
 
 use super::bridge::{outcome_to_py, Batch, Completion, LoopBridge, PyWaiter};
 use super::errors::{call_error, value_error};
 use super::runtime::runtime;
-use crate::client::{CallError, ClientOptions, Prepared, RpcClient};
+use crate::client::{CallError, ClientOptions, Stats};
 use crate::link::{ConnectionOptions, Protocol};
+use crate::pool::{PoolPrepared, RpcPool};
 use crate::protocol::InputError;
+use crate::quota::Quotas;
 use crate::tls::TlsOptions;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -23,7 +25,9 @@ const MAX_TIMEOUT_SECONDS: f64 = 1e9;
 
 #[pyclass(frozen, module = "mqtt_rpc._core")]
 pub struct CoreClient {
-    inner: Arc<RpcClient<PyWaiter>>,
+    inner: Arc<RpcPool<PyWaiter>>,
+    /// The id given (or made up); a pool's connections add `-{i}` to it.
+    client_id: String,
     bridges: Mutex<Vec<Py<LoopBridge>>>,
     /// Called on the connecting loop as `handler(connected, reconnect, session_present, reason)`.
     event_handler: Option<Arc<Py<PyAny>>>,
@@ -116,7 +120,7 @@ impl CoreClient {
     fn start_future<'py>(
         &self,
         event_loop: &Bound<'py, PyAny>,
-        prepared: Prepared,
+        prepared: PoolPrepared,
         timeout: &Bound<'py, PyAny>,
         on_progress: Option<Arc<Py<PyAny>>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
@@ -151,7 +155,7 @@ impl CoreClient {
         timeout: &Bound<'_, PyAny>,
         request_id: Option<&str>,
         gather: Option<Option<usize>>,
-    ) -> PyResult<Prepared> {
+    ) -> PyResult<PoolPrepared> {
         timeout_seconds(timeout)?;
         let body = payload_bytes(payload)?;
         let prepared = match gather {
@@ -211,7 +215,8 @@ impl CoreClient {
                         reconnect_min_delay=0.1, reconnect_max_delay=10.0, event_handler=None,
                         tls=false, ca_certs=None, certfile=None, keyfile=None,
                         alpn_protocols=Vec::new(), aws_topic_rules=false, inbox_prefix=None,
-                        cancel_on_abandon=false))]
+                        cancel_on_abandon=false, connections=1, publishes_per_second=None,
+                        max_unacked_publishes=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: String,
@@ -240,6 +245,9 @@ impl CoreClient {
         aws_topic_rules: bool,
         inbox_prefix: Option<String>,
         cancel_on_abandon: bool,
+        connections: usize,
+        publishes_per_second: Option<u32>,
+        max_unacked_publishes: Option<u16>,
     ) -> PyResult<Self> {
         let protocol = parse_protocol(protocol)?;
         if qos > 1 {
@@ -247,16 +255,22 @@ impl CoreClient {
                 "qos must be 0 or 1 (AWS IoT Core has no QoS 2), not {qos}"
             )));
         }
-        if max_in_flight == 0 || max_reply_subscriptions == 0 {
+        if max_in_flight == 0 || max_reply_subscriptions == 0 || connections == 0 {
             return Err(value_error(
-                "max_in_flight and max_reply_subscriptions must be at least 1",
+                "max_in_flight, max_reply_subscriptions and connections must be at least 1",
             ));
         }
+        if publishes_per_second == Some(0) || max_unacked_publishes == Some(0) {
+            return Err(value_error(
+                "publishes_per_second and max_unacked_publishes must be at least 1 (or None)",
+            ));
+        }
+        let client_id = client_id.unwrap_or_else(crate::link::default_client_id);
         let options = ClientOptions {
             connection: ConnectionOptions {
                 host,
                 port,
-                client_id: client_id.unwrap_or_else(crate::link::default_client_id),
+                client_id: client_id.clone(),
                 protocol,
                 keepalive: seconds("keepalive", keepalive)?,
                 username,
@@ -282,6 +296,10 @@ impl CoreClient {
             reply_filter,
             inbox_prefix,
             max_reply_subscriptions,
+            quotas: Quotas {
+                publishes_per_second,
+                max_unacked_publishes,
+            },
             max_in_flight,
             reconnect_min_delay: seconds("reconnect_min_delay", reconnect_min_delay)?,
             reconnect_max_delay: seconds("reconnect_max_delay", reconnect_max_delay)?,
@@ -289,9 +307,10 @@ impl CoreClient {
             aws_topic_rules,
             cancel_on_abandon,
         };
-        let inner = RpcClient::new(options).map_err(|e| value_error(e.to_string()))?;
+        let inner = RpcPool::new(options, connections).map_err(|e| value_error(e.to_string()))?;
         Ok(CoreClient {
             inner: Arc::new(inner),
+            client_id,
             bridges: Mutex::new(Vec::new()),
             event_handler: event_handler.map(Arc::new),
         })
@@ -301,13 +320,16 @@ impl CoreClient {
     fn connect(&self, event_loop: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         if let Some(handler) = &self.event_handler {
             let queue = self.bridge(event_loop)?.get().queue.clone();
-            let handler = handler.clone();
-            self.inner.set_event_sink(Box::new(move |event| {
-                queue.push(Completion::Event {
-                    handler: handler.clone(),
-                    event,
+            self.inner.set_event_sinks(|client_id| {
+                let (queue, handler) = (queue.clone(), handler.clone());
+                Box::new(move |event| {
+                    queue.push(Completion::Event {
+                        handler: handler.clone(),
+                        client_id: client_id.clone(),
+                        event,
+                    })
                 })
-            }));
+            });
         }
         let inner = self.inner.clone();
         self.spawn_done(event_loop, async move { inner.connect().await })
@@ -524,39 +546,65 @@ impl CoreClient {
 
     #[getter]
     fn client_id(&self) -> String {
-        self.inner.options().connection.client_id.clone()
+        self.client_id.clone()
     }
 
+    /// The client id of each connection (one: `client_id` itself).
+    #[getter]
+    fn client_ids(&self) -> Vec<String> {
+        self.inner.client_ids()
+    }
+
+    /// The pool's totals, with each connection's own under `connections`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.inner.stats();
-        let dict = PyDict::new(py);
-        for (name, value) in [
-            ("calls_started", s.calls_started),
-            ("calls_succeeded", s.calls_succeeded),
-            ("calls_timed_out", s.calls_timed_out),
-            ("calls_failed_remotely", s.calls_failed_remotely),
-            ("calls_cancelled", s.calls_cancelled),
-            ("calls_failed", s.calls_failed),
-            ("calls_no_responders", s.calls_no_responders),
-            ("calls_rejected", s.calls_rejected),
-            ("replies_dropped_stray", s.replies_dropped_stray),
-            ("replies_dropped_duplicate", s.replies_dropped_duplicate),
-            ("replies_dropped_malformed", s.replies_dropped_malformed),
-            ("progress_received", s.progress_received),
-            ("replies_gathered", s.replies_gathered),
-            ("reconnects", s.reconnects),
-            ("pending", s.pending),
-            ("reply_subscriptions", s.reply_subscriptions),
-        ] {
-            dict.set_item(name, value)?;
+        let stats = self.inner.stats();
+        let dict = stats_dict(py, &stats.total)?;
+        let connections = PyList::empty(py);
+        for (client_id, s) in &stats.connections {
+            let own = stats_dict(py, s)?;
+            own.set_item("client_id", client_id)?;
+            connections.append(own)?;
         }
-        for (name, value) in [
-            ("latency_p50_ms", s.latency_p50),
-            ("latency_p90_ms", s.latency_p90),
-            ("latency_p99_ms", s.latency_p99),
-        ] {
-            dict.set_item(name, value.map(|d| d.as_secs_f64() * 1000.0))?;
-        }
+        dict.set_item("connections", connections)?;
         Ok(dict)
     }
+}
+
+fn stats_dict<'py>(py: Python<'py>, s: &Stats) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    for (name, value) in [
+        ("calls_started", s.calls_started),
+        ("calls_succeeded", s.calls_succeeded),
+        ("calls_timed_out", s.calls_timed_out),
+        ("calls_failed_remotely", s.calls_failed_remotely),
+        ("calls_cancelled", s.calls_cancelled),
+        ("calls_failed", s.calls_failed),
+        ("calls_no_responders", s.calls_no_responders),
+        ("calls_rejected", s.calls_rejected),
+        ("replies_dropped_stray", s.replies_dropped_stray),
+        ("replies_dropped_duplicate", s.replies_dropped_duplicate),
+        ("replies_dropped_malformed", s.replies_dropped_malformed),
+        ("progress_received", s.progress_received),
+        ("replies_gathered", s.replies_gathered),
+        ("calls_throttled", s.calls_throttled),
+        ("reconnects", s.reconnects),
+        ("pending", s.pending),
+        ("reply_subscriptions", s.reply_subscriptions),
+        (
+            "reply_subscriptions_limit",
+            s.reply_subscriptions_limit as u64,
+        ),
+    ] {
+        dict.set_item(name, value)?;
+    }
+    dict.set_item("throttled_wait_ms", s.throttled_wait.as_secs_f64() * 1000.0)?;
+    dict.set_item("publish_rate_limit", s.publish_rate_limit)?;
+    for (name, value) in [
+        ("latency_p50_ms", s.latency_p50),
+        ("latency_p90_ms", s.latency_p90),
+        ("latency_p99_ms", s.latency_p99),
+    ] {
+        dict.set_item(name, value.map(|d| d.as_secs_f64() * 1000.0))?;
+    }
+    Ok(dict)
 }

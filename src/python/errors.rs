@@ -30,12 +30,15 @@ pub fn call_error(py: Python<'_>, error: &CallError, timeout: Option<&Bound<'_, 
 fn build(py: Python<'_>, error: &CallError, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<PyErr> {
     Ok(match error {
         CallError::Input(e) => PyErr::from_type(exception_type(py, "PayloadError")?, e.to_string()),
-        CallError::Timeout { topic } => {
+        CallError::Timeout { topic, throttled } => {
             let shown = match timeout {
                 Some(t) => t.str()?.to_string(),
                 None => "?".to_string(),
             };
-            let message = format!("MQTT call timed out after {shown}s for topic '{topic}'");
+            let mut message = format!("MQTT call timed out after {shown}s for topic '{topic}'");
+            if let Some(rate) = throttled {
+                message = format!("{message}: {}", crate::client::throttled_reason(*rate));
+            }
             let timeout_obj = match timeout {
                 Some(t) => t.clone().unbind(),
                 None => py.None(),
