@@ -725,7 +725,7 @@ impl<W: Waiter> RpcClient<W> {
         let connected = self.is_connected();
         let mut state = self.shared.lock();
         let key = state.pinned.clone().unwrap_or_else(|| Arc::from(topic));
-        let throttled = !Shared::<W>::has_publish_place(&mut state);
+        let throttled = !Shared::<W>::has_publish_place(&state);
         Load {
             connected,
             throttled,
@@ -929,7 +929,7 @@ impl<W: Waiter> Shared<W> {
     }
 
     /// Whether a publish could go now under the publish-rate limit (taking nothing).
-    fn has_publish_place(state: &mut State<W>) -> bool {
+    fn has_publish_place(state: &State<W>) -> bool {
         let now = Instant::now();
         match &state.limiter {
             None => true,

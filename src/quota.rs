@@ -1,11 +1,13 @@
 //! Client-side quotas: limits a connection keeps to before the broker has to enforce them
 //! (AWS IoT Core throttles or disconnects a connection that goes past its quotas).
 //!
-//! The publish rate is a sliding one-second window: a publish may go when fewer than
-//! `per_second` publishes went in the last second, so no one-second window, wherever it
-//! starts, ever holds more (a token bucket would let a burst and a refill share a window).
+//! The publish rate is kept by a generic cell rate algorithm: publishes go out evenly
+//! spaced, with a small burst (a tenth of the rate) allowed after a quiet spell, and the
+//! spacing chosen so that no one-second window, wherever it starts, holds more than the
+//! rate. Even spacing, not a full burst each second, so that the broker (and a device)
+//! never sees two seconds' worth of publishes close together when the network delays
+//! some of them; and 1% under the rate, against jitter.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Limits for one connection; `None`: no limit beyond the broker's own.
@@ -29,20 +31,30 @@ impl Quotas {
     }
 }
 
-const WINDOW: Duration = Duration::from_secs(1);
-
 #[derive(Debug)]
 pub struct RateLimiter {
     per_second: usize,
-    sent: VecDeque<Instant>,
+    /// Between two publishes once the burst is spent.
+    interval: Duration,
+    /// How far ahead of the schedule a publish may go: the burst.
+    tolerance: Duration,
+    /// When the next publish is due on the schedule.
+    due: Option<Instant>,
 }
 
 impl RateLimiter {
     pub fn new(per_second: u32) -> Self {
-        let per_second = usize::try_from(per_second.max(1)).unwrap_or(usize::MAX);
+        let per_second = per_second.max(1);
+        let burst = per_second / 10;
+        // `burst` at once, then one per interval: burst + (rate - burst) = rate in a second,
+        // a second stretched by 1% so that network jitter of up to 10 ms cannot bring
+        // the next second's first publish into the same second at the broker.
+        let interval = Duration::from_millis(1010) / (per_second - burst);
         RateLimiter {
-            per_second,
-            sent: VecDeque::with_capacity(per_second.min(4096)),
+            per_second: usize::try_from(per_second).unwrap_or(usize::MAX),
+            interval,
+            tolerance: interval * burst,
+            due: None,
         }
     }
 
@@ -50,29 +62,20 @@ impl RateLimiter {
         self.per_second
     }
 
-    /// Takes a publish's place in the window if there is one now.
+    /// Takes a publish's place if one is free now.
     pub fn try_take(&mut self, now: Instant) -> bool {
-        while self
-            .sent
-            .front()
-            .is_some_and(|&at| now.saturating_duration_since(at) >= WINDOW)
-        {
-            self.sent.pop_front();
+        let due = self.due.unwrap_or(now);
+        if now + self.tolerance < due {
+            return false;
         }
-        if self.sent.len() < self.per_second {
-            self.sent.push_back(now);
-            true
-        } else {
-            false
-        }
+        self.due = Some(due.max(now) + self.interval);
+        true
     }
 
-    /// When the next place frees up (the window is full until then).
+    /// The earliest moment a publish may go (now or in the past: at once).
     pub fn next_free(&self) -> Option<Instant> {
-        if self.sent.len() < self.per_second {
-            return None;
-        }
-        self.sent.front().map(|&oldest| oldest + WINDOW)
+        self.due
+            .map(|due| due.checked_sub(self.tolerance).unwrap_or(due))
     }
 }
 
@@ -80,37 +83,43 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
+    fn sent_when_tried_every_millisecond(rate: u32, millis: u64) -> Vec<u64> {
+        let mut limiter = RateLimiter::new(rate);
+        let start = Instant::now();
+        (0..millis)
+            .filter(|ms| limiter.try_take(start + Duration::from_millis(*ms)))
+            .collect()
+    }
+
     #[test]
     fn no_one_second_window_holds_more_than_the_rate() {
-        let mut limiter = RateLimiter::new(5);
-        let start = Instant::now();
-        let mut sent = Vec::new();
-        // Try every millisecond for three seconds.
-        for ms in 0..3000 {
-            let now = start + Duration::from_millis(ms);
-            if limiter.try_take(now) {
-                sent.push(ms);
+        for rate in [1, 5, 50, 100] {
+            let sent = sent_when_tried_every_millisecond(rate, 5000);
+            for (i, &first) in sent.iter().enumerate() {
+                let in_window = sent[i..].iter().take_while(|&&t| t < first + 1000).count();
+                assert!(
+                    in_window <= rate as usize,
+                    "{in_window} in the second from {first} ms"
+                );
             }
-        }
-        assert_eq!(sent.len(), 15);
-        for (i, &first) in sent.iter().enumerate() {
-            let in_window = sent[i..].iter().take_while(|&&t| t < first + 1000).count();
+            // ... and the rate is used: at least 90% of it over five seconds.
             assert!(
-                in_window <= 5,
-                "{in_window} publishes in the second from {first} ms"
+                sent.len() as u32 >= rate * 5 * 9 / 10,
+                "{} sent at {rate}/s",
+                sent.len()
             );
         }
     }
 
     #[test]
-    fn the_next_place_frees_one_second_after_the_oldest() {
-        let mut limiter = RateLimiter::new(2);
+    fn a_tenth_of_the_rate_goes_at_once_then_evenly() {
+        let mut limiter = RateLimiter::new(100);
         let start = Instant::now();
-        assert!(limiter.try_take(start));
-        assert_eq!(limiter.next_free(), None);
-        assert!(limiter.try_take(start + Duration::from_millis(10)));
-        assert!(!limiter.try_take(start + Duration::from_millis(20)));
-        assert_eq!(limiter.next_free(), Some(start + WINDOW));
-        assert!(limiter.try_take(start + WINDOW));
+        assert_eq!((0..50).filter(|_| limiter.try_take(start)).count(), 11);
+        let sent: Vec<u64> = (1..200)
+            .filter(|ms| limiter.try_take(start + Duration::from_millis(*ms)))
+            .collect();
+        let gaps: Vec<u64> = sent.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.iter().all(|&gap| (11..=12).contains(&gap)), "{gaps:?}");
     }
 }

@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence
+from typing import Tuple, Any, Awaitable, Callable, Dict, List, Optional, Sequence
 
 __all__ = ["MosquittoBroker", "SimulatedDevice", "ResponderDevice", "free_port", "find_responder"]
 
@@ -179,6 +179,17 @@ class MosquittoBroker:
             if len(parts) == 2 and parts[0] == client_id
         ]
 
+    def subscription_events(self, client_id: str) -> List[Tuple[str, str]]:
+        """`client_id`'s subscribes and unsubscribes in the order the broker handled them:
+        ``("subscribe", filter)`` or ``("unsubscribe", filter)``."""
+        events = []
+        for parts in (line.split(" ") for line in list(self.lines)):
+            if len(parts) == 3 and parts[0] == client_id and parts[1].isdigit():
+                events.append(("subscribe", parts[2]))
+            elif len(parts) == 2 and parts[0] == client_id:
+                events.append(("unsubscribe", parts[1]))
+        return events
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.terminate()
@@ -258,6 +269,17 @@ class ResponderDevice:
             if ready:
                 self._ready_seen = wanted
             return ready
+
+    def subscription_events(self, client_id: str) -> List[Tuple[str, str]]:
+        """`client_id`'s subscribes and unsubscribes in the order the broker handled them:
+        ``("subscribe", filter)`` or ``("unsubscribe", filter)``."""
+        events = []
+        for parts in (line.split(" ") for line in list(self.lines)):
+            if len(parts) == 3 and parts[0] == client_id and parts[1].isdigit():
+                events.append(("subscribe", parts[2]))
+            elif len(parts) == 2 and parts[0] == client_id:
+                events.append(("unsubscribe", parts[1]))
+        return events
 
     def stop(self) -> None:
         if self.process.poll() is None:
