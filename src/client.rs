@@ -723,7 +723,7 @@ impl<W: Waiter> RpcClient<W> {
     /// How much room this connection has for a call on `topic` (for a pool's choice).
     pub fn load(&self, topic: &str) -> Load {
         let connected = self.is_connected();
-        let mut state = self.shared.lock();
+        let state = self.shared.lock();
         let key = state.pinned.clone().unwrap_or_else(|| Arc::from(topic));
         let throttled = !Shared::<W>::has_publish_place(&state);
         Load {
