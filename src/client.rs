@@ -724,13 +724,13 @@ impl<W: Waiter> RpcClient<W> {
     pub fn load(&self, topic: &str) -> Load {
         let connected = self.is_connected();
         let state = self.shared.lock();
-        let key = state.pinned.clone().unwrap_or_else(|| Arc::from(topic));
+        let key = state.pinned.as_deref().unwrap_or(topic);
         let throttled = !Shared::<W>::has_publish_place(&state);
         Load {
             connected,
             throttled,
             pending: state.calls.len(),
-            holds_reply_filter: state.subscriptions.is_active(&key),
+            holds_reply_filter: state.subscriptions.is_active(key),
         }
     }
 
