@@ -4,8 +4,10 @@
 //! reply subscriptions and quotas. A pool of one is a plain client.
 //!
 //! Each call goes to the connection with the most room: connected first, then one whose
-//! publish-rate quota is not exhausted, then the fewest pending calls, then one that already
-//! holds the call's reply filter; ties rotate. A call's answer comes back on the
+//! publish-rate quota is not exhausted, then one that already holds the call's reply
+//! filter, then the fewest pending calls; ties rotate. Holding the filter comes before
+//! the pending count because in the seed reply mode every connection subscribed to a
+//! device's reply filter receives all of that device's replies (and drops the others'). A call's answer comes back on the
 //! connection that sent it; each connection reconnects on its own.
 
 use crate::client::{CallError, ClientOptions, EventSink, Prepared, RpcClient, Stats, Waiter};
@@ -131,8 +133,8 @@ impl<W: Waiter> RpcPool<W> {
             let key = (
                 !load.connected,
                 load.throttled,
-                load.pending,
                 !load.holds_reply_filter,
+                load.pending,
             );
             if best.1.as_ref().is_none_or(|best_key| key < *best_key) {
                 best = (index, Some(key));
