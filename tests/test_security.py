@@ -202,8 +202,13 @@ def test_for_aws_iot_sets_what_aws_iot_core_wants(pki: Pki) -> None:
         pki.ca_file,
         client_id="web-service-1",
         port=443,
+        connections=4,
     )
-    assert client.client_id == "web-service-1"
+    assert client.client_ids == [f"web-service-1-{i}" for i in range(4)]
+    stats = client.stats()
+    # AWS's per-connection quotas, for each of the pool's connections.
+    assert (stats["publish_rate_limit"], stats["reply_subscriptions_limit"]) == (400, 200)
+    assert all(c["publish_rate_limit"] == 100 for c in stats["connections"])
 
 
 async def test_aws_topic_rules_refuse_topics_aws_would_drop(broker: MosquittoBroker) -> None:

@@ -146,8 +146,9 @@ class MqttRpcClient(_ClientState):
             Response Topic and as a ``reply_to`` member of the request body, and one
             subscription, ``{inbox_prefix}/{client_id}/+``, however many devices.
         inbox_prefix: the first levels of inbox reply topics.
-        max_reply_subscriptions: idle per-topic reply filters beyond this are unsubscribed,
-            least recently used first.
+        max_reply_subscriptions: at most this many reply filters held at once (per
+            connection): the least recently used idle one is unsubscribed to make room, and
+            with none idle a call waits for one within its timeout.
         max_in_flight: calls published and unanswered at once; further calls wait for a
             slot within their own timeout (and count in ``pending``).
         max_packet_size: the largest request or reply, in bytes.
@@ -298,8 +299,11 @@ class MqttRpcClient(_ClientState):
     ) -> "MqttRpcClient":
         """A client set up the way AWS IoT Core wants it: mutual TLS with the thing's
         certificate and key, on port 8883 (or 443, with the ALPN protocol
-        ``x-amzn-mqtt-ca``), QoS at most 1, payloads up to 128 KB, at most 50 reply
-        subscriptions, and AWS's topic rules checked before publishing.
+        ``x-amzn-mqtt-ca``), QoS at most 1, and AWS's per-connection quotas kept on the
+        client (``quotas="aws-iot-core"``: 100 publishes per second, 50 reply subscriptions,
+        128 KB payloads, 100 unacknowledged QoS 1 publishes, AWS's topic rules). Pass
+        ``connections=N`` for a pool of N connections (client ids ``{client_id}-{i}``) to go
+        past one connection's 100 calls per second.
 
         Args:
             endpoint: your account's data endpoint, ``xxxxxxxx-ats.iot.<region>.amazonaws.com``
@@ -311,11 +315,7 @@ class MqttRpcClient(_ClientState):
             port: 8883, or 443 where only HTTPS ports are open.
             options: any other `MqttRpcClient` option.
         """
-        settings: Dict[str, Any] = {
-            "max_packet_size": 128 * 1024,
-            "max_reply_subscriptions": 50,
-            "keepalive": 60,
-        }
+        settings: Dict[str, Any] = {"quotas": "aws-iot-core", "keepalive": 60}
         settings.update(options)
         return cls(
             endpoint,
@@ -325,7 +325,6 @@ class MqttRpcClient(_ClientState):
             keyfile=keyfile,
             ca_certs=ca_certs,
             alpn_protocols=["x-amzn-mqtt-ca"] if port == 443 else [],
-            aws_topic_rules=True,
             **settings,
         )
 
