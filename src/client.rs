@@ -331,6 +331,8 @@ struct Shared<W> {
     /// connection is down), until `close()`.
     connect_started: AtomicBool,
     connected: AtomicBool,
+    /// The broker's Maximum Packet Size from its CONNACK (MQTT 5), or `usize::MAX`.
+    broker_max_packet: std::sync::atomic::AtomicUsize,
     /// `close()` began: no new calls; it waits (bounded) for the table to empty.
     closing: AtomicBool,
     closed: AtomicBool,
@@ -408,6 +410,7 @@ impl<W: Waiter> RpcClient<W> {
             latency: LatencyHistogram::default(),
             connect_started: AtomicBool::new(false),
             connected: AtomicBool::new(false),
+            broker_max_packet: std::sync::atomic::AtomicUsize::new(usize::MAX),
             closing: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             drained: Notify::new(),
@@ -498,6 +501,11 @@ impl<W: Waiter> RpcClient<W> {
         Err(match failure {
             CallError::Tls(why) => CallError::Tls(context(&why)),
             CallError::Refused(why) => CallError::Refused(context(&why)),
+            // A broker without MQTT 5 closes the connection at CONNECT, or never answers.
+            other if connection.protocol == Protocol::V5 && hints_no_mqtt5(&other) => CallError::NotConnected(format!(
+                "{} (a broker without MQTT 5 closes or ignores the connection: try protocol \"3.1.1\")",
+                context(&other.to_string())
+            )),
             other => CallError::NotConnected(context(&other.to_string())),
         })
     }
@@ -589,7 +597,7 @@ impl<W: Waiter> RpcClient<W> {
             None => protocol::reply_topic_len(topic),
         };
         let size = packet_size(topic, &request, reply_topic_len, shared.outbox.protocol());
-        let limit = shared.options.connection.max_packet_size;
+        let limit = shared.max_packet_size();
         if size > limit {
             return Err(CallError::Input(InputError::TooLarge { size, limit }));
         }
@@ -630,7 +638,7 @@ impl<W: Waiter> RpcClient<W> {
         protocol::validate_request_topic(topic).map_err(CallError::Input)?;
         protocol::check_object(payload).map_err(CallError::Input)?;
         let size = packet_size(topic, payload, 0, Protocol::V311);
-        let limit = self.shared.options.connection.max_packet_size;
+        let limit = self.shared.max_packet_size();
         if size > limit {
             return Err(CallError::Input(InputError::TooLarge { size, limit }));
         }
@@ -864,6 +872,11 @@ impl<W: Waiter> Drop for ForgetOnDrop<'_, W> {
     }
 }
 
+fn hints_no_mqtt5(error: &CallError) -> bool {
+    let message = error.to_string();
+    message.contains("closed") || message.contains("no answer within")
+}
+
 /// Waits for a task to end, at most two seconds, then aborts it.
 async fn join_bounded(mut task: JoinHandle<()>) {
     if tokio::time::timeout(Duration::from_secs(2), &mut task)
@@ -993,6 +1006,15 @@ impl<W: Waiter> Shared<W> {
         }
         let limiter = state.limiter.as_ref()?;
         Some(limiter.next_free().unwrap_or_else(Instant::now))
+    }
+
+    /// The largest request to send: ours, or the broker's if it announced a smaller one
+    /// (a larger publish would make it drop the connection).
+    fn max_packet_size(&self) -> usize {
+        self.options
+            .connection
+            .max_packet_size
+            .min(self.broker_max_packet.load(Ordering::Acquire))
     }
 
     /// Publishes with the client's QoS; on MQTT 5 with QoS 1 the publish is also entered
@@ -1250,7 +1272,17 @@ impl<W: Waiter> Shared<W> {
             Inbound::PublishHeldBack(packet_id) => self.with_ledger(|l| l.held_back(packet_id)),
             Inbound::PubAck { packet_id, reason } => self.on_puback(packet_id, reason),
             Inbound::SubAck { packet_id, granted } => self.on_suback(packet_id, granted),
-            Inbound::Connected { session_present } => self.on_connected(session_present),
+            Inbound::Connected {
+                session_present,
+                max_packet_size,
+            } => {
+                let broker_limit = max_packet_size
+                    .and_then(|size| usize::try_from(size).ok())
+                    .unwrap_or(usize::MAX);
+                self.broker_max_packet
+                    .store(broker_limit, Ordering::Release);
+                self.on_connected(session_present)
+            }
             Inbound::DisconnectSent | Inbound::Other => {}
         }
     }

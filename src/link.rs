@@ -71,6 +71,8 @@ pub fn default_client_id() -> String {
 pub enum Inbound {
     Connected {
         session_present: bool,
+        /// MQTT 5: the largest packet the broker accepts, when it says so in its CONNACK.
+        max_packet_size: Option<u32>,
     },
     Message {
         topic: String,
@@ -281,6 +283,7 @@ impl Events {
                 Ok(Event4::Incoming(packet)) => Ok(match packet {
                     Packet4::ConnAck(ack) => Inbound::Connected {
                         session_present: ack.session_present,
+                        max_packet_size: None,
                     },
                     Packet4::Publish(publish) => Inbound::Message {
                         topic: publish.topic,
@@ -318,6 +321,7 @@ impl Events {
                 Ok(v5::Event::Incoming(packet)) => Ok(match packet {
                     Packet5::ConnAck(ack) => Inbound::Connected {
                         session_present: ack.session_present,
+                        max_packet_size: ack.properties.and_then(|p| p.max_packet_size),
                     },
                     Packet5::Publish(publish) => {
                         let (correlation_data, response_topic) = match publish.properties {

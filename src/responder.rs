@@ -253,6 +253,7 @@ impl Responder {
         let counters = self.replier.counters.clone();
         let mut unacknowledged = self.options.filters.len();
         let mut ever_connected = false;
+        let mut ever_ready = false;
         loop {
             let next = tokio::select! {
                 biased;
@@ -272,6 +273,7 @@ impl Responder {
                 Ok(Inbound::SubAck { .. }) => {
                     unacknowledged = unacknowledged.saturating_sub(1);
                     if unacknowledged == 0 {
+                        ever_ready = true;
                         on_ready();
                     }
                 }
@@ -321,6 +323,18 @@ impl Responder {
                 Err(error) => {
                     if !ever_connected {
                         return Err(error);
+                    }
+                    // A broker without shared subscriptions may close the first connection
+                    // at the SUBSCRIBE (ejabberd does): reconnecting would only repeat it.
+                    if let (Some(group), false) = (&self.options.share_group, ever_ready) {
+                        return Err(LinkError {
+                            kind: link::LinkErrorKind::Other,
+                            message: format!(
+                                "the broker closed the connection before granting the shared \
+                                 subscription of group '{group}': it may not support shared \
+                                 subscriptions (start without a share group) ({error})"
+                            ),
+                        });
                     }
                     tokio::select! {
                         _ = stop.wait_for(|stop| *stop) => break,
