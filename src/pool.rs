@@ -176,17 +176,6 @@ impl<W: Waiter> RpcPool<W> {
         self.clients[prepared.connection].start(prepared.prepared, timeout, waiter)
     }
 
-    pub fn start_call(
-        &self,
-        topic: &str,
-        payload: &[u8],
-        timeout: Duration,
-        make_waiter: impl FnOnce() -> W,
-    ) -> Result<String, CallError> {
-        let prepared = self.prepare(topic, payload, None)?;
-        Ok(self.start(prepared, timeout, make_waiter()))
-    }
-
     pub fn notify(&self, topic: &str, payload: &[u8]) -> Result<(), CallError> {
         self.clients[self.pick(topic)].notify(topic, payload)
     }

@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Tuple, Any, Awaitable, Callable, Dict, List, Optional, Sequence
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["MosquittoBroker", "SimulatedDevice", "ResponderDevice", "free_port", "find_responder"]
 
@@ -164,24 +164,17 @@ class MosquittoBroker:
 
     def subscribes(self, client_id: str) -> List[str]:
         """The filters `client_id` subscribed, one entry per SUBSCRIBE topic."""
-        # Mosquitto logs a subscription as "<client id> <qos> <filter>".
-        return [
-            parts[2]
-            for parts in (line.split(" ") for line in list(self.lines))
-            if len(parts) == 3 and parts[0] == client_id and parts[1].isdigit()
-        ]
+        return [f for kind, f in self.subscription_events(client_id) if kind == "subscribe"]
 
     def unsubscribes(self, client_id: str) -> List[str]:
-        """The filters `client_id` unsubscribed; logged as "<client id> <filter>"."""
-        return [
-            parts[1]
-            for parts in (line.split(" ") for line in list(self.lines))
-            if len(parts) == 2 and parts[0] == client_id
-        ]
+        """The filters `client_id` unsubscribed."""
+        return [f for kind, f in self.subscription_events(client_id) if kind == "unsubscribe"]
 
     def subscription_events(self, client_id: str) -> List[Tuple[str, str]]:
         """`client_id`'s subscribes and unsubscribes in the order the broker handled them:
-        ``("subscribe", filter)`` or ``("unsubscribe", filter)``."""
+        ``("subscribe", filter)`` or ``("unsubscribe", filter)``. Mosquitto logs a
+        subscription as "<client id> <qos> <filter>", an unsubscription as "<client id>
+        <filter>"."""
         events = []
         for parts in (line.split(" ") for line in list(self.lines)):
             if len(parts) == 3 and parts[0] == client_id and parts[1].isdigit():
@@ -269,17 +262,6 @@ class ResponderDevice:
             if ready:
                 self._ready_seen = wanted
             return ready
-
-    def subscription_events(self, client_id: str) -> List[Tuple[str, str]]:
-        """`client_id`'s subscribes and unsubscribes in the order the broker handled them:
-        ``("subscribe", filter)`` or ``("unsubscribe", filter)``."""
-        events = []
-        for parts in (line.split(" ") for line in list(self.lines)):
-            if len(parts) == 3 and parts[0] == client_id and parts[1].isdigit():
-                events.append(("subscribe", parts[2]))
-            elif len(parts) == 2 and parts[0] == client_id:
-                events.append(("unsubscribe", parts[1]))
-        return events
 
     def stop(self) -> None:
         if self.process.poll() is None:

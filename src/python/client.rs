@@ -466,10 +466,13 @@ impl CoreClient {
         let duration = timeout_seconds(timeout)?;
         let body = payload_bytes(payload)?;
         let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        let prepared = self
+            .inner
+            .prepare(topic, &body, None)
+            .map_err(|error| call_error(py, &error, Some(timeout)))?;
         let request_id = self
             .inner
-            .start_call(topic, &body, duration, || PyWaiter::Blocking(sender))
-            .map_err(|error| call_error(py, &error, Some(timeout)))?;
+            .start(prepared, duration, PyWaiter::Blocking(sender));
         let mut receiver = receiver;
         loop {
             // Wake up now and then to let Python handle signals (KeyboardInterrupt). The
