@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -20,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from mqtt_rpc.testing import MosquittoBroker, free_port
+from mqtt_rpc.testing import MosquittoBroker, free_port, mqtt_handshake
 
 
 @dataclass(frozen=True)
@@ -61,37 +59,14 @@ class RunningBroker:
             self._stop()
 
 
-def _connect_packet(client_id: str, username: Optional[str], password: Optional[str]) -> bytes:
-    def text(value: str) -> bytes:
-        data = value.encode()
-        return struct.pack("!H", len(data)) + data
-
-    flags = 0x02 | (0x80 if username else 0) | (0x40 if password else 0)
-    body = text("MQTT") + bytes([4, flags]) + struct.pack("!H", 30) + text(client_id)
-    if username:
-        body += text(username)
-    if password:
-        body += text(password)
-    return bytes([0x10, len(body)]) + body
-
-
 def wait_for_mqtt(host: str, port: int, timeout: float, username: Optional[str] = None, password: Optional[str] = None) -> None:
     """Waits until the broker answers an MQTT 3.1.1 CONNECT with a successful CONNACK."""
     deadline = time.monotonic() + timeout
-    last = "no answer"
     while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=2) as probe:
-                probe.sendall(_connect_packet(f"probe-{os.getpid()}", username, password))
-                ack = probe.recv(4)
-                if len(ack) == 4 and ack[0] == 0x20 and ack[3] == 0:
-                    probe.sendall(b"\xe0\x00")  # DISCONNECT
-                    return
-                last = f"CONNACK {ack!r}"
-        except OSError as error:
-            last = str(error)
+        if mqtt_handshake(host, port, f"probe-{os.getpid()}", username, password):
+            return
         time.sleep(0.2)
-    raise RuntimeError(f"the broker on {host}:{port} did not accept an MQTT connection in {timeout}s ({last})")
+    raise RuntimeError(f"the broker on {host}:{port} did not accept an MQTT connection in {timeout}s")
 
 
 def _require(program: str) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
+import subprocess
+import sys
 import time
 import uuid
 from collections import defaultdict
@@ -19,38 +20,62 @@ from mqtt_rpc import MqttRpcClient, PayloadError, RpcTimeoutError
 from mqtt_rpc.testing import MosquittoBroker, ResponderDevice
 
 
+RECORDER = """
+import json, sys, time
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+host, port, topic_filter = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+arrivals = []
+
+def on_message(client, userdata, message):
+    arrived = time.monotonic()
+    request = json.loads(message.payload)
+    sender = request["reply_to"].split("/")[-2]
+    arrivals.append((arrived, sender))
+    answer = {"request_id": request["request_id"], "result": {"sender": sender}}
+    client.publish(request["reply_to"], json.dumps(answer))
+
+client = paho.Client(CallbackAPIVersion.VERSION2)
+client.on_message = on_message
+client.on_subscribe = lambda *args: print("READY", flush=True)
+client.on_connect = lambda c, *args: c.subscribe(topic_filter, qos=0)
+client.connect(host, port)
+client.loop_start()
+sys.stdin.read()  # until the test closes stdin
+client.loop_stop()
+print(json.dumps(arrivals), flush=True)
+"""
+
+
 class RecordingDevice:
-    """A paho-mqtt device that answers inbox-mode requests and records, for each one, when
-    it arrived and which connection sent it (the client id in its ``reply_to``)."""
+    """A paho-mqtt device, in its own process (so that the test's event loop cannot delay
+    its clock readings), that answers inbox-mode requests and records, for each one, when it
+    arrived and which connection sent it (the client id in its ``reply_to``)."""
 
     def __init__(self, broker: MosquittoBroker, topic_filter: str) -> None:
         self.arrivals: List[Tuple[float, str]] = []
-        self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"recorder-{uuid.uuid4().hex[:6]}")
-        self._client.on_message = self._on_message
-        self._client.on_subscribe = lambda *args: self._subscribed.set()
-        self._client.on_connect = lambda client, *args: client.subscribe(topic_filter, qos=0)
-        self._client.connect(broker.host, broker.port)
-        self._client.loop_start()
-        assert self._subscribed.wait(10), "the recording device could not subscribe"
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", RECORDER, broker.host, str(broker.port), topic_filter],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._process.stdout is not None
+        assert self._process.stdout.readline().strip() == "READY", "the recording device did not subscribe"
 
-    def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
-        arrived = time.monotonic()
-        request = json.loads(message.payload)
-        reply_to = request["reply_to"]
-        sender = reply_to.split("/")[-2]
-        with self._lock:
-            self.arrivals.append((arrived, sender))
-        answer = {"request_id": request["request_id"], "result": {"sender": sender}}
-        client.publish(reply_to, json.dumps(answer))
+    def stop(self) -> List[Tuple[float, str]]:
+        """Stops the device and returns what it recorded."""
+        if self._process.poll() is None:
+            out, _ = self._process.communicate(input="", timeout=30)
+            self.arrivals = [tuple(a) for a in json.loads(out.strip().splitlines()[-1])]
+        return self.arrivals
 
     def most_in_one_second(self) -> Dict[str, int]:
         """For each sender, the most requests that arrived within any one second."""
         by_sender: Dict[str, List[float]] = defaultdict(list)
-        with self._lock:
-            for arrived, sender in self.arrivals:
-                by_sender[sender].append(arrived)
+        for arrived, sender in self.stop():
+            by_sender[sender].append(arrived)
         most = {}
         for sender, times in by_sender.items():
             times.sort()
@@ -61,10 +86,6 @@ class RecordingDevice:
                 best = max(best, end - start + 1)
             most[sender] = best
         return most
-
-    def stop(self) -> None:
-        self._client.loop_stop()
-        self._client.disconnect()
 
 
 @pytest.fixture

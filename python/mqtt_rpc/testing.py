@@ -26,7 +26,32 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["MosquittoBroker", "SimulatedDevice", "ResponderDevice", "free_port", "find_responder"]
+__all__ = ["MosquittoBroker", "SimulatedDevice", "ResponderDevice", "free_port", "find_responder", "mqtt_handshake"]
+
+
+def mqtt_handshake(
+    host: str, port: int, client_id: str, username: Optional[str] = None, password: Optional[str] = None
+) -> bool:
+    """Connects with a bare MQTT 3.1.1 CONNECT and disconnects; True if the broker accepted
+    it (a CONNACK with return code 0). For readiness probes, without any MQTT library."""
+
+    def text(value: str) -> bytes:
+        data = value.encode()
+        return len(data).to_bytes(2, "big") + data
+
+    flags = 0x02 | (0x80 if username else 0) | (0x40 if password else 0)
+    body = text("MQTT") + bytes([4, flags]) + (30).to_bytes(2, "big") + text(client_id)
+    body += (text(username) if username else b"") + (text(password) if password else b"")
+    try:
+        with socket.create_connection((host, port), timeout=2) as probe:
+            probe.sendall(bytes([0x10, len(body)]) + body)
+            ack = probe.recv(4)
+            accepted = len(ack) == 4 and ack[0] == 0x20 and ack[3] == 0
+            if accepted:
+                probe.sendall(b"\xe0\x00")  # DISCONNECT
+            return accepted
+    except OSError:
+        return False
 
 
 def free_port() -> int:
@@ -170,11 +195,20 @@ class MosquittoBroker:
         """The filters `client_id` unsubscribed."""
         return [f for kind, f in self.subscription_events(client_id) if kind == "unsubscribe"]
 
+    def sync_log(self, timeout: float = 10) -> None:
+        """Returns once every line the broker logged before this call has been read: a
+        probe connects, and Mosquitto, which handles one thing at a time, logs the new
+        connection after everything it did before."""
+        with socket.create_connection((self.host, self.port), timeout=timeout) as probe:
+            accepted = f"New connection from 127.0.0.1:{probe.getsockname()[1]} "
+            self.wait_for_line(lambda line: line.startswith(accepted), timeout)
+
     def subscription_events(self, client_id: str) -> List[Tuple[str, str]]:
-        """`client_id`'s subscribes and unsubscribes in the order the broker handled them:
-        ``("subscribe", filter)`` or ``("unsubscribe", filter)``. Mosquitto logs a
-        subscription as "<client id> <qos> <filter>", an unsubscription as "<client id>
+        """`client_id`'s subscribes and unsubscribes in the order the broker handled them,
+        up to now: ``("subscribe", filter)`` or ``("unsubscribe", filter)``. Mosquitto logs
+        a subscription as "<client id> <qos> <filter>", an unsubscription as "<client id>
         <filter>"."""
+        self.sync_log()
         events = []
         for parts in (line.split(" ") for line in list(self.lines)):
             if len(parts) == 3 and parts[0] == client_id and parts[1].isdigit():
