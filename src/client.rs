@@ -1275,6 +1275,7 @@ impl<W: Waiter> Shared<W> {
             Inbound::Connected {
                 session_present,
                 max_packet_size,
+                ..
             } => {
                 let broker_limit = max_packet_size
                     .and_then(|size| usize::try_from(size).ok())

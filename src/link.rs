@@ -73,6 +73,8 @@ pub enum Inbound {
         session_present: bool,
         /// MQTT 5: the largest packet the broker accepts, when it says so in its CONNACK.
         max_packet_size: Option<u32>,
+        /// MQTT 5: whether the broker has shared subscriptions, when it says so.
+        shared_subscriptions: Option<bool>,
     },
     Message {
         topic: String,
@@ -284,6 +286,7 @@ impl Events {
                     Packet4::ConnAck(ack) => Inbound::Connected {
                         session_present: ack.session_present,
                         max_packet_size: None,
+                        shared_subscriptions: None,
                     },
                     Packet4::Publish(publish) => Inbound::Message {
                         topic: publish.topic,
@@ -319,10 +322,16 @@ impl Events {
             },
             Events::V5(events) => match events.poll().await {
                 Ok(v5::Event::Incoming(packet)) => Ok(match packet {
-                    Packet5::ConnAck(ack) => Inbound::Connected {
-                        session_present: ack.session_present,
-                        max_packet_size: ack.properties.and_then(|p| p.max_packet_size),
-                    },
+                    Packet5::ConnAck(ack) => {
+                        let properties = ack.properties.as_ref();
+                        Inbound::Connected {
+                            session_present: ack.session_present,
+                            max_packet_size: properties.and_then(|p| p.max_packet_size),
+                            shared_subscriptions: properties
+                                .and_then(|p| p.shared_subscription_available)
+                                .map(|available| available != 0),
+                        }
+                    }
                     Packet5::Publish(publish) => {
                         let (correlation_data, response_topic) = match publish.properties {
                             Some(p) => (p.correlation_data, p.response_topic),

@@ -30,6 +30,17 @@ pub struct ResponderOptions {
     pub mqtt5_only: bool,
 }
 
+/// Why a responder with a share group cannot serve on this broker.
+fn no_shared_subscriptions(group: &str, why: &str) -> LinkError {
+    LinkError {
+        kind: link::LinkErrorKind::Other,
+        message: format!(
+            "the broker may not support shared subscriptions, so share group '{group}' \
+             cannot be served (start without a share group): {why}"
+        ),
+    }
+}
+
 /// Where and how to answer one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplyRoute {
@@ -261,7 +272,18 @@ impl Responder {
                 next = self.events.next() => next,
             };
             match next {
-                Ok(Inbound::Connected { .. }) => {
+                Ok(Inbound::Connected {
+                    shared_subscriptions,
+                    ..
+                }) => {
+                    if let (Some(group), Some(false)) =
+                        (&self.options.share_group, shared_subscriptions)
+                    {
+                        return Err(no_shared_subscriptions(
+                            group,
+                            "its CONNACK says it has no shared subscriptions",
+                        ));
+                    }
                     ever_connected = true;
                     unacknowledged = self.options.filters.len();
                     for filter in &self.options.filters {
@@ -327,14 +349,8 @@ impl Responder {
                     // A broker without shared subscriptions may close the first connection
                     // at the SUBSCRIBE (ejabberd does): reconnecting would only repeat it.
                     if let (Some(group), false) = (&self.options.share_group, ever_ready) {
-                        return Err(LinkError {
-                            kind: link::LinkErrorKind::Other,
-                            message: format!(
-                                "the broker closed the connection before granting the shared \
-                                 subscription of group '{group}': it may not support shared \
-                                 subscriptions (start without a share group) ({error})"
-                            ),
-                        });
+                        let why = format!("it closed the connection at the SUBSCRIBE ({error})");
+                        return Err(no_shared_subscriptions(group, &why));
                     }
                     tokio::select! {
                         _ = stop.wait_for(|stop| *stop) => break,
