@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, ExitStack
 from typing import Any, AsyncIterator, Dict, List
 
 import pytest
 
-from mqtt_rpc import MqttRpcClient, Responder, RpcHandlerError
+from mqtt_rpc import MqttRpcClient, Responder, RpcHandlerError, SyncMqttRpcClient
 from mqtt_rpc.testing import MosquittoBroker, ResponderDevice
 
 
@@ -131,3 +131,16 @@ async def test_bad_max_replies_is_refused_before_sending(client: MqttRpcClient) 
         with pytest.raises(ValueError, match="max_replies"):
             await client.gather_all(group_topic(), {}, max_replies=bad)  # type: ignore[arg-type]
     assert client.stats()["calls_started"] == 0
+
+
+def test_a_blocking_client_gathers_too(broker: MosquittoBroker) -> None:
+    topic = group_topic()
+    names = [f"rust{i}-{uuid.uuid4().hex[:4]}" for i in range(3)]
+    with ExitStack() as devices:
+        for name in names:
+            devices.enter_context(ResponderDevice.start(broker, topic, options=["--client-id", name]))
+        with SyncMqttRpcClient(broker.host, broker.port) as client:
+            replies = client.gather_all(topic, {}, timeout=0.5)
+            assert sorted(r["responder"] for r in replies) == sorted(names)
+            assert len(client.gather_all(topic, {}, timeout=30, max_replies=2)) == 2
+            assert client.pending == 0

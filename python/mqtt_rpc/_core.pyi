@@ -89,6 +89,14 @@ class CoreClient:
         """Starts a batch in one crossing; the future resolves to the results in input order."""
     def call_blocking(self, topic: str, payload: Union[str, bytes, bytearray], timeout: float) -> Dict[str, Any]:
         """A call that blocks the calling thread (GIL released) until its outcome."""
+    def gather_blocking(
+        self,
+        topic: str,
+        payload: Union[str, bytes, bytearray],
+        timeout: float,
+        max_replies: Optional[int] = None,
+    ) -> List[Dict[str, Any]]:
+        """Scatter-gather, blocking the calling thread (GIL released) until the call ends."""
     def connect_blocking(self) -> None:
         """Connects, blocking the calling thread (GIL released)."""
     def close_blocking(self, grace: float) -> None:

@@ -5,7 +5,7 @@ the answer; many threads may share one client."""
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, Dict, Optional, Type
+from typing import Any, Dict, List, Optional, Type
 
 from .client import MqttRpcClient, Payload, _ClientState, _encode
 
@@ -56,6 +56,19 @@ class SyncMqttRpcClient(_ClientState):
         if isinstance(payload, dict):
             payload = _encode(payload)
         return self._core.call_blocking(topic, payload, timeout)
+
+    def gather_all(
+        self, topic: str, payload: Payload, timeout: Optional[float] = None, max_replies: Optional[int] = None
+    ) -> List[Dict[str, Any]]:
+        """As `MqttRpcClient.gather_all`: blocks this thread until the scatter-gather call
+        ends (its deadline, or ``max_replies`` answers) and returns the answers."""
+        if timeout is None:
+            timeout = self._client._timeout
+        if max_replies is not None and (not isinstance(max_replies, int) or max_replies < 1):
+            raise ValueError(f"max_replies must be a positive integer or None, not {max_replies!r}")
+        if isinstance(payload, dict):
+            payload = _encode(payload)
+        return self._core.gather_blocking(topic, payload, timeout, max_replies)
 
     def notify(self, topic: str, payload: Payload) -> None:
         """As `MqttRpcClient.notify`: publishes without waiting for any answer."""

@@ -97,21 +97,39 @@ pub enum PyWaiter {
         batch: Arc<Batch>,
         index: usize,
     },
-    Blocking(std::sync::mpsc::SyncSender<Outcome>),
+    /// A caller blocked on a channel (a thread without an event loop). With `messages`,
+    /// the call's interim messages (scatter-gather answers) are sent as well.
+    Blocking {
+        sender: std::sync::mpsc::Sender<Blocked>,
+        messages: bool,
+    },
+}
+
+/// What a blocked caller receives: interim messages, then the outcome.
+pub enum Blocked {
+    Message(serde_json::Map<String, serde_json::Value>),
+    Done(Outcome),
 }
 
 impl Waiter for PyWaiter {
     fn progress(&self, message: serde_json::Map<String, serde_json::Value>) {
-        if let PyWaiter::Future {
-            queue,
-            on_progress: Some(on_progress),
-            ..
-        } = self
-        {
-            queue.push(Completion::Progress {
+        match self {
+            PyWaiter::Future {
+                queue,
+                on_progress: Some(on_progress),
+                ..
+            } => queue.push(Completion::Progress {
                 on_progress: on_progress.clone(),
                 message,
-            });
+            }),
+            PyWaiter::Blocking {
+                sender,
+                messages: true,
+            } => {
+                // An unbounded channel: this runs under the client's lock and must not wait.
+                let _ = sender.send(Blocked::Message(message));
+            }
+            _ => {}
         }
     }
 
@@ -129,8 +147,8 @@ impl Waiter for PyWaiter {
             }),
             PyWaiter::Batch { batch, index } => Batch::complete(&batch, index, outcome),
             // A blocked caller that gave up (a signal) has nothing left to tell.
-            PyWaiter::Blocking(sender) => {
-                let _ = sender.send(outcome);
+            PyWaiter::Blocking { sender, .. } => {
+                let _ = sender.send(Blocked::Done(outcome));
             }
         }
     }

@@ -2,7 +2,8 @@
 //! asyncio future on the caller's loop, and maps errors. The public, documented class is
 //! `mqtt_rpc.MqttRpcClient` (python/mqtt_rpc/client.py), which wraps this one.
 
-use super::bridge::{outcome_to_py, Batch, Completion, LoopBridge, PyWaiter};
+use super::bridge::{outcome_to_py, Batch, Blocked, Completion, LoopBridge, PyWaiter};
+use super::convert::object_to_py;
 use super::errors::{call_error, value_error};
 use super::runtime::runtime;
 use crate::client::{CallError, ClientOptions, Stats};
@@ -143,6 +144,54 @@ impl CoreClient {
                 PyString::new(py, &request_id).into_any(),
             ],
         )
+    }
+
+    /// Starts a prepared call whose waiter is a channel, and waits on it with the GIL
+    /// released, handing interim messages to `on_message` (with the GIL) as they come.
+    /// Wakes up now and then to let Python handle signals (KeyboardInterrupt), which end
+    /// the call.
+    fn wait_blocking(
+        &self,
+        py: Python<'_>,
+        prepared: PoolPrepared,
+        timeout: &Bound<'_, PyAny>,
+        mut on_message: impl FnMut(serde_json::Map<String, serde_json::Value>) -> PyResult<()>,
+    ) -> PyResult<crate::client::Outcome> {
+        let duration = timeout_seconds(timeout)?;
+        let (sender, mut receiver) = std::sync::mpsc::channel();
+        let waiter = PyWaiter::Blocking {
+            sender,
+            messages: true,
+        };
+        let request_id = self.inner.start(prepared, duration, waiter);
+        loop {
+            // The receiver goes to the GIL-free closure and comes back (Send, not Sync).
+            let (back, received) = py.detach(move || {
+                let received = receiver.recv_timeout(Duration::from_millis(100));
+                (receiver, received)
+            });
+            receiver = back;
+            match received {
+                Ok(Blocked::Done(outcome)) => return Ok(outcome),
+                Ok(Blocked::Message(message)) => {
+                    if let Err(error) = on_message(message) {
+                        self.inner.forget(&request_id);
+                        return Err(error);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Err(interrupted) = py.check_signals() {
+                        self.inner.forget(&request_id);
+                        return Err(interrupted);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Ok(Err(CallError::ConnectionLost(
+                        "the client was dropped".into(),
+                    )))
+                }
+            }
+        }
     }
 
     /// Checks a request and builds its body (`gather`: a scatter-gather request and its
@@ -463,38 +512,30 @@ impl CoreClient {
         payload: &Bound<'_, PyAny>,
         timeout: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
-        let duration = timeout_seconds(timeout)?;
-        let body = payload_bytes(payload)?;
-        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
-        let prepared = self
-            .inner
-            .prepare(topic, &body, None)
-            .map_err(|error| call_error(py, &error, Some(timeout)))?;
-        let request_id = self
-            .inner
-            .start(prepared, duration, PyWaiter::Blocking(sender));
-        let mut receiver = receiver;
-        loop {
-            // Wake up now and then to let Python handle signals (KeyboardInterrupt). The
-            // receiver goes to the GIL-free closure and comes back (it is Send, not Sync).
-            let (back, received) = py.detach(move || {
-                let received = receiver.recv_timeout(Duration::from_millis(100));
-                (receiver, received)
-            });
-            receiver = back;
-            match received {
-                Ok(outcome) => return outcome_to_py(py, &outcome, timeout),
-                Err(RecvTimeoutError::Timeout) => {
-                    if let Err(interrupted) = py.check_signals() {
-                        self.inner.forget(&request_id);
-                        return Err(interrupted);
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let error = CallError::ConnectionLost("the client was dropped".into());
-                    return Err(call_error(py, &error, Some(timeout)));
-                }
-            }
+        let prepared = self.prepare(py, topic, payload, timeout, None, None)?;
+        let outcome = self.wait_blocking(py, prepared, timeout, |_| Ok(()))?;
+        outcome_to_py(py, &outcome, timeout)
+    }
+
+    /// `gather_all` for code without an event loop: blocks until the scatter-gather call
+    /// ends and returns the answers in the order they arrived.
+    #[pyo3(signature = (topic, payload, timeout, max_replies=None))]
+    fn gather_blocking<'py>(
+        &self,
+        py: Python<'py>,
+        topic: &str,
+        payload: &Bound<'py, PyAny>,
+        timeout: &Bound<'py, PyAny>,
+        max_replies: Option<usize>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let prepared = self.prepare(py, topic, payload, timeout, None, Some(max_replies))?;
+        let replies = PyList::empty(py);
+        let outcome = self.wait_blocking(py, prepared, timeout, |message| {
+            replies.append(object_to_py(py, &message)?)
+        })?;
+        match outcome {
+            Ok(_) | Err(CallError::NoResponders { .. }) => Ok(replies),
+            Err(error) => Err(call_error(py, &error, Some(timeout))),
         }
     }
 
