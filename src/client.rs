@@ -1161,10 +1161,11 @@ impl<W: Waiter> Shared<W> {
     }
 
     fn publish(&self, state: &mut State<W>, request_id: &str, wakeups: &mut Wakeups<W>) {
-        if !state.calls.contains(request_id) {
-            return;
-        }
-        if !Self::take_publish_place(state) {
+        // Without a publish-rate limit (the common case) nothing is checked here.
+        if state.limiter.is_some()
+            && state.calls.contains(request_id)
+            && !Self::take_publish_place(state)
+        {
             if let Some(call) = state.calls.get_mut(request_id) {
                 call.stage = Stage::WaitingForToken;
             }
@@ -1390,21 +1391,24 @@ impl<W: Waiter> Shared<W> {
                     }
                 }
             };
-            match request_id {
-                Some(id) if state.calls.contains(&id) => {
+            // One look at the table: whether the call is pending, and whether it gathers.
+            let gathers = request_id
+                .as_deref()
+                .and_then(|id| state.calls.get_mut(id))
+                .map(|call| call.gather.is_some());
+            match (request_id, gathers) {
+                (Some(id), Some(gathers)) => {
                     if !reply.may_answer(&id) {
                         bump(&self.counters.malformed);
                         None
                     } else if reply.is_progress() {
                         // An interim message: the call goes on waiting for its answer.
                         bump(&self.counters.progress);
-                        if let Some(call) = state.calls.get_mut(&id) {
-                            if call.gather.is_none() {
-                                call.waiter.progress(reply.body.clone());
-                            }
+                        if let (Some(call), false) = (state.calls.get_mut(&id), gathers) {
+                            call.waiter.progress(reply.body.clone());
                         }
                         None
-                    } else if state.calls.get_mut(&id).is_some_and(|c| c.gather.is_some()) {
+                    } else if gathers {
                         self.gathered(&mut state, &id, reply.body.clone(), &mut wakeups);
                         None
                     } else {
@@ -1413,7 +1417,7 @@ impl<W: Waiter> Shared<W> {
                         call
                     }
                 }
-                Some(id) if state.recent.contains(&id) => {
+                (Some(id), None) if state.recent.contains(&id) => {
                     bump(&self.counters.duplicate);
                     None
                 }
