@@ -943,12 +943,9 @@ impl<W: Waiter> Shared<W> {
 
     /// Whether a publish could go now under the publish-rate limit (taking nothing).
     fn has_publish_place(state: &State<W>) -> bool {
-        let now = Instant::now();
         match &state.limiter {
             None => true,
-            Some(limiter) => {
-                state.throttled.is_empty() && limiter.next_free().is_none_or(|at| at <= now)
-            }
+            Some(limiter) => state.throttled.is_empty() && limiter.has_place(Instant::now()),
         }
     }
 
@@ -1469,11 +1466,23 @@ impl<W: Waiter> Shared<W> {
         call.waiter.progress(body);
         if full {
             if let Some(call) = self.take_call(state, request_id, wakeups) {
-                bump(&self.counters.succeeded);
-                state.recent.remember(request_id.to_owned());
-                wakeups.push((call.waiter, Ok(Map::new())));
+                self.gather_ended(state, request_id.to_owned(), call, wakeups);
             }
         }
+    }
+
+    /// A scatter-gather call is over (its deadline, or its `max_replies`): its answers went
+    /// out as they came, so it ends with an empty object; later answers count as repeats.
+    fn gather_ended(
+        &self,
+        state: &mut State<W>,
+        request_id: String,
+        call: Call<W>,
+        wakeups: &mut Wakeups<W>,
+    ) {
+        bump(&self.counters.succeeded);
+        state.recent.remember(request_id);
+        wakeups.push((call.waiter, Ok(Map::new())));
     }
 
     /// Returns whether to keep polling (and so reconnect).
@@ -1510,9 +1519,7 @@ impl<W: Waiter> Shared<W> {
                 if let Some(call) = self.take_call(&mut state, &request_id, &mut wakeups) {
                     if call.gather.is_some() && call.stage == Stage::Published {
                         // A scatter-gather call ends at its deadline with what it collected.
-                        bump(&self.counters.succeeded);
-                        state.recent.remember(request_id);
-                        wakeups.push((call.waiter, Ok(Map::new())));
+                        self.gather_ended(&mut state, request_id, call, &mut wakeups);
                         continue;
                     }
                     bump(&self.counters.timed_out);

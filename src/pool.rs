@@ -25,12 +25,6 @@ pub struct PoolPrepared {
     prepared: Prepared,
 }
 
-impl PoolPrepared {
-    pub fn request_id(&self) -> &str {
-        &self.prepared.request_id
-    }
-}
-
 /// The pool's counters: the sum over its connections, and each connection's own.
 #[derive(Debug, Clone)]
 pub struct PoolStats {
@@ -60,10 +54,6 @@ impl<W: Waiter> RpcPool<W> {
             clients,
             rotation: AtomicUsize::new(0),
         })
-    }
-
-    pub fn options(&self) -> &ClientOptions {
-        self.clients[0].options()
     }
 
     pub fn client_ids(&self) -> Vec<String> {

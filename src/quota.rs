@@ -19,18 +19,6 @@ pub struct Quotas {
     pub max_unacked_publishes: Option<u16>,
 }
 
-impl Quotas {
-    /// AWS IoT Core's published per-connection limits (publish requests per second and
-    /// unacknowledged QoS 1 publishes; subscriptions, payload size and topic rules are
-    /// client options that `for_aws_iot` sets).
-    pub fn aws_iot_core() -> Self {
-        Quotas {
-            publishes_per_second: Some(100),
-            max_unacked_publishes: Some(100),
-        }
-    }
-}
-
 #[derive(Debug)]
 pub struct RateLimiter {
     per_second: usize,
@@ -70,6 +58,11 @@ impl RateLimiter {
         }
         self.due = Some(due.max(now) + self.interval);
         true
+    }
+
+    /// Whether a publish could go at `now` (taking nothing).
+    pub fn has_place(&self, now: Instant) -> bool {
+        self.next_free().is_none_or(|at| at <= now)
     }
 
     /// The earliest moment a publish may go (now or in the past: at once).

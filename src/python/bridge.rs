@@ -97,12 +97,9 @@ pub enum PyWaiter {
         batch: Arc<Batch>,
         index: usize,
     },
-    /// A caller blocked on a channel (a thread without an event loop). With `messages`,
-    /// the call's interim messages (scatter-gather answers) are sent as well.
-    Blocking {
-        sender: std::sync::mpsc::Sender<Blocked>,
-        messages: bool,
-    },
+    /// A caller blocked on a channel (a thread without an event loop): the call's interim
+    /// messages (progress, scatter-gather answers) and then its outcome.
+    Blocking(std::sync::mpsc::Sender<Blocked>),
 }
 
 /// What a blocked caller receives: interim messages, then the outcome.
@@ -122,10 +119,7 @@ impl Waiter for PyWaiter {
                 on_progress: on_progress.clone(),
                 message,
             }),
-            PyWaiter::Blocking {
-                sender,
-                messages: true,
-            } => {
+            PyWaiter::Blocking(sender) => {
                 // An unbounded channel: this runs under the client's lock and must not wait.
                 let _ = sender.send(Blocked::Message(message));
             }
@@ -147,7 +141,7 @@ impl Waiter for PyWaiter {
             }),
             PyWaiter::Batch { batch, index } => Batch::complete(&batch, index, outcome),
             // A blocked caller that gave up (a signal) has nothing left to tell.
-            PyWaiter::Blocking { sender, .. } => {
+            PyWaiter::Blocking(sender) => {
                 let _ = sender.send(Blocked::Done(outcome));
             }
         }

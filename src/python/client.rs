@@ -159,11 +159,9 @@ impl CoreClient {
     ) -> PyResult<crate::client::Outcome> {
         let duration = timeout_seconds(timeout)?;
         let (sender, mut receiver) = std::sync::mpsc::channel();
-        let waiter = PyWaiter::Blocking {
-            sender,
-            messages: true,
-        };
-        let request_id = self.inner.start(prepared, duration, waiter);
+        let request_id = self
+            .inner
+            .start(prepared, duration, PyWaiter::Blocking(sender));
         loop {
             // The receiver goes to the GIL-free closure and comes back (Send, not Sync).
             let (back, received) = py.detach(move || {
