@@ -13,12 +13,30 @@ import os
 import weakref
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Protocol, Tuple, Type, TypeVar, Union, overload
 
-from . import _core
-from .errors import ConnectionLostError, NoRespondersError, PayloadError, RpcTimeoutError
+from . import _core, config, typed
+from .config import records_given_arguments
+from .errors import (
+    ConnectionLostError,
+    NoRespondersError,
+    NotConnectedError,
+    PayloadError,
+    ReplyValidationError,
+    RpcTimeoutError,
+)
 
-Payload = Union[str, bytes, bytearray, Dict[str, Any]]
+
+
+class JsonModel(Protocol):
+    """A pydantic model, or anything else that serialises itself to a JSON object."""
+
+    def model_dump_json(self) -> str: ...
+
+
+#: A JSON object: text, bytes, a dict, or a pydantic model (sent as its ``model_dump_json()``).
+Payload = Union[str, bytes, bytearray, Dict[str, Any], JsonModel]
+T = TypeVar("T")
 PathLike = Union[str, "os.PathLike[str]"]
 
 logger = logging.getLogger("mqtt_rpc")
@@ -191,10 +209,11 @@ class MqttRpcClient(_ClientState):
     for their reply subscriptions to be back) within their own timeouts.
     """
 
+    @records_given_arguments
     def __init__(
         self,
-        host: str = "localhost",
-        port: int = 1883,
+        host: Optional[str] = None,
+        port: Optional[int] = None,
         *,
         client_id: Optional[str] = None,
         protocol: str = "3.1.1",
@@ -227,63 +246,69 @@ class MqttRpcClient(_ClientState):
         publishes_per_second: Optional[int] = None,
         max_unacked_publishes: Optional[int] = None,
     ) -> None:
-        if quotas is not None:
-            if quotas not in QUOTA_PRESETS:
-                raise ValueError(f"quotas must be one of {sorted(QUOTA_PRESETS)} or None, not {quotas!r}")
-            # A preset replaces the defaults, never a value the caller passed.
-            preset = QUOTA_PRESETS[quotas]
-            if publishes_per_second is None:
-                publishes_per_second = preset["publishes_per_second"]
-            if max_unacked_publishes is None:
-                max_unacked_publishes = preset["max_unacked_publishes"]
-            if max_reply_subscriptions == _DEFAULTS["max_reply_subscriptions"]:
-                max_reply_subscriptions = preset["max_reply_subscriptions"]
-            if max_packet_size == _DEFAULTS["max_packet_size"]:
-                max_packet_size = preset["max_packet_size"]
-            aws_topic_rules = aws_topic_rules or preset["aws_topic_rules"]
-        if not (isinstance(connections, int) and connections >= 1):
-            raise ValueError(f"connections must be a positive integer, not {connections!r}")
-        if reply_to not in ("topic", "inbox"):
-            raise ValueError(f'reply_to must be "topic" or "inbox", not {reply_to!r}')
-        if not (isinstance(port, int) and 0 < port < 65536):
-            raise ValueError(f"port must be a TCP port number (1-65535), not {port!r}")
-        if not (isinstance(timeout, (int, float)) and timeout > 0):
-            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
-        self._core = _core.CoreClient(
-            host,
-            port,
-            client_id,
-            str(protocol),
-            qos,
-            float(keepalive),
-            username,
-            password,
-            reply_filter,
-            max_reply_subscriptions,
-            max_in_flight,
-            max_packet_size,
-            float(connect_timeout),
-            None if session_expiry is None else float(session_expiry),
-            bool(fail_fast),
-            float(reconnect_min_delay),
-            float(reconnect_max_delay),
-            _weak_handler(self),
-            bool(tls or ca_certs or certfile or keyfile or alpn_protocols),
-            None if ca_certs is None else os.fspath(ca_certs),
-            None if certfile is None else os.fspath(certfile),
-            None if keyfile is None else os.fspath(keyfile),
-            list(alpn_protocols),
-            bool(aws_topic_rules),
-            inbox_prefix if reply_to == "inbox" else None,
-            bool(cancel_on_abandon),
-            connections,
-            publishes_per_second,
-            max_unacked_publishes,
+        arguments = {name: value for name, value in locals().items() if name in _OPTION_NAMES}
+        settings, chosen = config.resolve(self._given, arguments, config.CLIENT_OPTIONS, _RESPONDER_ONLY)
+        self._settings = _checked(settings, chosen)
+        # Made now so that bad options raise here; made again for a connect after close().
+        self._core = self._new_core()
+        self._core_used = False
+        self._open = False
+        self._closing = False
+        self._connecting: Optional["asyncio.Task[None]"] = None
+        self._address = config.display_url(
+            self._settings["host"], self._settings["port"], bool(self._settings["tls"]), self._settings["username"]
         )
-        self._address = f"{host}:{port}"
         self._on_connection_change = on_connection_change
-        self._timeout = timeout
-        self._closed = False
+        self._timeout = self._settings["timeout"]
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> "MqttRpcClient":
+        """A client for the broker at ``url``: ``mqtt://[user[:password]@]host[:port]`` (port
+        1883) or ``mqtts://...`` (TLS, port 8883), any other option as a query parameter
+        (``?client_id=web-1&protocol=5&qos=1&timeout=5``). Keyword arguments win over the
+        URL's. Raises ValueError naming an unknown scheme, a bad port or an unknown
+        parameter, before any network activity."""
+        settings = config.parse_url(url, config.CLIENT_OPTIONS)
+        settings.update(options)
+        return cls(**settings)
+
+    def _new_core(self) -> _core.CoreClient:
+        s = self._settings
+        return _core.CoreClient(
+            s["host"],
+            s["port"],
+            s["client_id"],
+            str(s["protocol"]),
+            s["qos"],
+            float(s["keepalive"]),
+            s["username"],
+            s["password"],
+            s["reply_filter"],
+            s["max_reply_subscriptions"],
+            s["max_in_flight"],
+            s["max_packet_size"],
+            float(s["connect_timeout"]),
+            None if s["session_expiry"] is None else float(s["session_expiry"]),
+            bool(s["fail_fast"]),
+            float(s["reconnect_min_delay"]),
+            float(s["reconnect_max_delay"]),
+            _weak_handler(self),
+            bool(s["tls"] or s["ca_certs"] or s["certfile"] or s["keyfile"] or s["alpn_protocols"]),
+            None if s["ca_certs"] is None else os.fspath(s["ca_certs"]),
+            None if s["certfile"] is None else os.fspath(s["certfile"]),
+            None if s["keyfile"] is None else os.fspath(s["keyfile"]),
+            list(s["alpn_protocols"]),
+            bool(s["aws_topic_rules"]),
+            s["inbox_prefix"] if s["reply_to"] == "inbox" else None,
+            bool(s["cancel_on_abandon"]),
+            s["connections"],
+            s["publishes_per_second"],
+            s["max_unacked_publishes"],
+        )
+
+    def __repr__(self) -> str:
+        state = "connected" if self._open else "closing" if self._closing else "not connected"
+        return f"<{type(self).__name__} {self._address} client_id={self.client_id!r} {state}>"
 
     @classmethod
     def for_aws_iot(
@@ -329,25 +354,69 @@ class MqttRpcClient(_ClientState):
         )
 
     async def connect(self) -> None:
-        """Connects to the broker (and subscribes ``reply_filter``, if given).
+        """Connects to the broker (and subscribes ``reply_filter``, if given). Calls connect
+        by themselves when needed; calling this at start-up (a FastAPI lifespan) surfaces
+        broker problems there instead of in the first request. Connecting a connected client
+        does nothing; a client closed before connects again (its counters start afresh).
 
         Raises:
             NotConnectedError: the broker could not be reached within ``connect_timeout``;
                 its subclasses `TlsError` (bad TLS files, unknown CA, certificate refused)
                 and `BrokerRefusedError` (bad credentials, not authorised) say more.
         """
-        await self._core.connect(_get_running_loop())
+        if not self._open:
+            await self._connection()
+
+    async def _connection(self) -> None:
+        """Connects unless connected. Concurrent callers on a loop share one attempt (one
+        CONNECT at the broker); a failed attempt raises in each of them, and the next call
+        tries again."""
+        if self._open:
+            return
+        if self._closing:
+            raise NotConnectedError("the client is closing: wait for close() to end before using it again")
+        loop = _get_running_loop()
+        attempt = self._connecting
+        if attempt is not None and not attempt.done() and attempt.get_loop() is not loop:
+            if not attempt.get_loop().is_closed():
+                raise NotConnectedError("the client is connecting from another event loop")
+            attempt = None  # its loop was closed mid-attempt: start over here
+        if attempt is None or attempt.done():
+            attempt = loop.create_task(self._connect_once())
+            # Every waiter may have been cancelled: the outcome is read here in any case.
+            attempt.add_done_callback(_retrieve)
+            self._connecting = attempt
+        await asyncio.shield(attempt)
+
+    async def _connect_once(self) -> None:
+        # The core connects once in its life: a client closed or refused gets a new one.
+        if self._core_used:
+            self._core = self._new_core()
+        self._core_used = True
+        try:
+            await self._core.connect(_get_running_loop())
+            self._open = True
+        finally:
+            self._connecting = None
 
     async def close(self, grace: float = 2.0) -> None:
         """Refuses new calls, waits up to ``grace`` seconds for the calls in flight to be
         answered, fails what is left with `ConnectionLostError`, disconnects, and releases
-        the client's resources. Closing twice is harmless."""
-        if self._closed:
+        the client's resources. Closing twice is harmless; a call or `connect()` after it
+        connects again."""
+        attempt = self._connecting
+        if attempt is not None and not attempt.done() and attempt.get_loop() is _get_running_loop():
+            await asyncio.wait({attempt})  # a connection under way is closed once it stands
+        if not self._open:
             return
-        self._closed = True
+        self._open = False
+        self._closing = True
         running_loop = _get_running_loop()
-        await self._core.close(running_loop, float(grace))
-        self._core.detach(running_loop)
+        try:
+            await self._core.close(running_loop, float(grace))
+            self._core.detach(running_loop)
+        finally:
+            self._closing = False
 
     def _on_connection_event(
         self, connected: bool, reconnect: bool, session_present: bool, reason: str, client_id: str
@@ -378,40 +447,94 @@ class MqttRpcClient(_ClientState):
     ) -> None:
         await self.close()
 
+    @overload
     async def call(
-        self, topic: str, payload: Payload, timeout: Optional[float] = None, retry: Optional[Retry] = None
-    ) -> Dict[str, Any]:
-        """Publishes ``payload`` to ``topic`` and returns the device's reply.
+        self,
+        topic: str,
+        payload: Payload,
+        timeout: Optional[float] = None,
+        retry: Optional[Retry] = None,
+        *,
+        response_model: None = None,
+    ) -> Dict[str, Any]: ...
+
+    @overload
+    async def call(
+        self,
+        topic: str,
+        payload: Payload,
+        timeout: Optional[float] = None,
+        retry: Optional[Retry] = None,
+        *,
+        response_model: Type[T],
+    ) -> T: ...
+
+    @overload
+    async def call(
+        self,
+        topic: str,
+        payload: Payload,
+        timeout: Optional[float] = None,
+        retry: Optional[Retry] = None,
+        *,
+        response_model: Any,
+    ) -> Any: ...
+
+    async def call(
+        self,
+        topic: str,
+        payload: Payload,
+        timeout: Optional[float] = None,
+        retry: Optional[Retry] = None,
+        *,
+        response_model: Any = None,
+    ) -> Any:
+        """Publishes ``payload`` to ``topic`` and returns the device's reply. Connects
+        first if the client is not connected.
 
         Args:
             topic: the request topic, for example ``"dev1/device/control/set"``.
-            payload: a JSON object, as ``str``, ``bytes`` or ``dict``. A ``request_id``
-                member is added to it.
+            payload: a JSON object, as ``str``, ``bytes``, ``dict`` or a pydantic model. A
+                ``request_id`` member is added to it.
             timeout: seconds to wait for the answer; defaults to the client's ``timeout``.
             retry: retry the same request (same ``request_id``) within ``timeout``; see `Retry`.
+            response_model: return the answer's ``result`` validated as this type (a
+                pydantic model, or any type ``pydantic.TypeAdapter`` takes) instead of the
+                whole reply dict. Needs pydantic.
 
         Returns:
-            The reply object as the device sent it (``request_id`` and ``result`` included).
+            The reply object as the device sent it (``request_id`` and ``result`` included),
+            or its ``result`` as a ``response_model``.
 
         Raises:
             RpcTimeoutError: no answer in time (also a ``TimeoutError``).
             RemoteError: the device answered with an error object.
+            ReplyValidationError: the answer does not fit ``response_model`` (also a
+                ``ValueError``); it keeps the reply.
             PayloadError: bad payload or topic, raised before anything is published
                 (also a ``ValueError``).
             NotConnectedError, ConnectionLostError: no connection (also ``ConnectionError``).
         """
         if timeout is None:
             timeout = self._timeout
-        if isinstance(payload, dict):
-            payload = _encode(payload)
+        if not isinstance(payload, str):
+            payload = typed.encode(payload)
+        if response_model is not None:
+            typed.check_model(response_model)
+        if not self._open:
+            await self._connection()
         if retry is not None:
-            return await self._call_with_retry(topic, payload, timeout, retry)
-        future, request_id = self._core.start_call(_get_running_loop(), topic, payload, timeout)
-        try:
-            return await future
-        except _CancelledError:
-            self._core.forget(request_id)
-            raise
+            reply = await self._call_with_retry(topic, payload, timeout, retry)
+        else:
+            future, request_id = self._core.start_call(_get_running_loop(), topic, payload, timeout)
+            try:
+                reply = await future
+            except _CancelledError:
+                self._core.forget(request_id)
+                raise
+        if response_model is None:
+            return reply
+        return typed.validate(reply, response_model)
 
     async def _call_with_retry(self, topic: str, payload: Any, timeout: float, retry: Retry) -> Dict[str, Any]:
         loop = _get_running_loop()
@@ -428,7 +551,7 @@ class MqttRpcClient(_ClientState):
             wait = left if attempt == retry.attempts else min(per_attempt, left)
             future, request_id = self._core.start_call(loop, topic, payload, wait, request_id)
             try:
-                return await future
+                return await future  # type: ignore[no-any-return]
             except _CancelledError:
                 self._core.forget(request_id)
                 raise
@@ -448,18 +571,21 @@ class MqttRpcClient(_ClientState):
         """Calls, yielding the device's progress messages (``{"request_id", "progress": ...}``)
         as they arrive and then its answer. ``timeout`` bounds the whole call; with
         ``idle_timeout`` it also fails when neither progress nor the answer has come for
-        that long. Raises as `call` does.
+        that long. Raises as `call` does. On a client not yet connected, the call is made
+        (after connecting) when the iteration starts.
 
             async for message in client.stream("dev1/firmware/update", {"url": url}, timeout=600, idle_timeout=30):
                 print(message.get("progress", message.get("result")))
         """
         if timeout is None:
             timeout = self._timeout
-        if isinstance(payload, dict):
-            payload = _encode(payload)
-        progress: asyncio.Queue = asyncio.Queue()
-        future, request_id = self._core.start_stream(_get_running_loop(), topic, payload, timeout, progress.put_nowait)
-        return CallStream(self._core, future, request_id, progress, topic, idle_timeout=idle_timeout, ends_with_answer=True)
+        body = typed.encode(payload)
+        call_timeout = timeout
+
+        def begin(core: _core.CoreClient, on_message: Callable[[Dict[str, Any]], None]) -> Tuple[Any, str]:
+            return core.start_stream(_get_running_loop(), topic, body, call_timeout, on_message)  # type: ignore[no-any-return]
+
+        return CallStream(self, begin, topic, idle_timeout=idle_timeout, ends_with_answer=True)
 
     def call_all(
         self, topic: str, payload: Payload, timeout: Optional[float] = None, max_replies: Optional[int] = None
@@ -483,13 +609,13 @@ class MqttRpcClient(_ClientState):
             timeout = self._timeout
         if max_replies is not None and (not isinstance(max_replies, int) or max_replies < 1):
             raise ValueError(f"max_replies must be a positive integer or None, not {max_replies!r}")
-        if isinstance(payload, dict):
-            payload = _encode(payload)
-        replies: asyncio.Queue = asyncio.Queue()
-        future, request_id = self._core.start_gather(
-            _get_running_loop(), topic, payload, timeout, max_replies, replies.put_nowait
-        )
-        return CallStream(self._core, future, request_id, replies, topic)
+        body = typed.encode(payload)
+        call_timeout = timeout
+
+        def begin(core: _core.CoreClient, on_message: Callable[[Dict[str, Any]], None]) -> Tuple[Any, str]:
+            return core.start_gather(_get_running_loop(), topic, body, call_timeout, max_replies, on_message)  # type: ignore[no-any-return]
+
+        return CallStream(self, begin, topic)
 
     async def gather_all(
         self, topic: str, payload: Payload, timeout: Optional[float] = None, max_replies: Optional[int] = None
@@ -500,16 +626,20 @@ class MqttRpcClient(_ClientState):
 
     async def notify(self, topic: str, payload: Payload) -> None:
         """Publishes a one-way notification: the JSON object as it is, with no
-        ``request_id``, so no device answers it; nothing is awaited but the hand-off."""
-        if isinstance(payload, dict):
-            payload = _encode(payload)
-        self._core.notify(topic, payload)
+        ``request_id``, so no device answers it; nothing is awaited but the hand-off (and
+        the connection, on a client not yet connected)."""
+        body = typed.encode(payload)
+        if not self._open:
+            await self._connection()
+        self._core.notify(topic, body)
 
     async def call_many(
         self,
         requests: Iterable[Tuple[str, Payload]],
         timeout: Optional[float] = None,
         return_exceptions: bool = False,
+        *,
+        response_model: Any = None,
     ) -> List[Any]:
         """Makes many calls at once: one crossing into the Rust core for the whole batch,
         every request published at once, every reply in input order.
@@ -520,56 +650,101 @@ class MqttRpcClient(_ClientState):
             return_exceptions: put a failed call's exception in its place, as
                 ``asyncio.gather`` does; otherwise the first failure is raised and the calls
                 still waiting are cancelled.
+            response_model: each answer's ``result`` validated as this type, as for `call`
+                (with ``return_exceptions``, an answer that does not fit is a
+                `ReplyValidationError` in its place).
 
         Every request is checked before any is sent: one bad request raises `PayloadError`
         (naming its index) and nothing is published.
         """
         if timeout is None:
             timeout = self._timeout
-        batch = [(topic, _encode(payload) if isinstance(payload, dict) else payload) for topic, payload in requests]
+        batch = []
+        for index, (topic, payload) in enumerate(requests):
+            try:
+                batch.append((topic, typed.encode(payload)))
+            except PayloadError as error:
+                raise PayloadError(f"request {index} of the batch: {error}") from error
+        if response_model is not None:
+            typed.check_model(response_model)
+        if not self._open:
+            await self._connection()
         future, request_ids = self._core.start_many(_get_running_loop(), batch, timeout, return_exceptions)
         try:
-            return await future
+            replies: List[Any] = await future
         except BaseException:
             # Cancelled, or ended by a failure: the calls still waiting have no one to tell.
             for request_id in request_ids:
                 self._core.forget(request_id)
             raise
+        if response_model is None:
+            return replies
+        return [_validated_in_place(reply, response_model, return_exceptions) for reply in replies]
+
+
+def _validated_in_place(reply: Any, model: Any, return_exceptions: bool) -> Any:
+    if isinstance(reply, BaseException):
+        return reply
+    try:
+        return typed.validate(reply, model)
+    except ReplyValidationError as error:
+        if return_exceptions:
+            return error
+        raise
+
+
+def _retrieve(attempt: "asyncio.Task[None]") -> None:
+    if not attempt.cancelled():
+        attempt.exception()
+
 
 class CallStream:
     """The messages of one call, as an async iterator: the progress messages and then the
     answer of `MqttRpcClient.stream`, or the answers of `MqttRpcClient.call_all`.
 
-    The call is published when the stream is created. Leaving the iteration early (a
-    ``break``, an exception, ``aclose()``, the end of an ``async with`` block) ends the call
-    at once: the client forgets it (and, with ``cancel_on_abandon``, tells the device).
+    The call is published when the stream is created (on a client not yet connected: when
+    the iteration starts, after connecting). Leaving the iteration early (a ``break``, an
+    exception, ``aclose()``, the end of an ``async with`` block) ends the call at once: the
+    client forgets it (and, with ``cancel_on_abandon``, tells the device).
     """
 
     def __init__(
         self,
-        core: _core.CoreClient,
-        future: "asyncio.Future[Dict[str, Any]]",
-        request_id: str,
-        messages: "asyncio.Queue[Dict[str, Any]]",
+        client: MqttRpcClient,
+        begin: Callable[[_core.CoreClient, Callable[[Dict[str, Any]], None]], Tuple[Any, str]],
         topic: str,
         *,
         idle_timeout: Optional[float] = None,
         ends_with_answer: bool = False,
     ) -> None:
-        self._core = core
-        self._future = future
-        self.request_id = request_id
-        self._messages = messages
+        self._client = client
+        self._begin: Optional[Callable[[_core.CoreClient, Callable[[Dict[str, Any]], None]], Tuple[Any, str]]] = begin
+        self._core: Optional[_core.CoreClient] = None
+        self._future: Optional["asyncio.Future[Dict[str, Any]]"] = None
+        self.request_id: Optional[str] = None
+        self._messages: "asyncio.Queue[Dict[str, Any]]" = asyncio.Queue()
         self._topic = topic
         self._idle_timeout = idle_timeout
         self._ends_with_answer = ends_with_answer
         self._finished = False
+        if client._open:
+            self._start()
+
+    def _start(self) -> None:
+        begin, self._begin = self._begin, None
+        assert begin is not None
+        self._core = self._client._core
+        self._future, self.request_id = begin(self._core, self._messages.put_nowait)
 
     def __aiter__(self) -> "CallStream":
         return self
 
     async def __anext__(self) -> Dict[str, Any]:
+        if self._begin is not None and not self._finished:
+            await self._client._connection()
+            self._start()
         while not self._finished:
+            assert self._future is not None
             if not self._messages.empty():
                 return self._messages.get_nowait()
             if self._future.done():
@@ -599,6 +774,7 @@ class CallStream:
         raise StopAsyncIteration
 
     def _outcome(self) -> Dict[str, Any]:
+        assert self._future is not None
         if self._ends_with_answer:
             return self._future.result()
         try:
@@ -609,7 +785,7 @@ class CallStream:
 
     def _abandon(self) -> None:
         self._finished = True
-        if not self._future.done():
+        if self._future is not None and not self._future.done() and self._core is not None:
             self._core.forget(self.request_id)
 
     async def aclose(self) -> None:
@@ -624,11 +800,35 @@ class CallStream:
 
     def __del__(self) -> None:
         # Dropped while still going (a `break` out of `async for`): end the call now.
-        if not self._finished and not self._future.done():
-            self._core.forget(self.request_id)
+        if not self._finished:
+            self._abandon()
 
 
-_DEFAULTS = {name: p.default for name, p in inspect.signature(MqttRpcClient.__init__).parameters.items()}
+#: The constructor's options that configure the connection (all but the event handler).
+_OPTION_NAMES = frozenset(inspect.signature(MqttRpcClient.__init__).parameters) - {"self", "on_connection_change"}
+_RESPONDER_ONLY = frozenset(config.RESPONDER_OPTIONS) - frozenset(config.CLIENT_OPTIONS)
+
+
+def _checked(settings: Dict[str, Any], chosen: FrozenSet[str]) -> Dict[str, Any]:
+    """Applies a quota preset to the options not chosen explicitly, and checks the options
+    that the core does not (the rest it checks when the core client is made)."""
+    quotas = settings["quotas"]
+    if quotas is not None:
+        if quotas not in QUOTA_PRESETS:
+            raise ValueError(f"quotas must be one of {sorted(QUOTA_PRESETS)} or None, not {quotas!r}")
+        for name, value in QUOTA_PRESETS[quotas].items():
+            if name not in chosen:
+                settings[name] = value
+    connections, port, timeout = settings["connections"], settings["port"], settings["timeout"]
+    if not (isinstance(connections, int) and connections >= 1):
+        raise ValueError(f"connections must be a positive integer, not {connections!r}")
+    if settings["reply_to"] not in ("topic", "inbox"):
+        raise ValueError(f'reply_to must be "topic" or "inbox", not {settings["reply_to"]!r}')
+    if not (isinstance(port, int) and 0 < port < 65536):
+        raise ValueError(f"port must be a TCP port number (1-65535), not {port!r}")
+    if not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    return settings
 
 
 def _weak_handler(client: MqttRpcClient) -> Callable[[bool, bool, bool, str, str], None]:
@@ -642,11 +842,3 @@ def _weak_handler(client: MqttRpcClient) -> Callable[[bool, bool, bool, str, str
             bound(connected, reconnect, session_present, reason, client_id)
 
     return handler
-
-
-def _encode(payload: Dict[str, Any]) -> str:
-    # json.dumps with its default separators: the bytes the hand-written client sent.
-    try:
-        return json.dumps(payload)
-    except (TypeError, ValueError) as error:
-        raise PayloadError(f"the payload dict is not JSON-serialisable: {error}") from error

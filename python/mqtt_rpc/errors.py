@@ -88,6 +88,19 @@ class PayloadError(MqttRpcError, ValueError):
     is too large, or the topic has wildcards or empty levels."""
 
 
+class ReplyValidationError(MqttRpcError, ValueError):
+    """The device's answer does not fit the ``response_model`` of the call. ``reply`` is the
+    answer as it came (a ``dict``); ``errors`` is pydantic's list of what failed."""
+
+    def __init__(self, message: str, reply: Any = None, errors: Any = None) -> None:
+        super().__init__(message)
+        self.reply = reply
+        self.errors = errors if errors is not None else []
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.reply, self.errors))
+
+
 __all__ = [
     "MqttRpcError",
     "RpcTimeoutError",
@@ -100,4 +113,5 @@ __all__ = [
     "NoRespondersError",
     "PublishRejectedError",
     "PayloadError",
+    "ReplyValidationError",
 ]

@@ -15,7 +15,8 @@ from collections import OrderedDict
 from types import TracebackType
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
 
-from . import _core
+from . import _core, config
+from .config import records_given_arguments
 from .errors import MqttRpcError
 
 logger = logging.getLogger("mqtt_rpc")
@@ -27,6 +28,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 INTERNAL_ERROR = -32603
 #: The code of the answer to a request that found the responder over its queue limit.
 OVERLOADED = -32000
+#: Options of `MQTT_RPC_URL` that only a client takes: a responder passes over them.
+_CLIENT_ONLY = frozenset(config.CLIENT_OPTIONS) - frozenset(config.RESPONDER_OPTIONS)
 
 
 class RpcHandlerError(MqttRpcError):
@@ -61,6 +64,9 @@ class Responder:
     with ``cancel_on_abandon=True`` when it gives up) cancels that request's handler task;
     nothing is answered.
 
+    Without a host, the broker and options come from ``MQTT_RPC_URL`` (see
+    `MqttRpcClient`); `from_url` takes a URL string.
+
     Args:
         host, port, client_id, protocol, qos, keepalive, username, password, tls,
             ca_certs, certfile, keyfile, alpn_protocols, connect_timeout: as for
@@ -76,10 +82,11 @@ class Responder:
             first copy runs gets that run's answer. 0 turns this off.
     """
 
+    @records_given_arguments
     def __init__(
         self,
-        host: str = "localhost",
-        port: int = 1883,
+        host: Optional[str] = None,
+        port: Optional[int] = None,
         *,
         client_id: Optional[str] = None,
         protocol: str = "3.1.1",
@@ -99,25 +106,36 @@ class Responder:
         keyfile: Optional[PathLike] = None,
         alpn_protocols: Sequence[str] = (),
     ) -> None:
+        arguments = {name: value for name, value in locals().items() if name in config.RESPONDER_OPTIONS}
+        arguments.update(host=host, port=port)
+        settings, _ = config.resolve(self._given, arguments, config.RESPONDER_OPTIONS, _CLIENT_ONLY)
+        max_concurrency, max_queued = settings["max_concurrency"], settings["max_queued"]
         if max_concurrency < 1 or max_queued < 0:
             raise ValueError("max_concurrency must be at least 1 and max_queued not negative")
+        if not (isinstance(settings["port"], int) and 0 < settings["port"] < 65536):
+            raise ValueError(f"port must be a TCP port number (1-65535), not {settings['port']!r}")
+        ca_certs, certfile, keyfile = settings["ca_certs"], settings["certfile"], settings["keyfile"]
         self._options = dict(
-            host=host,
-            port=port,
-            client_id=client_id,
-            protocol=str(protocol),
-            qos=qos,
-            keepalive=float(keepalive),
-            username=username,
-            password=password,
-            share_group=share_group,
-            connect_timeout=float(connect_timeout),
-            tls=bool(tls or ca_certs or certfile or keyfile or alpn_protocols),
+            host=settings["host"],
+            port=settings["port"],
+            client_id=settings["client_id"],
+            protocol=str(settings["protocol"]),
+            qos=settings["qos"],
+            keepalive=float(settings["keepalive"]),
+            username=settings["username"],
+            password=settings["password"],
+            share_group=settings["share_group"],
+            connect_timeout=float(settings["connect_timeout"]),
+            tls=bool(settings["tls"] or ca_certs or certfile or keyfile or settings["alpn_protocols"]),
             ca_certs=None if ca_certs is None else os.fspath(ca_certs),
             certfile=None if certfile is None else os.fspath(certfile),
             keyfile=None if keyfile is None else os.fspath(keyfile),
-            alpn_protocols=list(alpn_protocols),
+            alpn_protocols=list(settings["alpn_protocols"]),
         )
+        self._address = config.display_url(
+            self._options["host"], self._options["port"], self._options["tls"], self._options["username"]
+        )
+        reply_cache_size, reply_cache_ttl = settings["reply_cache_size"], settings["reply_cache_ttl"]
         self._filters: List[str] = []
         self._handlers: List[Handler] = []
         self._max_concurrency = max_concurrency
@@ -135,6 +153,17 @@ class Responder:
         self._handler_tasks: Dict[str, asyncio.Task] = {}
         self._repeats = 0
         self._cancelled = 0
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> "Responder":
+        """A responder for the broker at ``url``, as `MqttRpcClient.from_url` (query
+        parameters: the responder's own options); keyword arguments win over the URL's."""
+        settings = config.parse_url(url, config.RESPONDER_OPTIONS)
+        settings.update(options)
+        return cls(**settings)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._address} filters={self._filters!r}>"
 
     def handle(self, topic_filter: str) -> Callable[[Handler], Handler]:
         """Registers the decorated function for requests on ``topic_filter`` (the first

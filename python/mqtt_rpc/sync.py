@@ -4,16 +4,22 @@ the answer; many threads may share one client."""
 
 from __future__ import annotations
 
+import threading
 from types import TracebackType
-from typing import Any, Dict, List, Optional, Type
+from typing import Any, Dict, List, Optional, Type, TypeVar, overload
 
-from .client import MqttRpcClient, Payload, _ClientState, _encode
+from . import _core, typed
+from .client import MqttRpcClient, Payload, _ClientState
+from .errors import NotConnectedError
+
+T = TypeVar("T")
 
 
 class SyncMqttRpcClient(_ClientState):
     """A blocking MQTT RPC client. It takes the same arguments as `MqttRpcClient`
     (``on_connection_change`` excepted: without a loop, connection changes are only
-    visible as ``connected``) and raises the same errors.
+    visible as ``connected``), reads ``MQTT_RPC_URL`` the same way, and raises the same
+    errors. A call on a client not yet connected (or closed) connects first.
 
         with SyncMqttRpcClient("localhost", 1883) as client:
             reply = client.call("dev1/device/control/set", {"action": "GET_HEALTH_CHECK"})
@@ -23,19 +29,69 @@ class SyncMqttRpcClient(_ClientState):
         if options.get("on_connection_change") is not None:
             raise ValueError("on_connection_change needs an event loop: use MqttRpcClient")
         self._client = MqttRpcClient(*args, **options)
-        self._core = self._client._core
-        self._closed = False
+        self._open = False
+        self._closing = False
+        # Threads that find the client unconnected take turns here; one connects, and those
+        # that waited meanwhile share its outcome (one CONNECT at the broker).
+        self._connect_lock = threading.Lock()
+        self._attempts = 0
+        self._last_failure: Optional[BaseException] = None
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> "SyncMqttRpcClient":
+        """As `MqttRpcClient.from_url`."""
+        from . import config
+
+        settings = config.parse_url(url, config.CLIENT_OPTIONS)
+        settings.update(options)
+        return cls(**settings)
+
+    @property
+    def _core(self) -> _core.CoreClient:  # type: ignore[override]
+        return self._client._core
+
+    def __repr__(self) -> str:
+        state = "connected" if self._open else "not connected"
+        return f"<{type(self).__name__} {self._client._address} client_id={self.client_id!r} {state}>"
 
     def connect(self) -> None:
-        """Connects, blocking until the client is ready; raises as `MqttRpcClient.connect`."""
-        self._core.connect_blocking()
+        """Connects, blocking until the client is ready (nothing to do when it is); raises
+        as `MqttRpcClient.connect`."""
+        if self._open:
+            return
+        if self._closing:
+            raise NotConnectedError("the client is closing: wait for close() to end before using it again")
+        seen = self._attempts
+        with self._connect_lock:
+            if self._open:
+                return
+            if self._attempts != seen and self._last_failure is not None:
+                raise self._last_failure  # the attempt this thread waited for failed
+            self._attempts += 1
+            client = self._client
+            if client._core_used:
+                client._core = client._new_core()
+            client._core_used = True
+            try:
+                client._core.connect_blocking()
+            except BaseException as error:
+                self._last_failure = error
+                raise
+            self._last_failure = None
+            self._open = True
 
     def close(self, grace: float = 2.0) -> None:
-        """As `MqttRpcClient.close`: waits up to ``grace`` seconds for calls in flight."""
-        if self._closed:
-            return
-        self._closed = True
-        self._core.close_blocking(float(grace))
+        """As `MqttRpcClient.close`: waits up to ``grace`` seconds for calls in flight; a
+        later call connects again."""
+        with self._connect_lock:
+            if not self._open:
+                return
+            self._open = False
+            self._closing = True
+        try:
+            self._core.close_blocking(float(grace))
+        finally:
+            self._closing = False
 
     def __enter__(self) -> "SyncMqttRpcClient":
         self.connect()
@@ -49,13 +105,30 @@ class SyncMqttRpcClient(_ClientState):
     ) -> None:
         self.close()
 
-    def call(self, topic: str, payload: Payload, timeout: Optional[float] = None) -> Dict[str, Any]:
+    @overload
+    def call(
+        self, topic: str, payload: Payload, timeout: Optional[float] = None, *, response_model: None = None
+    ) -> Dict[str, Any]: ...
+
+    @overload
+    def call(self, topic: str, payload: Payload, timeout: Optional[float] = None, *, response_model: Type[T]) -> T: ...
+
+    @overload
+    def call(self, topic: str, payload: Payload, timeout: Optional[float] = None, *, response_model: Any) -> Any: ...
+
+    def call(self, topic: str, payload: Payload, timeout: Optional[float] = None, *, response_model: Any = None) -> Any:
         """As `MqttRpcClient.call`, blocking this thread (not others) until the answer."""
         if timeout is None:
             timeout = self._client._timeout
-        if isinstance(payload, dict):
-            payload = _encode(payload)
-        return self._core.call_blocking(topic, payload, timeout)
+        body = typed.encode(payload)
+        if response_model is not None:
+            typed.check_model(response_model)
+        if not self._open:
+            self.connect()
+        reply: Dict[str, Any] = self._core.call_blocking(topic, body, timeout)
+        if response_model is None:
+            return reply
+        return typed.validate(reply, response_model)
 
     def gather_all(
         self, topic: str, payload: Payload, timeout: Optional[float] = None, max_replies: Optional[int] = None
@@ -66,13 +139,14 @@ class SyncMqttRpcClient(_ClientState):
             timeout = self._client._timeout
         if max_replies is not None and (not isinstance(max_replies, int) or max_replies < 1):
             raise ValueError(f"max_replies must be a positive integer or None, not {max_replies!r}")
-        if isinstance(payload, dict):
-            payload = _encode(payload)
-        return self._core.gather_blocking(topic, payload, timeout, max_replies)
+        body = typed.encode(payload)
+        if not self._open:
+            self.connect()
+        return self._core.gather_blocking(topic, body, timeout, max_replies)  # type: ignore[no-any-return]
 
     def notify(self, topic: str, payload: Payload) -> None:
         """As `MqttRpcClient.notify`: publishes without waiting for any answer."""
-        if isinstance(payload, dict):
-            payload = _encode(payload)
-        self._core.notify(topic, payload)
-
+        body = typed.encode(payload)
+        if not self._open:
+            self.connect()
+        self._core.notify(topic, body)

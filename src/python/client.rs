@@ -2,7 +2,7 @@
 //! asyncio future on the caller's loop, and maps errors. The public, documented class is
 //! `mqtt_rpc.MqttRpcClient` (python/mqtt_rpc/client.py), which wraps this one.
 
-use super::bridge::{outcome_to_py, Batch, Blocked, Completion, LoopBridge, PyWaiter};
+use super::bridge::{outcome_to_py, Batch, Blocked, Completion, CompletionQueue, LoopBridge, PyWaiter};
 use super::convert::object_to_py;
 use super::errors::{call_error, value_error};
 use super::runtime::runtime;
@@ -13,6 +13,7 @@ use crate::protocol::InputError;
 use crate::quota::Quotas;
 use crate::tls::TlsOptions;
 use pyo3::exceptions::PyRuntimeError;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString, PyTuple};
 use std::borrow::Cow;
@@ -30,6 +31,9 @@ pub struct CoreClient {
     /// The id given (or made up); a pool's connections add `-{i}` to it.
     client_id: String,
     bridges: Mutex<Vec<Py<LoopBridge>>>,
+    /// Where connection events go: the queue of the loop that connected, or of a newer
+    /// loop once that one has closed.
+    event_target: Arc<Mutex<Option<Arc<CompletionQueue>>>>,
     /// Called on the connecting loop as `handler(connected, reconnect, session_present, reason)`.
     event_handler: Option<Arc<Py<PyAny>>>,
 }
@@ -102,18 +106,45 @@ pub(crate) fn seconds(name: &str, value: f64) -> PyResult<Duration> {
 }
 
 impl CoreClient {
-    /// The bridge of `event_loop`, created and registered on first use.
+    /// The bridge of `event_loop`, created and registered on first use. A new loop also
+    /// drops the bridges of loops that have closed since (a client made at import time
+    /// and used from one `asyncio.run()` after another), and takes over the connection
+    /// events if their loop was one of them. Nothing here calls into Python while holding
+    /// the bridges' lock: Python code may switch threads and come back for it.
     fn bridge(&self, event_loop: &Bound<'_, PyAny>) -> PyResult<Py<LoopBridge>> {
         let py = event_loop.py();
-        let mut bridges = lock(&self.bridges);
-        if let Some(bridge) = bridges
-            .iter()
-            .find(|b| b.get().event_loop.bind(py).is(event_loop))
-        {
-            return Ok(bridge.clone_ref(py));
+        let known: Vec<Py<LoopBridge>> = {
+            let bridges = lock(&self.bridges);
+            // `is` compares pointers: no Python code runs under the lock.
+            if let Some(bridge) = bridges
+                .iter()
+                .find(|b| b.get().event_loop.bind(py).is(event_loop))
+            {
+                return Ok(bridge.clone_ref(py));
+            }
+            bridges.iter().map(|bridge| bridge.clone_ref(py)).collect()
+        };
+        let mut closed = Vec::new();
+        for bridge in &known {
+            let is_closed = bridge
+                .get()
+                .event_loop
+                .bind(py)
+                .call_method0(intern!(py, "is_closed"))?
+                .is_truthy()?;
+            if is_closed {
+                closed.push(bridge.get().queue.clone());
+            }
         }
         let bridge = LoopBridge::attach(event_loop)?;
-        bridges.push(bridge.clone_ref(py));
+        lock(&self.bridges).retain(|b| !closed.iter().any(|q| Arc::ptr_eq(q, &b.get().queue)));
+        lock(&self.bridges).push(bridge.clone_ref(py));
+        let mut target = lock(&self.event_target);
+        if let Some(queue) = target.as_ref() {
+            if closed.iter().any(|q| Arc::ptr_eq(q, queue)) {
+                *target = Some(bridge.get().queue.clone());
+            }
+        }
         Ok(bridge)
     }
 
@@ -359,6 +390,7 @@ impl CoreClient {
             inner: Arc::new(inner),
             client_id,
             bridges: Mutex::new(Vec::new()),
+            event_target: Arc::new(Mutex::new(None)),
             event_handler: event_handler.map(Arc::new),
         })
     }
@@ -367,14 +399,18 @@ impl CoreClient {
     fn connect(&self, event_loop: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         if let Some(handler) = &self.event_handler {
             let queue = self.bridge(event_loop)?.get().queue.clone();
+            *lock(&self.event_target) = Some(queue);
+            let target = self.event_target.clone();
             self.inner.set_event_sinks(|client_id| {
-                let (queue, handler) = (queue.clone(), handler.clone());
+                let (target, handler) = (target.clone(), handler.clone());
                 Box::new(move |event| {
-                    queue.push(Completion::Event {
-                        handler: handler.clone(),
-                        client_id: client_id.clone(),
-                        event,
-                    })
+                    if let Some(queue) = lock(&target).as_ref() {
+                        queue.push(Completion::Event {
+                            handler: handler.clone(),
+                            client_id: client_id.clone(),
+                            event,
+                        })
+                    }
                 })
             });
         }
@@ -401,6 +437,7 @@ impl CoreClient {
     /// Delivers what is still queued and unregisters from every loop this client used.
     fn detach(&self, py: Python<'_>, running_loop: &Bound<'_, PyAny>) -> PyResult<()> {
         let bridges = std::mem::take(&mut *lock(&self.bridges));
+        *lock(&self.event_target) = None;
         for bridge in bridges {
             let bridge = bridge.get();
             let on_loop_thread = bridge.event_loop.bind(py).is(running_loop);
