@@ -1,9 +1,10 @@
 """A FastAPI service that controls devices over MQTT with mqtt-rpc.
 
-    MQTT_HOST=localhost MQTT_PORT=1883 uvicorn app:app
+    MQTT_RPC_URL=mqtt://localhost:1883 uvicorn app:app
 
 The client is connected in the app's lifespan and closed on shutdown; endpoints get it
-through a dependency. `POST /devices/{device_id}/control` calls
+through a dependency. (A call would connect the client by itself, but connecting at
+start-up makes an unreachable broker fail the deploy, not the first request.) `POST /devices/{device_id}/control` calls
 `{device_id}/device/control/set` and returns the device's answer; every failure becomes an
 HTTP status with a JSON body that says what happened:
 
@@ -15,7 +16,6 @@ HTTP status with a JSON body that says what happened:
 
 from __future__ import annotations
 
-import os
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable, Dict, Optional
 
@@ -43,8 +43,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = MqttRpcClient(
-            host or os.environ.get("MQTT_HOST", "localhost"),
-            port or int(os.environ.get("MQTT_PORT", "1883")),
+            host,  # None: the broker of MQTT_RPC_URL
+            port,
             # Calls made while the broker is away fail at once (503) instead of waiting.
             fail_fast=True,
             on_connection_change=on_connection_change,

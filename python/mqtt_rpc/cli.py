@@ -1,6 +1,9 @@
 """The `mqtt-rpc` command line: call a device, serve as a test device, measure, or run the
-demo. Each command prints what it does and exits non-zero with a message that says what
-went wrong (2 bad input, 3 timeout, 4 the device answered an error, 5 no connection)."""
+demo. Each command prints what it does and exits non-zero with one line on stderr that says
+what went wrong: 2 bad input, 3 timeout, 4 the device answered an error, 5 no connection
+(or it was lost), 6 no responders (MQTT 5, QoS 1: nobody subscribes to the topic), 7 the
+broker refused the request (MQTT 5 reason code). The broker comes from `--url`, else
+`MQTT_RPC_URL`, else localhost:1883; `--host`, `--port` and the other options win."""
 
 from __future__ import annotations
 
@@ -15,31 +18,57 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from . import __version__
 from .client import MqttRpcClient
-from .errors import NotConnectedError, PayloadError, RemoteError, RpcTimeoutError
+from .errors import (
+    ConnectionLostError,
+    NoRespondersError,
+    NotConnectedError,
+    PayloadError,
+    PublishRejectedError,
+    RemoteError,
+    RpcTimeoutError,
+)
 from .responder import Responder, RpcHandlerError
 
 EXIT_BAD_INPUT, EXIT_TIMEOUT, EXIT_REMOTE_ERROR, EXIT_NO_CONNECTION = 2, 3, 4, 5
+EXIT_NO_RESPONDERS, EXIT_REJECTED = 6, 7
 DEMO_FILTER = "+/device/control/set"
 
 
+def positive_seconds(text: str) -> float:
+    """argparse type of a timeout: a bad one is bad input (exit 2), not a traceback."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
 def connection_arguments(parser: argparse.ArgumentParser) -> None:
+    # Defaults are None: only what is given overrides --url / MQTT_RPC_URL.
     group = parser.add_argument_group("broker")
-    group.add_argument("--host", default="localhost", help="broker host (default: localhost)")
-    group.add_argument("--port", type=int, default=1883, help="broker port (default: 1883)")
-    group.add_argument("--protocol", choices=["3.1.1", "5"], default="3.1.1", help="MQTT version")
-    group.add_argument("--qos", type=int, choices=[0, 1], default=0)
+    group.add_argument("--url", help="broker URL, mqtt[s]://[user[:password]@]host[:port][?option=value...] "
+                       "(default: $MQTT_RPC_URL, else mqtt://localhost:1883)")
+    group.add_argument("--host", help="broker host (overrides the URL's; default: localhost)")
+    group.add_argument("--port", type=int, help="broker port (default: 1883)")
+    group.add_argument("--protocol", choices=["3.1.1", "5"], help="MQTT version (default: 3.1.1)")
+    group.add_argument("--qos", type=int, choices=[0, 1])
     group.add_argument("--username")
     group.add_argument("--password")
     group.add_argument("--client-id", help="default: a unique id")
     tls = parser.add_argument_group("TLS")
-    tls.add_argument("--tls", action="store_true", help="connect with TLS (implied by the files below)")
+    tls.add_argument("--tls", action="store_true", default=None, help="connect with TLS (implied by the files below)")
     tls.add_argument("--ca-certs", help="PEM file of the CAs to trust (default: the system's)")
     tls.add_argument("--certfile", help="client certificate (PEM), for mutual TLS")
     tls.add_argument("--keyfile", help="client private key (PEM)")
 
 
 def connection_options(args: argparse.Namespace) -> Dict[str, Any]:
-    return dict(
+    """The options given on the command line, and nothing else."""
+    given = dict(
+        host=args.host,
+        port=args.port,
         client_id=args.client_id,
         protocol=args.protocol,
         qos=args.qos,
@@ -50,6 +79,15 @@ def connection_options(args: argparse.Namespace) -> Dict[str, Any]:
         certfile=args.certfile,
         keyfile=args.keyfile,
     )
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def make(kind: Any, args: argparse.Namespace, **options: Any) -> Any:
+    """A client or responder from --url (or MQTT_RPC_URL), with the given options on top."""
+    options.update(connection_options(args))
+    if args.url:
+        return kind.from_url(args.url, **options)
+    return kind(**options)
 
 
 def fail(code: int, message: str) -> int:
@@ -61,11 +99,14 @@ def fail(code: int, message: str) -> int:
 
 
 async def call_command(args: argparse.Namespace) -> int:
-    client = MqttRpcClient(args.host, args.port, reply_to=args.reply_to, **connection_options(args))
+    try:
+        client = make(MqttRpcClient, args, reply_to=args.reply_to)
+    except ValueError as error:
+        return fail(EXIT_BAD_INPUT, str(error))
     try:
         await client.connect()
     except NotConnectedError as error:
-        return fail(EXIT_NO_CONNECTION, f"{error} (is a broker running there? try --host/--port)")
+        return fail(EXIT_NO_CONNECTION, f"{error} (is a broker running there? try --url or --host/--port)")
     try:
         reply = await client.call(args.topic, args.payload, timeout=args.timeout)
     except PayloadError as error:
@@ -75,6 +116,12 @@ async def call_command(args: argparse.Namespace) -> int:
     except RemoteError as error:
         print(json.dumps({"code": error.code, "message": error.message, "data": error.data}), file=sys.stderr)
         return fail(EXIT_REMOTE_ERROR, f"the device answered with error {error.code}: {error.message}")
+    except NoRespondersError as error:
+        return fail(EXIT_NO_RESPONDERS, f"{error}: no device is subscribed to this topic (the broker said so)")
+    except PublishRejectedError as error:
+        return fail(EXIT_REJECTED, f"the broker refused the request: reason {error.reason_code} ({error.reason})")
+    except (ConnectionLostError, NotConnectedError) as error:
+        return fail(EXIT_NO_CONNECTION, f"the connection was lost: {error}")
     finally:
         await client.close(grace=0)
     print(json.dumps(reply, indent=2))
@@ -85,7 +132,8 @@ async def call_command(args: argparse.Namespace) -> int:
 
 
 def echo_responder(args: argparse.Namespace) -> Responder:
-    responder = Responder(args.host, args.port, share_group=args.share_group, **connection_options(args))
+    options = {"share_group": args.share_group} if args.share_group else {}
+    responder: Responder = make(Responder, args, **options)
     fail_action = args.fail_action
 
     @responder.handle(args.filter)
@@ -98,14 +146,15 @@ def echo_responder(args: argparse.Namespace) -> Responder:
 
 
 async def serve_command(args: argparse.Namespace) -> int:
-    if not args.echo:
-        return fail(EXIT_BAD_INPUT, "serve needs --echo (the only behaviour of the test device)")
-    responder = echo_responder(args)
+    try:
+        responder = echo_responder(args)
+    except ValueError as error:
+        return fail(EXIT_BAD_INPUT, str(error))
     try:
         await responder.start()
     except NotConnectedError as error:
         return fail(EXIT_NO_CONNECTION, str(error))
-    print(f"serving {args.filter} on {args.host}:{args.port} (Ctrl-C stops)", flush=True)
+    print(f"serving {args.filter} on {responder._address} (Ctrl-C stops)", flush=True)
     try:
         await responder.serve()
     finally:
@@ -242,15 +291,16 @@ def parser() -> argparse.ArgumentParser:
                                "and print the device's answer.")
     call.add_argument("topic", help='request topic, e.g. "dev1/device/control/set"')
     call.add_argument("payload", help='JSON object, e.g. \'{"action": "GET_HEALTH_CHECK"}\'')
-    call.add_argument("--timeout", type=float, default=10, help="seconds to wait for the answer (default: 10)")
+    call.add_argument("--timeout", type=positive_seconds, default=10, help="seconds to wait for the answer (default: 10)")
     call.add_argument("--reply-to", choices=["topic", "inbox"], default="topic", help="reply topic convention")
     connection_arguments(call)
 
-    serve = commands.add_parser("serve", help="answer requests as a test device",
+    serve = commands.add_parser("serve", help="answer requests as a test device (an echo)",
                                 description="Answer every request on FILTER with "
-                                '{"status": "ok", "echo": <request>} until stopped.')
+                                '{"status": "ok", "echo": <request>} until stopped; with --fail-action, '
+                                "answer requests of that action with an error instead.")
     serve.add_argument("filter", help='request topic filter, e.g. "+/device/control/set"')
-    serve.add_argument("--echo", action="store_true", help="answer with the request (required)")
+    serve.add_argument("--echo", action="store_true", help="answer with the request (the default; kept for scripts)")
     serve.add_argument("--fail-action", metavar="ACTION", help='answer requests whose "action" is ACTION with an error')
     serve.add_argument("--share-group", help="join this shared-subscription group (a pool of devices)")
     connection_arguments(serve)

@@ -251,6 +251,8 @@ class MqttRpcClient(_ClientState):
         self._settings = _checked(settings, chosen)
         # Made now so that bad options raise here; made again for a connect after close().
         self._core = self._new_core()
+        # A client connected again keeps its id (and so its broker session and ACL rights).
+        self._settings["client_id"] = self._core.client_id
         self._core_used = False
         self._open = False
         self._closing = False

@@ -217,6 +217,13 @@ class MosquittoBroker:
                 events.append(("unsubscribe", parts[1]))
         return events
 
+    def connections(self, client_id: str) -> int:
+        """How many times `client_id` connected, up to now. Mosquitto logs each accepted
+        CONNECT as "New client connected from <address> as <client id> (p<version>, ...)"."""
+        self.sync_log()
+        marker = f" as {client_id} ("
+        return sum(1 for line in list(self.lines) if line.startswith("New client connected from ") and marker in line)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.terminate()
