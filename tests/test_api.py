@@ -76,3 +76,13 @@ async def test_one_client_serves_callers_on_two_event_loops(broker: MosquittoBro
 def test_a_bad_port_is_a_value_error(port: int) -> None:
     with pytest.raises(ValueError, match="port"):
         MqttRpcClient("127.0.0.1", port)
+
+
+def test_the_stats_sample_of_the_readme_has_todays_keys() -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    sample = readme[readme.index("client.stats()\n# {") : readme.index("```", readme.index("client.stats()\n# {"))]
+    documented = set(re.findall(r"'(\w+)':", sample)) - {"client_id"}
+    assert documented == set(mqtt_rpc.MqttRpcClient("localhost").stats())

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 from typing import Iterator, List
 
 import pytest
@@ -92,3 +94,64 @@ def test_demo_runs_end_to_end() -> None:
     for expected in ("call GET_HEALTH_CHECK (first)", "RemoteError 423", "RpcTimeoutError", "1000 answers, in order",
                      "pending calls left: 0", "stopped the device and the broker."):
         assert expected in result.stdout
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "soon", "inf"])
+def test_a_bad_timeout_is_bad_input_not_a_traceback(timeout: str) -> None:
+    result = mqtt_rpc("call", "dev/device/control/set", "{}", "--timeout", timeout)
+    assert result.returncode == 2
+    assert "--timeout" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_no_responders_has_its_own_exit_code_and_one_line(broker: MosquittoBroker) -> None:
+    topic = f"nobody-{uuid.uuid4().hex[:6]}/silent/control/set"
+    url = f"mqtt://{broker.host}:{broker.port}?protocol=5&qos=1"
+    result = mqtt_rpc("call", topic, "{}", "--url", url, "--timeout", "30")
+    assert result.returncode == 6, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "no device is subscribed" in result.stderr
+
+
+def test_a_request_the_broker_refuses_has_its_own_exit_code(tmp_path: Path) -> None:
+    passwords, acl = tmp_path / "passwords", tmp_path / "acl"
+    passwords.touch()
+    subprocess.run(["mosquitto_passwd", "-b", str(passwords), "service", "s3cret"], check=True)
+    acl.write_text("user service\ntopic readwrite allowed/#\n")
+    config = ["allow_anonymous false", f"password_file {passwords}", f"acl_file {acl}"]
+    with MosquittoBroker.start(extra_config=config) as broker:
+        url = f"mqtt://service:s3cret@{broker.host}:{broker.port}?protocol=5&qos=1"
+        result = mqtt_rpc("call", "forbidden/device/control/set", "{}", "--url", url)
+    assert result.returncode == 7, result.stderr
+    assert "reason 135 (Not authorized)" in result.stderr and "Traceback" not in result.stderr
+    assert "s3cret" not in result.stderr
+
+
+def test_the_broker_comes_from_the_environment_and_options_win(
+    broker: MosquittoBroker, seed_device: ResponderDevice
+) -> None:
+    topic = f"cli-env-{uuid.uuid4().hex[:6]}/device/control/set"
+    environment = {**os.environ, "MQTT_RPC_URL": f"mqtt://{broker.host}:{free_port()}"}
+    wrong_port = subprocess.run([sys.executable, "-m", "mqtt_rpc", "call", topic, "{}"], env=environment,
+                                capture_output=True, text=True, timeout=60)
+    assert wrong_port.returncode == 5 and "Traceback" not in wrong_port.stderr
+    right_port = subprocess.run([sys.executable, "-m", "mqtt_rpc", "call", topic, "{}", "--port", str(broker.port)],
+                                env=environment, capture_output=True, text=True, timeout=60)
+    assert right_port.returncode == 0, right_port.stderr
+    bad_url = mqtt_rpc("call", topic, "{}", "--url", "http://broker")
+    assert bad_url.returncode == 2 and "mqtt://" in bad_url.stderr
+
+
+def test_serve_echoes_without_being_told_to(broker: MosquittoBroker) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mqtt_rpc", "serve", "+/plain/control/set", "--url", f"mqtt://{broker.host}:{broker.port}"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline().startswith("serving +/plain/control/set")
+        result = mqtt_rpc("call", "cam1/plain/control/set", '{"action": "PING"}', "--port", str(broker.port))
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["result"]["status"] == "ok"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

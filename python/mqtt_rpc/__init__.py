@@ -2,8 +2,8 @@
 
     from mqtt_rpc import MqttRpcClient
 
-    async with MqttRpcClient("localhost", 1883) as client:
-        reply = await client.call("dev1/device/control/set", '{"action": "GET_HEALTH_CHECK"}')
+    client = MqttRpcClient()   # the broker from MQTT_RPC_URL (default mqtt://localhost:1883)
+    reply = await client.call("dev1/device/control/set", '{"action": "GET_HEALTH_CHECK"}')
 """
 
 from ._core import __version__
@@ -19,6 +19,7 @@ from .errors import (
     PayloadError,
     PublishRejectedError,
     RemoteError,
+    ReplyValidationError,
     RpcTimeoutError,
     SubscriptionRefusedError,
     TlsError,
@@ -43,5 +44,6 @@ __all__ = [
     "NoRespondersError",
     "PublishRejectedError",
     "PayloadError",
+    "ReplyValidationError",
     "__version__",
 ]
