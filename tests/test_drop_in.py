@@ -265,3 +265,25 @@ def test_the_drop_in_snippet_of_the_readme_runs(broker_url: str, camera: Respond
     assert result.returncode == 0, result.stderr
     reply = json.loads(result.stdout)
     assert reply["result"]["request"] == {"action": "GET_HEALTH_CHECK", "request_id": reply["request_id"]}
+
+
+async def test_every_call_method_connects_first(broker_url: str, camera: ResponderDevice) -> None:
+    topic = "rpi-camera-device/device/control/set"
+    for use in ("stream", "call_all", "gather_all", "call_many", "notify"):
+        client = MqttRpcClient()
+        try:
+            if use == "stream":
+                messages = [m async for m in client.stream(topic, {"x": 1})]
+                assert messages[-1]["result"]["request"]["x"] == 1
+            elif use == "call_all":
+                replies = [r async for r in client.call_all(topic, {}, timeout=0.5)]
+                assert len(replies) == 1
+            elif use == "gather_all":
+                assert len(await client.gather_all(topic, {}, timeout=0.5, max_replies=1)) == 1
+            elif use == "call_many":
+                assert len(await client.call_many([(topic, {}), (topic, {})])) == 2
+            else:
+                await client.notify(topic, {"note": True})
+            assert client.connected, use
+        finally:
+            await client.close()
