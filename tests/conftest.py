@@ -3,13 +3,28 @@ device, and connected clients that must end every test with nothing pending."""
 
 from __future__ import annotations
 
+import os
+import sysconfig
 import uuid
+from pathlib import Path
 from typing import AsyncIterator, Iterator
 
 import pytest
 
+import mqtt_rpc
+
 from mqtt_rpc import MqttRpcClient
 from mqtt_rpc.testing import MosquittoBroker, ResponderDevice
+
+
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # scripts/test-wheel runs the suite against the installed wheel: make sure it is that.
+    if os.environ.get("MQTT_RPC_EXPECT_INSTALLED"):
+        site_packages = Path(sysconfig.get_paths()["platlib"]).resolve()
+        if not Path(mqtt_rpc.__file__).resolve().is_relative_to(site_packages):
+            raise pytest.UsageError(f"expected the installed wheel, imported {mqtt_rpc.__file__}")
 
 
 SEED_DEVICES = "+/device/control/set"
