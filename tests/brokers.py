@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set
 
 from mqtt_rpc.testing import MosquittoBroker, free_port, mqtt_handshake
 
@@ -94,6 +95,28 @@ def _erlang_env(home: str) -> Dict[str, str]:
     env = dict(os.environ)
     env.update({"HOME": home, "ERL_EPMD_ADDRESS": "127.0.0.1"})
     return env
+
+
+def _running(name: str) -> Set[int]:
+    """The process ids of the programs called `name` running now."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == name:
+                found.add(int(entry.name))
+        except OSError:  # it ended meanwhile
+            continue
+    return found
+
+
+def _stop_started_since(name: str, before: Set[int]) -> None:
+    """Stops the `name` processes that were not running before: an Erlang node starts the
+    port mapper daemon (epmd) on its own, detached, and leaves it running after it stops."""
+    for pid in _running(name) - before:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _stop_process(process: subprocess.Popen, workdir: tempfile.TemporaryDirectory) -> None:
@@ -194,6 +217,7 @@ def start_rabbitmq() -> RunningBroker:
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": _ERLANG_LOOPBACK,
         }
     )
+    epmd_before = _running("epmd")
     process = subprocess.Popen([program], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_mqtt("127.0.0.1", port, 90)
     version = Path(next(Path("/usr/lib/rabbitmq/lib").glob("rabbitmq_server-*"))).name.split("-")[-1]
@@ -202,6 +226,7 @@ def start_rabbitmq() -> RunningBroker:
         ctl = "/usr/lib/rabbitmq/bin/rabbitmqctl"
         subprocess.run([ctl, "-n", node, "stop"], env=env, capture_output=True, timeout=60)
         _stop_process(process, workdir)
+        _stop_started_since("epmd", epmd_before)
 
     return RunningBroker(RABBITMQ, "127.0.0.1", port, version, stop)
 
@@ -249,6 +274,7 @@ def start_ejabberd() -> RunningBroker:
     node = f"mqttrpc{port}@localhost"
     ctl = [program, "--ctl-config", str(ctl_config), "--node", node]
     env = _erlang_env(workdir.name)
+    epmd_before = _running("epmd")
     process = subprocess.Popen(
         [*ctl, "--spool", str(base / "spool"), "--logs", str(base / "logs"), "foreground"],
         env=env,
@@ -267,6 +293,7 @@ def start_ejabberd() -> RunningBroker:
     def stop() -> None:
         subprocess.run([*ctl, "stop"], env=env, capture_output=True, timeout=60)
         _stop_process(process, workdir)
+        _stop_started_since("epmd", epmd_before)
 
     return RunningBroker(EJABBERD, "127.0.0.1", port, version, stop)
 
