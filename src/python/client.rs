@@ -2,7 +2,9 @@
 //! asyncio future on the caller's loop, and maps errors. The public, documented class is
 //! `mqtt_rpc.MqttRpcClient` (python/mqtt_rpc/client.py), which wraps this one.
 
-use super::bridge::{outcome_to_py, Batch, Blocked, Completion, CompletionQueue, LoopBridge, PyWaiter};
+use super::bridge::{
+    outcome_to_py, Batch, Blocked, Completion, CompletionQueue, LoopBridge, PyWaiter,
+};
 use super::convert::object_to_py;
 use super::errors::{call_error, value_error};
 use super::runtime::runtime;
