@@ -206,13 +206,3 @@ impl<W: Waiter> RpcPool<W> {
         PoolStats { total, connections }
     }
 }
-
-/// What a connection reports to the pool to be picked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Load {
-    pub connected: bool,
-    /// Its publish-rate quota is used up for now (calls would wait for it).
-    pub throttled: bool,
-    pub pending: usize,
-    pub holds_reply_filter: bool,
-}

@@ -8,6 +8,8 @@
 //! never sees two seconds' worth of publishes close together when the network delays
 //! some of them; and 1% under the rate, against jitter.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Limits for one connection; `None`: no limit beyond the broker's own.
@@ -69,6 +71,117 @@ impl RateLimiter {
     pub fn next_free(&self) -> Option<Instant> {
         self.due
             .map(|due| due.checked_sub(self.tolerance).unwrap_or(due))
+    }
+}
+
+/// A publish waiting for the publish-rate limit.
+#[derive(Debug)]
+pub enum Throttled {
+    /// A call's request: the call holds its slot and reply filter meanwhile.
+    Call { request_id: String, since: Instant },
+    /// A notification or a cancellation.
+    Message { topic: Arc<str>, body: Vec<u8> },
+}
+
+/// The publish-rate limit and what waits for it, in order. Calls that wait are bounded by
+/// the in-flight limit (each holds a slot); messages by `max_messages`, beyond which a
+/// message is refused (the caller of `notify` hears it; a cancellation is dropped and
+/// counted).
+#[derive(Debug)]
+pub struct PublishQueue {
+    limiter: Option<RateLimiter>,
+    waiting: VecDeque<Throttled>,
+    messages: usize,
+    max_messages: usize,
+}
+
+/// The queue had no room for a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull;
+
+impl PublishQueue {
+    pub fn new(per_second: Option<u32>, max_messages: usize) -> Self {
+        PublishQueue {
+            limiter: per_second.map(RateLimiter::new),
+            waiting: VecDeque::new(),
+            messages: 0,
+            max_messages,
+        }
+    }
+
+    pub fn is_limited(&self) -> bool {
+        self.limiter.is_some()
+    }
+
+    pub fn per_second(&self) -> Option<usize> {
+        self.limiter.as_ref().map(RateLimiter::per_second)
+    }
+
+    /// Publishes waiting (calls and messages).
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Whether a publish could go at `now` (taking nothing).
+    pub fn has_place(&self, now: Instant) -> bool {
+        match &self.limiter {
+            None => true,
+            Some(limiter) => self.waiting.is_empty() && limiter.has_place(now),
+        }
+    }
+
+    /// Takes a publish's place if one is free at `now`; never ahead of those waiting.
+    pub fn take_place(&mut self, now: Instant) -> bool {
+        match &mut self.limiter {
+            None => true,
+            Some(limiter) => self.waiting.is_empty() && limiter.try_take(now),
+        }
+    }
+
+    pub fn wait_call(&mut self, request_id: String, since: Instant) {
+        self.waiting
+            .push_back(Throttled::Call { request_id, since });
+    }
+
+    pub fn wait_message(&mut self, topic: Arc<str>, body: Vec<u8>) -> Result<(), QueueFull> {
+        if self.messages >= self.max_messages {
+            return Err(QueueFull);
+        }
+        self.messages += 1;
+        self.waiting.push_back(Throttled::Message { topic, body });
+        Ok(())
+    }
+
+    /// A waiting call ended before its turn.
+    pub fn remove_call(&mut self, request_id: &str) {
+        self.waiting
+            .retain(|t| !matches!(t, Throttled::Call { request_id: id, .. } if id == request_id));
+    }
+
+    /// The next waiting publish, if the limit lets it go at `now` (its place is taken).
+    pub fn release(&mut self, now: Instant) -> Option<Throttled> {
+        let limiter = self.limiter.as_mut()?;
+        if self.waiting.is_empty() || !limiter.try_take(now) {
+            return None;
+        }
+        let next = self.waiting.pop_front();
+        if matches!(next, Some(Throttled::Message { .. })) {
+            self.messages -= 1;
+        }
+        next
+    }
+
+    /// When the next waiting publish may go (`now` at the latest), if any waits.
+    pub fn next_release(&self, now: Instant) -> Option<Instant> {
+        if self.waiting.is_empty() {
+            return None;
+        }
+        let limiter = self.limiter.as_ref()?;
+        Some(limiter.next_free().unwrap_or(now))
     }
 }
 

@@ -322,8 +322,9 @@ impl ReplySubscriptions {
 
     /// The connection is back. A filter held before stays held if the broker kept the
     /// session; every other filter must be subscribed again. Returns the calls that may
-    /// publish now and the filters to subscribe (their calls wait for the SUBACKs).
-    pub fn reconnected(&mut self, session_present: bool) -> (Vec<String>, Vec<String>) {
+    /// publish now and the filters to subscribe with their keys (their calls wait for the
+    /// SUBACKs).
+    pub fn reconnected(&mut self, session_present: bool) -> (Vec<String>, Vec<(Arc<str>, String)>) {
         self.online = true;
         let mut ready = Vec::new();
         let mut to_subscribe = Vec::new();
@@ -342,7 +343,7 @@ impl ReplySubscriptions {
             } else {
                 entry.state = State::Subscribing { waiting };
                 self.requested.push_back(key.clone());
-                to_subscribe.push(entry.filter.clone());
+                to_subscribe.push((key.clone(), entry.filter.clone()));
             }
         }
         (ready, to_subscribe)
@@ -490,10 +491,11 @@ mod tests {
         assert_eq!(subs.acquire(&key, "b", filter), Need::Wait);
         let new_topic: Arc<str> = Arc::from("new/set");
         assert_eq!(subs.acquire(&new_topic, "c", filter), Need::Wait);
-        let (ready, mut to_subscribe) = subs.reconnected(false);
-        to_subscribe.sort();
+        let (ready, to_subscribe) = subs.reconnected(false);
+        let mut filters: Vec<String> = to_subscribe.into_iter().map(|(_, f)| f).collect();
+        filters.sort();
         assert!(ready.is_empty());
-        assert_eq!(to_subscribe, ["dev/set/response/+", "new/set/response/+"]);
+        assert_eq!(filters, ["dev/set/response/+", "new/set/response/+"]);
         subs.sent(7);
         subs.sent(8);
         let mut granted = Vec::new();
@@ -529,7 +531,10 @@ mod tests {
         assert_eq!(subs.acknowledged(1, true), Settled::Nothing);
         let (ready, to_subscribe) = subs.reconnected(true);
         assert!(ready.is_empty());
-        assert_eq!(to_subscribe, ["dev/set/response/+"]);
+        assert_eq!(
+            to_subscribe,
+            [(key.clone(), "dev/set/response/+".to_owned())]
+        );
         subs.sent(2);
         assert_eq!(
             subs.acknowledged(2, true),

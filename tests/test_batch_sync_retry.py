@@ -208,6 +208,7 @@ async def test_stats_count_exactly_what_happened(client: MqttRpcClient, seed_dev
         "progress_received": 0,
         "replies_gathered": 0,
         "calls_throttled": 0,
+        "messages_dropped": 0,
         "throttled_wait_ms": 0.0,
         "publish_rate_limit": None,
         "reconnects": 0,

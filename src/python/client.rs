@@ -653,29 +653,7 @@ impl CoreClient {
 
 fn stats_dict<'py>(py: Python<'py>, s: &Stats) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
-    for (name, value) in [
-        ("calls_started", s.calls_started),
-        ("calls_succeeded", s.calls_succeeded),
-        ("calls_timed_out", s.calls_timed_out),
-        ("calls_failed_remotely", s.calls_failed_remotely),
-        ("calls_cancelled", s.calls_cancelled),
-        ("calls_failed", s.calls_failed),
-        ("calls_no_responders", s.calls_no_responders),
-        ("calls_rejected", s.calls_rejected),
-        ("replies_dropped_stray", s.replies_dropped_stray),
-        ("replies_dropped_duplicate", s.replies_dropped_duplicate),
-        ("replies_dropped_malformed", s.replies_dropped_malformed),
-        ("progress_received", s.progress_received),
-        ("replies_gathered", s.replies_gathered),
-        ("calls_throttled", s.calls_throttled),
-        ("reconnects", s.reconnects),
-        ("pending", s.pending),
-        ("reply_subscriptions", s.reply_subscriptions),
-        (
-            "reply_subscriptions_limit",
-            s.reply_subscriptions_limit as u64,
-        ),
-    ] {
+    for (name, value) in s.counts() {
         dict.set_item(name, value)?;
     }
     dict.set_item("throttled_wait_ms", s.throttled_wait.as_secs_f64() * 1000.0)?;

@@ -1,0 +1,161 @@
+//! The client's two tasks: one polls the connection (rumqttc's event loop only makes
+//! progress while polled) and turns what it reports into engine inputs; the other is the
+//! one timer for every call, waking the engine at its next deadline or when the
+//! publish-rate limit lets the next waiting publish go.
+
+use super::{CallError, ClientOptions, Shared, Waiter};
+use crate::link::{Events, Inbound, LinkError, LinkErrorKind};
+use crate::protocol::Reply;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+/// Polls the event loop and hands every event to the engine. After the first connection,
+/// a lost connection is retried after `reconnect_delay` until the client is closed.
+pub(super) async fn drive_events<W: Waiter>(shared: Arc<Shared<W>>, mut events: Events) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut failed_attempts = 0u32;
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            next = events.next() => next,
+        };
+        match next {
+            // Only close() queues a DISCONNECT: once it is written the work is done.
+            Ok(Inbound::DisconnectSent) => break,
+            Ok(inbound) => {
+                if matches!(inbound, Inbound::Connected { .. }) {
+                    failed_attempts = 0;
+                }
+                on_inbound(&shared, inbound)
+            }
+            Err(why) => {
+                if !on_connection_lost(&shared, &why) {
+                    break;
+                }
+                // Our SUBSCRIBEs are sent again on reconnect, by the engine, in a known order.
+                events.drop_queued_subscriptions();
+                let replays = events.pending_publishes();
+                shared.with_ledger(|l| l.connection_lost(&replays));
+                let delay = reconnect_delay(&shared.options, failed_attempts);
+                failed_attempts = failed_attempts.saturating_add(1);
+                tokio::select! {
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+fn on_inbound<W: Waiter>(shared: &Shared<W>, inbound: Inbound) {
+    match inbound {
+        Inbound::Message {
+            topic,
+            payload,
+            correlation_data,
+            ..
+        } => {
+            // Parsed before the engine is locked: callers starting calls never wait on it.
+            match Reply::parse(&payload) {
+                Ok(reply) => shared.run(|engine, now| {
+                    engine.on_reply(&topic, reply, correlation_data.as_deref(), now)
+                }),
+                Err(_) => shared.run(|engine, _| engine.on_malformed_reply()),
+            }
+        }
+        Inbound::SubscribeSent(packet_id) => {
+            shared.run(|engine, _| engine.on_subscribe_sent(packet_id))
+        }
+        Inbound::PublishWritten(packet_id) => shared.with_ledger(|l| l.written(packet_id)),
+        Inbound::PublishHeldBack(packet_id) => shared.with_ledger(|l| l.held_back(packet_id)),
+        Inbound::PubAck { packet_id, reason } => shared.on_puback(packet_id, reason),
+        Inbound::SubAck { packet_id, granted } => {
+            shared.run(|engine, now| engine.on_suback(packet_id, granted, now))
+        }
+        Inbound::Connected {
+            session_present,
+            max_packet_size,
+            ..
+        } => {
+            let broker_limit = max_packet_size
+                .and_then(|size| usize::try_from(size).ok())
+                .unwrap_or(usize::MAX);
+            shared
+                .broker_max_packet
+                .store(broker_limit, Ordering::Release);
+            shared.connected.store(true, Ordering::Release);
+            shared.with_ledger(|l| l.reconnected(session_present));
+            shared.run(|engine, now| engine.on_connected(session_present, now));
+        }
+        Inbound::DisconnectSent | Inbound::Other => {}
+    }
+}
+
+/// Returns whether to keep polling (and so reconnect).
+fn on_connection_lost<W: Waiter>(shared: &Shared<W>, why: &LinkError) -> bool {
+    shared.connected.store(false, Ordering::Release);
+    let error = match why.kind {
+        LinkErrorKind::Tls => CallError::Tls(why.message.clone()),
+        LinkErrorKind::Refused => CallError::Refused(why.message.clone()),
+        LinkErrorKind::Other => CallError::NotConnected(why.message.clone()),
+    };
+    let retry = shared.run(|engine, _| engine.on_connection_lost(error, &why.message));
+    retry && !shared.closed.load(Ordering::Acquire)
+}
+
+/// Exponential backoff from the minimum to the maximum delay, with jitter in [0.5, 1].
+pub(super) fn reconnect_delay(options: &ClientOptions, failed_attempts: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let doubled = options
+        .reconnect_min_delay
+        .saturating_mul(1u32 << failed_attempts.min(20));
+    let capped = doubled.min(options.reconnect_max_delay);
+    // RandomState is seeded randomly per instance: enough randomness for jitter.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let factor = 0.5 + (random % 1000) as f64 / 2000.0;
+    capped.mul_f64(factor)
+}
+
+/// One timer for all calls: sleeps until the engine's next timeout (or until it changes)
+/// and then lets the engine handle it.
+pub(super) async fn sweep_deadlines<W: Waiter>(shared: Arc<Shared<W>>) {
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        let next = shared.engine().next_timeout(Instant::now());
+        let sleep = async {
+            match next {
+                Some(deadline) => {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = shared.timer_wake.notified() => {}
+            _ = sleep => shared.run(|engine, now| engine.handle_timeout(now)),
+        }
+    }
+}
+
+/// Whether a failed first connection looks like a broker without MQTT 5 (it closes the
+/// connection at CONNECT, or never answers).
+pub(super) fn hints_no_mqtt5(error: &CallError) -> bool {
+    let message = error.to_string();
+    message.contains("closed") || message.contains("no answer within")
+}
+
+/// Waits for a task to end, at most two seconds, then aborts it.
+pub(super) async fn join_bounded(mut task: JoinHandle<()>) {
+    if tokio::time::timeout(Duration::from_secs(2), &mut task)
+        .await
+        .is_err()
+    {
+        task.abort();
+    }
+}

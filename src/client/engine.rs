@@ -1,0 +1,769 @@
+//! The call engine: the client's state machine, with no I/O, no locks and no clock.
+//!
+//! Inputs are method calls (a call started or forgotten, a reply, a SUBACK, a PUBACK, the
+//! connection up or down, time advanced to `now`); outputs wait in the engine until the
+//! driver takes them: packets to send (`poll_transmit`), callers to wake
+//! (`take_wakeups`), connection events, latencies to record. The driver executes each
+//! transmit and reports one that could not be queued (`transmit_failed`), so a failed send
+//! is handled in one place and never re-enters the engine from inside itself: every chain
+//! of consequences (a call ends, its slot admits the next, which subscribes or publishes)
+//! runs as a loop, never as recursion. The same engine runs under a seeded simulator in
+//! virtual time (tests/simulation.rs), the way quinn-proto's `Connection` does.
+
+use super::errors::{CallError, Outcome};
+use super::stats::Stats;
+use super::{ConnectionEvent, Load, Waiter};
+use crate::acks::{PubAckReason, Sent};
+use crate::link::Protocol;
+use crate::pending::{Admission, Call, Gather, PendingTable, RecentlyAnswered, Stage};
+use crate::protocol::{self, InputError, Reply, ReplyOutcome};
+use crate::quota::{PublishQueue, Throttled};
+use crate::subscriptions::{Need, ReplySubscriptions, Room, Settled};
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Notifications and cancellations that may wait for the publish-rate limit at once.
+pub const MAX_QUEUED_MESSAGES: usize = 1024;
+
+/// What the engine needs to know of the client's configuration.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub client_id: String,
+    pub protocol: Protocol,
+    pub qos: u8,
+    pub inbox_prefix: Option<String>,
+    pub max_in_flight: usize,
+    pub max_reply_subscriptions: usize,
+    pub publishes_per_second: Option<u32>,
+    pub cancel_on_abandon: bool,
+}
+
+/// A packet for the driver to hand to the connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transmit {
+    Publish {
+        topic: Arc<str>,
+        body: Vec<u8>,
+        /// MQTT 5 only: where the answer goes, and the call's id as Correlation Data.
+        response_topic: Option<String>,
+        correlation_data: Option<Bytes>,
+        /// The call it carries (`None`: a notification or a cancellation).
+        call: Option<Sent>,
+    },
+    /// `key` is the subscription's key (a request topic, or the pinned filter itself).
+    Subscribe {
+        key: Arc<str>,
+        filter: String,
+    },
+    Unsubscribe {
+        filter: String,
+    },
+}
+
+/// A transmit the connection would not take, as the engine needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unsent {
+    /// A call's request.
+    Call(Sent),
+    /// A notification or a cancellation.
+    Message,
+    /// The SUBSCRIBE of the filter under this key.
+    Subscribe(Arc<str>),
+    Unsubscribe,
+}
+
+/// A publish that answers to no call (a notification, a cancellation): topic and body.
+pub type Message = (Arc<str>, Vec<u8>);
+
+/// Waiters to wake, each with its outcome, once the driver has let go of the engine.
+pub type Wakeups<W> = Vec<(W, Outcome)>;
+
+pub struct Engine<W> {
+    config: EngineConfig,
+    calls: PendingTable<W>,
+    recent: RecentlyAnswered,
+    subscriptions: ReplySubscriptions,
+    /// The key of the one filter for every reply (`reply_filter` or the inbox), if any.
+    pinned: Option<Arc<str>>,
+    publishes: PublishQueue,
+    /// Calls whose new reply filter found every place taken by filters in use.
+    waiting_for_room: VecDeque<String>,
+    counts: Stats,
+    connected: bool,
+    /// The first connection has not yet been reported ready (or failed).
+    connecting: bool,
+    transmits: VecDeque<Transmit>,
+    wakeups: Wakeups<W>,
+    events: Vec<ConnectionEvent>,
+    /// The outcome of the first connection (with its pinned filter), once known.
+    ready: Option<Result<(), CallError>>,
+    latencies: Vec<Duration>,
+    /// A call now has the earliest deadline: the driver's timer must look again.
+    timer_changed: bool,
+}
+
+impl<W: Waiter> Engine<W> {
+    pub fn new(config: EngineConfig) -> Self {
+        Engine {
+            calls: PendingTable::new(config.max_in_flight),
+            recent: RecentlyAnswered::default(),
+            subscriptions: ReplySubscriptions::new(config.max_reply_subscriptions),
+            pinned: None,
+            publishes: PublishQueue::new(config.publishes_per_second, MAX_QUEUED_MESSAGES),
+            waiting_for_room: VecDeque::new(),
+            counts: Stats::default(),
+            connected: false,
+            connecting: true,
+            transmits: VecDeque::new(),
+            wakeups: Vec::new(),
+            events: Vec::new(),
+            ready: None,
+            latencies: Vec::new(),
+            timer_changed: false,
+            config,
+        }
+    }
+
+    // --- outputs -------------------------------------------------------------------------
+
+    /// The next packet to send, oldest first.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn take_wakeups(&mut self) -> Wakeups<W> {
+        std::mem::take(&mut self.wakeups)
+    }
+
+    pub fn take_events(&mut self) -> Vec<ConnectionEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    pub fn take_ready(&mut self) -> Option<Result<(), CallError>> {
+        self.ready.take()
+    }
+
+    pub fn take_latencies(&mut self) -> Vec<Duration> {
+        std::mem::take(&mut self.latencies)
+    }
+
+    /// Whether the earliest deadline changed since the last look.
+    pub fn take_timer_changed(&mut self) -> bool {
+        std::mem::replace(&mut self.timer_changed, false)
+    }
+
+    /// When the engine next needs `handle_timeout`: the earliest deadline, or the moment
+    /// the publish-rate limit lets the next waiting publish go.
+    pub fn next_timeout(&self, now: Instant) -> Option<Instant> {
+        match (self.calls.next_deadline(), self.publishes.next_release(now)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // --- what the driver and the pool read ------------------------------------------------
+
+    pub fn pending(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.calls.in_flight()
+    }
+
+    pub fn reply_subscriptions(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    pub fn reply_subscriptions_limit(&self) -> usize {
+        self.subscriptions.limit()
+    }
+
+    pub fn throttled(&self) -> usize {
+        self.publishes.len()
+    }
+
+    pub fn contains(&self, request_id: &str) -> bool {
+        self.calls.contains(request_id)
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// The counters, with the gauges read from the tables.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            pending: self.calls.len() as u64,
+            reply_subscriptions: self.subscriptions.len() as u64,
+            reply_subscriptions_limit: self.subscriptions.limit(),
+            publish_rate_limit: self.publishes.per_second(),
+            ..self.counts.clone()
+        }
+    }
+
+    /// How much room this connection has for a call on `topic` (for a pool's choice).
+    pub fn load(&self, topic: &str, now: Instant) -> Load {
+        let key = self.pinned.as_deref().unwrap_or(topic);
+        Load {
+            connected: self.connected,
+            throttled: !self.publishes.has_place(now),
+            pending: self.calls.len(),
+            holds_reply_filter: self.subscriptions.is_active(key),
+        }
+    }
+
+    /// Where the answer to one call goes: the client's inbox, or the seed reply topic.
+    pub fn reply_topic(&self, request_topic: &str, request_id: &str) -> String {
+        match &self.config.inbox_prefix {
+            Some(prefix) => format!("{prefix}/{}/{request_id}", self.config.client_id),
+            None => protocol::reply_topic(request_topic, request_id),
+        }
+    }
+
+    // --- inputs: calls -------------------------------------------------------------------
+
+    /// Holds `filter`, the one filter for every reply, for the client's whole life: the
+    /// first connection is ready once its SUBACK arrives.
+    pub fn pin(&mut self, filter: &str) {
+        let key = self.subscriptions.pin(filter);
+        self.pinned = Some(key.clone());
+        self.transmits.push_back(Transmit::Subscribe {
+            key,
+            filter: filter.to_owned(),
+        });
+    }
+
+    /// A new call: admitted to a slot at once (then subscribed or published) or queued for
+    /// one. A request id already in use (a retry racing its own first attempt) is refused
+    /// through the waiter, never overwriting the call that holds it.
+    pub fn start(
+        &mut self,
+        request_id: String,
+        topic: &str,
+        request: Vec<u8>,
+        gather: Option<Option<usize>>,
+        (started, deadline): (Instant, Instant),
+        waiter: W,
+    ) {
+        self.counts.calls_started += 1;
+        if self.calls.contains(&request_id) {
+            self.counts.calls_failed += 1;
+            let error = CallError::Input(InputError::RequestIdInUse(request_id));
+            self.wakeups.push((waiter, Err(error)));
+            return;
+        }
+        let topic_key = self
+            .subscriptions
+            .key_for(topic)
+            .unwrap_or_else(|| Arc::from(topic));
+        let (admission, earliest) = self.calls.insert(
+            request_id.clone(),
+            topic_key,
+            request,
+            (started, deadline),
+            waiter,
+        );
+        if let (Some(max_replies), Some(call)) = (gather, self.calls.get_mut(&request_id)) {
+            call.gather = Some(Gather::new(max_replies));
+        }
+        self.timer_changed |= earliest;
+        if admission == Admission::Admitted {
+            self.admit(&request_id, started);
+        }
+    }
+
+    /// The caller gave up: the call ends now (a published one is cancelled on the device
+    /// with `cancel_on_abandon`). Returns whether it was pending.
+    pub fn forget(&mut self, request_id: &str, now: Instant) -> Option<W> {
+        let call = self.take_call(request_id, now)?;
+        self.counts.calls_cancelled += 1;
+        self.abandoned(request_id, &call, now);
+        Some(call.waiter)
+    }
+
+    /// A one-way notification: whether it may be published now (its place under the
+    /// publish-rate limit is taken), else it waits in the queue; refused when that is full.
+    pub fn notify(
+        &mut self,
+        topic: &str,
+        body: Vec<u8>,
+        now: Instant,
+    ) -> Result<Option<Message>, CallError> {
+        let topic: Arc<str> = Arc::from(topic);
+        if self.publishes.take_place(now) {
+            return Ok(Some((topic, body)));
+        }
+        match self.publishes.wait_message(topic.clone(), body) {
+            Ok(()) => {
+                self.timer_changed = true;
+                Ok(None)
+            }
+            Err(_) => Err(CallError::Timeout {
+                topic,
+                throttled: self.publishes.per_second(),
+            }),
+        }
+    }
+
+    /// The client closes: every call still pending ends with `ConnectionLost`.
+    pub fn close(&mut self) {
+        for (_, call) in self.calls.drain() {
+            self.counts.calls_failed += 1;
+            self.wakeups.push((
+                call.waiter,
+                Err(CallError::ConnectionLost(
+                    "the client was closed while the call was waiting".into(),
+                )),
+            ));
+        }
+        self.waiting_for_room.clear();
+    }
+
+    // --- inputs: time --------------------------------------------------------------------
+
+    /// Time has reached `now`: expired calls end, and publishes waiting for the rate limit
+    /// go as far as it allows.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for request_id in self.calls.expired(now) {
+            let Some(call) = self.take_call(&request_id, now) else {
+                continue;
+            };
+            if call.gather.is_some() && call.stage == Stage::Published {
+                // A scatter-gather call ends at its deadline with what it collected.
+                self.gather_ended(request_id, call.waiter);
+                continue;
+            }
+            self.counts.calls_timed_out += 1;
+            self.abandoned(&request_id, &call, now);
+            let throttled = (call.stage == Stage::WaitingForToken)
+                .then(|| self.publishes.per_second())
+                .flatten();
+            let topic = call.topic.clone();
+            self.wakeups
+                .push((call.waiter, Err(CallError::Timeout { topic, throttled })));
+        }
+        while let Some(next) = self.publishes.release(now) {
+            match next {
+                Throttled::Call { request_id, since } => {
+                    self.counts.calls_throttled += 1;
+                    self.counts.throttled_wait += now.saturating_duration_since(since);
+                    self.publish_now(&request_id);
+                }
+                Throttled::Message { topic, body } => self.transmits.push_back(Transmit::Publish {
+                    topic,
+                    body,
+                    response_topic: None,
+                    correlation_data: None,
+                    call: None,
+                }),
+            }
+        }
+    }
+
+    // --- inputs: the connection ----------------------------------------------------------
+
+    pub fn on_connected(&mut self, session_present: bool, now: Instant) {
+        self.connected = true;
+        if self.connecting {
+            // The first connection: ready now, or once the pinned filter's SUBACK arrives.
+            if self.pinned.is_none() {
+                self.connecting = false;
+                self.ready = Some(Ok(()));
+            }
+            self.events.push(ConnectionEvent::Connected {
+                reconnect: false,
+                session_present,
+            });
+            return;
+        }
+        self.counts.reconnects += 1;
+        let (ready, to_subscribe) = self.subscriptions.reconnected(session_present);
+        for (key, filter) in to_subscribe {
+            self.transmits
+                .push_back(Transmit::Subscribe { key, filter });
+        }
+        for id in ready {
+            self.publish(&id, now);
+        }
+        self.events.push(ConnectionEvent::Connected {
+            reconnect: true,
+            session_present,
+        });
+    }
+
+    /// The connection dropped (or could not be made). Returns false when it was the first
+    /// attempt, which then fails `connect()` rather than retrying.
+    pub fn on_connection_lost(&mut self, error: CallError, reason: &str) -> bool {
+        let was_connected = std::mem::replace(&mut self.connected, false);
+        if self.connecting {
+            self.connecting = false;
+            self.ready = Some(Err(error));
+            return false;
+        }
+        // Calls in flight keep waiting for their answers (until their deadlines); new
+        // calls wait for the connection and their reply filters to be back.
+        self.subscriptions.disconnected();
+        if was_connected {
+            self.events.push(ConnectionEvent::Disconnected {
+                reason: reason.to_owned(),
+            });
+        }
+        true
+    }
+
+    /// rumqttc wrote the oldest requested SUBSCRIBE with this packet id.
+    pub fn on_subscribe_sent(&mut self, packet_id: u16) {
+        self.subscriptions.sent(packet_id);
+    }
+
+    pub fn on_suback(&mut self, packet_id: u16, granted: bool, now: Instant) {
+        match self.subscriptions.acknowledged(packet_id, granted) {
+            Settled::Granted(waiting) => {
+                for id in waiting {
+                    self.publish(&id, now);
+                }
+                if self.pinned.is_some() && self.connecting {
+                    self.connecting = false;
+                    self.ready = Some(Ok(()));
+                }
+            }
+            Settled::Refused { filter, waiting } => {
+                for id in waiting {
+                    let error = CallError::SubscribeRefused {
+                        filter: filter.clone(),
+                    };
+                    self.fail(&id, error, now);
+                }
+                if self.connecting {
+                    self.connecting = false;
+                    self.ready = Some(Err(CallError::SubscribeRefused { filter }));
+                }
+            }
+            Settled::Nothing => {}
+        }
+    }
+
+    /// A PUBACK the ledger matched to a call's publish: on MQTT 5, "no matching
+    /// subscribers" or a refusal ends that call at once (if it is still the same call).
+    pub fn on_puback(&mut self, sent: Sent, reason: PubAckReason, now: Instant) {
+        let Some(call) = self.calls.get_mut(&sent.request_id) else {
+            return;
+        };
+        if call.seq() != sent.call_seq {
+            return;
+        }
+        let topic = call.topic.clone();
+        let error = match reason {
+            PubAckReason::Success => return,
+            PubAckReason::NoMatchingSubscribers => CallError::NoResponders { topic },
+            PubAckReason::Rejected(reason_code) => {
+                CallError::PublishRejected { topic, reason_code }
+            }
+        };
+        if let Some(call) = self.take_call(&sent.request_id, now) {
+            match &error {
+                CallError::NoResponders { .. } => self.counts.calls_no_responders += 1,
+                _ => self.counts.calls_rejected += 1,
+            }
+            self.wakeups.push((call.waiter, Err(error)));
+        }
+    }
+
+    /// A transmit the connection would not take (its queue is full, or it is closed).
+    pub fn transmit_failed(&mut self, unsent: Unsent, now: Instant) {
+        match unsent {
+            Unsent::Call(sent) => {
+                if self.calls.get_mut(&sent.request_id).map(|c| c.seq()) == Some(sent.call_seq) {
+                    self.fail(&sent.request_id, CallError::unsent(), now);
+                }
+            }
+            // A notification that waited for the rate limit, or a cancellation: nobody
+            // waits for it; counted.
+            Unsent::Message => self.counts.messages_dropped += 1,
+            Unsent::Subscribe(key) => {
+                // Its key leaves the SUBACK queue with it, so later SUBACKs stay matched.
+                for id in self.subscriptions.subscribe_failed(&key) {
+                    self.fail(&id, CallError::unsent(), now);
+                }
+                if self.pinned.as_ref() == Some(&key) && self.connecting {
+                    self.connecting = false;
+                    self.ready = Some(Err(CallError::NotConnected(
+                        "could not queue the reply filter's subscription".into(),
+                    )));
+                }
+            }
+            // A filter that stays subscribed is harmless: it is dropped again when idle.
+            Unsent::Unsubscribe => {}
+        }
+    }
+
+    // --- inputs: replies -----------------------------------------------------------------
+
+    /// A message on a reply filter that is not a JSON object: dropped and counted.
+    pub fn on_malformed_reply(&mut self) {
+        self.counts.replies_dropped_malformed += 1;
+    }
+
+    /// A reply. Correlation: the MQTT 5 Correlation Data when present, else the topic's
+    /// last level, else the body's `request_id`. Anything that matches no pending call, or
+    /// names another id than the one it was matched by, is dropped and counted: it never
+    /// completes the wrong call.
+    pub fn on_reply(
+        &mut self,
+        topic: &str,
+        reply: Reply,
+        correlation_data: Option<&[u8]>,
+        now: Instant,
+    ) {
+        let request_id = match correlation_data {
+            Some(data) => std::str::from_utf8(data).ok().map(str::to_owned),
+            None => {
+                let last = protocol::last_level(topic);
+                if self.calls.contains(last) || self.recent.contains(last) {
+                    Some(last.to_owned())
+                } else {
+                    reply.request_id().map(str::to_owned)
+                }
+            }
+        };
+        // One look at the table: whether the call is pending, and whether it gathers.
+        let gathers = request_id
+            .as_deref()
+            .and_then(|id| self.calls.get_mut(id))
+            .map(|call| call.gather.is_some());
+        let id = match (request_id, gathers) {
+            (Some(id), Some(_)) if !reply.may_answer(&id) => {
+                self.counts.replies_dropped_malformed += 1;
+                return;
+            }
+            (Some(id), Some(gathers)) => {
+                if reply.is_progress() {
+                    // An interim message: the call goes on waiting for its answer.
+                    self.counts.progress_received += 1;
+                    if let (Some(call), false) = (self.calls.get_mut(&id), gathers) {
+                        call.waiter.progress(reply.body);
+                    }
+                    return;
+                }
+                if gathers {
+                    self.gathered(&id, reply.body, now);
+                    return;
+                }
+                id
+            }
+            (Some(id), None) if self.recent.contains(&id) => {
+                self.counts.replies_dropped_duplicate += 1;
+                return;
+            }
+            _ => {
+                self.counts.replies_dropped_stray += 1;
+                return;
+            }
+        };
+        let Some(call) = self.take_call(&id, now) else {
+            return;
+        };
+        self.recent.remember(id);
+        self.latencies
+            .push(now.saturating_duration_since(call.started));
+        let outcome = match reply.into_outcome() {
+            ReplyOutcome::Answer(body) => {
+                self.counts.calls_succeeded += 1;
+                Ok(body)
+            }
+            ReplyOutcome::Remote(error) => {
+                self.counts.calls_failed_remotely += 1;
+                Err(CallError::Remote(error))
+            }
+        };
+        self.wakeups.push((call.waiter, outcome));
+    }
+
+    // --- the work ------------------------------------------------------------------------
+
+    /// An answer to a scatter-gather call: handed on unless its device already answered;
+    /// the call ends once it has `max_replies`.
+    fn gathered(&mut self, request_id: &str, body: Map<String, Value>, now: Instant) {
+        let Some(call) = self.calls.get_mut(request_id) else {
+            return;
+        };
+        let Some(gather) = call.gather.as_mut() else {
+            return;
+        };
+        let responder = body.get(protocol::RESPONDER_MEMBER).and_then(Value::as_str);
+        if !gather.accept(responder) {
+            self.counts.replies_dropped_duplicate += 1;
+            return;
+        }
+        self.counts.replies_gathered += 1;
+        let full = gather.is_full();
+        call.waiter.progress(body);
+        if full {
+            if let Some(call) = self.take_call(request_id, now) {
+                self.gather_ended(request_id.to_owned(), call.waiter);
+            }
+        }
+    }
+
+    /// A scatter-gather call is over: its answers went out as they came, so it ends with
+    /// an empty object; later answers count as repeats.
+    fn gather_ended(&mut self, request_id: String, waiter: W) {
+        self.counts.calls_succeeded += 1;
+        self.recent.remember(request_id);
+        self.wakeups.push((waiter, Ok(Map::new())));
+    }
+
+    /// The subscription key of a call: the pinned filter, or its request topic.
+    fn subscription_key(&self, topic: &Arc<str>) -> Arc<str> {
+        self.pinned.clone().unwrap_or_else(|| topic.clone())
+    }
+
+    /// A call that holds a slot: make sure its reply filter is held, then publish.
+    fn admit(&mut self, request_id: &str, now: Instant) {
+        let Some(call) = self.calls.get_mut(request_id) else {
+            return;
+        };
+        let topic = call.topic.clone();
+        let key = self.subscription_key(&topic);
+        let pinned = self.pinned.is_some();
+        if !pinned && !self.subscriptions.contains(&key) {
+            match self.subscriptions.make_room() {
+                Room::Available => {}
+                Room::Evicted(idle) => {
+                    for filter in idle {
+                        self.transmits.push_back(Transmit::Unsubscribe { filter });
+                    }
+                }
+                Room::Full => {
+                    self.waiting_for_room.push_back(request_id.to_owned());
+                    return;
+                }
+            }
+        }
+        let need = self.subscriptions.acquire(&key, request_id, |k| {
+            if pinned {
+                k.to_owned()
+            } else {
+                protocol::reply_filter_for(k)
+            }
+        });
+        match need {
+            Need::Ready => self.publish(request_id, now),
+            Need::Wait => {}
+            Need::Subscribe(filter) => {
+                self.transmits
+                    .push_back(Transmit::Subscribe { key, filter });
+                for filter in self.subscriptions.evict_idle() {
+                    self.transmits.push_back(Transmit::Unsubscribe { filter });
+                }
+            }
+        }
+    }
+
+    /// Publishes now, or queues the call for the publish-rate limit.
+    fn publish(&mut self, request_id: &str, now: Instant) {
+        // Without a publish-rate limit (the common case) nothing is checked here.
+        if self.publishes.is_limited()
+            && self.calls.contains(request_id)
+            && !self.publishes.take_place(now)
+        {
+            if let Some(call) = self.calls.get_mut(request_id) {
+                call.stage = Stage::WaitingForToken;
+            }
+            self.publishes.wait_call(request_id.to_owned(), now);
+            self.timer_changed = true;
+            return;
+        }
+        self.publish_now(request_id);
+    }
+
+    fn publish_now(&mut self, request_id: &str) {
+        let protocol = self.config.protocol;
+        let Some(call) = self.calls.get_mut(request_id) else {
+            return;
+        };
+        let Some(request) = call.request.take() else {
+            return;
+        };
+        call.stage = Stage::Published;
+        let topic = call.topic.clone();
+        let sent = Sent {
+            request_id: request_id.to_owned(),
+            call_seq: call.seq(),
+        };
+        let (response_topic, correlation_data) = match protocol {
+            Protocol::V311 => (None, None),
+            Protocol::V5 => (
+                Some(self.reply_topic(&topic, request_id)),
+                Some(Bytes::copy_from_slice(request_id.as_bytes())),
+            ),
+        };
+        self.transmits.push_back(Transmit::Publish {
+            topic,
+            body: request,
+            response_topic,
+            correlation_data,
+            call: Some(sent),
+        });
+    }
+
+    /// A published call nobody waits for any more (timed out, or its caller cancelled): with
+    /// `cancel_on_abandon`, tell the device, which may stop working on it.
+    fn abandoned(&mut self, request_id: &str, call: &Call<W>, now: Instant) {
+        if !self.config.cancel_on_abandon || call.stage != Stage::Published {
+            return;
+        }
+        let body = protocol::cancel_request(request_id);
+        match self.notify(&call.topic, body, now) {
+            Ok(Some((topic, body))) => self.transmits.push_back(Transmit::Publish {
+                topic,
+                body,
+                response_topic: None,
+                correlation_data: None,
+                call: None,
+            }),
+            Ok(None) => {}
+            // The queue is full: the device is not told; counted.
+            Err(_) => self.counts.messages_dropped += 1,
+        }
+    }
+
+    /// Removes a call and gives what it held to the calls waiting for it: its filter's
+    /// place to calls waiting for room, its slot to the next queued call. A loop, not
+    /// recursion: admitting a call only queues transmits, whose failures come back later
+    /// as inputs.
+    fn take_call(&mut self, request_id: &str, now: Instant) -> Option<Call<W>> {
+        let call = self.calls.remove(request_id)?;
+        if call.stage == Stage::WaitingForToken {
+            self.publishes.remove_call(request_id);
+        }
+        if !self.waiting_for_room.is_empty() {
+            self.waiting_for_room.retain(|id| id != request_id);
+        }
+        if call.stage != Stage::WaitingForSlot {
+            let key = self.subscription_key(&call.topic);
+            for filter in self.subscriptions.release(&key, request_id) {
+                self.transmits.push_back(Transmit::Unsubscribe { filter });
+            }
+            // A filter may have become idle: calls waiting for room try again, in order.
+            for id in std::mem::take(&mut self.waiting_for_room) {
+                self.admit(&id, now);
+            }
+            while let Some(next) = self.calls.admit_next() {
+                self.admit(&next, now);
+            }
+        }
+        Some(call)
+    }
+
+    fn fail(&mut self, request_id: &str, error: CallError, now: Instant) {
+        if let Some(call) = self.take_call(request_id, now) {
+            self.counts.calls_failed += 1;
+            self.wakeups.push((call.waiter, Err(error)));
+        }
+    }
+}
