@@ -118,6 +118,11 @@ impl<W> PendingTable<W> {
         self.in_flight
     }
 
+    /// Calls waiting for a slot.
+    pub fn queued(&self) -> usize {
+        self.slot_queue.len()
+    }
+
     pub fn contains(&self, request_id: &str) -> bool {
         self.calls.contains_key(request_id)
     }

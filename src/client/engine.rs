@@ -174,6 +174,11 @@ impl<W: Waiter> Engine<W> {
         self.calls.in_flight()
     }
 
+    /// Calls waiting for an in-flight slot.
+    pub fn waiting_for_slot(&self) -> usize {
+        self.calls.queued()
+    }
+
     pub fn reply_subscriptions(&self) -> usize {
         self.subscriptions.len()
     }

@@ -20,12 +20,11 @@ pub use errors::{throttled_reason, CallError, Outcome};
 pub use options::ClientOptions;
 pub use stats::Stats;
 
-use crate::acks::{AckLedger, PubAckReason, Sent};
+use crate::acks::AckLedger;
 use crate::link::{self, Events, Outbox, Protocol};
 use crate::metrics::LatencyHistogram;
 use crate::protocol::{self, InputError};
-use bytes::Bytes;
-use engine::{Engine, EngineConfig, Transmit, Unsent};
+use engine::{Engine, EngineConfig};
 use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -581,143 +580,5 @@ fn packet_size(topic: &str, request: &[u8], reply_topic_len: usize, protocol: Pr
         Protocol::V311 => base,
         // properties: length, response topic (the reply topic), correlation data (the id)
         Protocol::V5 => base + 4 + 3 + reply_topic_len + 3 + 36,
-    }
-}
-
-impl<W: Waiter> Shared<W> {
-    fn engine(&self) -> MutexGuard<'_, Engine<W>> {
-        lock(&self.engine)
-    }
-
-    /// Runs one input on the engine, then carries out what it produced. Transmits go to
-    /// the connection while the engine is still held, so that rumqttc receives requests in
-    /// the engine's order (SUBACKs and PUBACKs are matched by that order); one it refuses
-    /// goes back to the engine as an input, in this loop. Waiters are woken and events
-    /// reported after the lock is released.
-    fn run<R>(&self, input: impl FnOnce(&mut Engine<W>, Instant) -> R) -> R {
-        let now = Instant::now();
-        let (result, wakeups, events, ready, latencies, timer_changed, empty) = {
-            let mut engine = self.engine();
-            let result = input(&mut engine, now);
-            while let Some(transmit) = engine.poll_transmit() {
-                if let Err(unsent) = self.execute(transmit) {
-                    engine.transmit_failed(unsent, now);
-                }
-            }
-            (
-                result,
-                engine.take_wakeups(),
-                engine.take_events(),
-                engine.take_ready(),
-                engine.take_latencies(),
-                engine.take_timer_changed(),
-                engine.pending() == 0,
-            )
-        };
-        for latency in latencies {
-            self.latency.record(latency);
-        }
-        if timer_changed {
-            self.timer_wake.notify_one();
-        }
-        if let Some(ready) = ready {
-            if let Some(tell) = lock(&self.ready).take() {
-                let _ = tell.send(ready);
-            }
-        }
-        if empty && self.closing.load(Ordering::Acquire) {
-            self.drained.notify_one();
-        }
-        for (waiter, outcome) in wakeups {
-            waiter.complete(outcome);
-        }
-        for event in events {
-            if let Some(sink) = self.event_sink.get() {
-                sink(event);
-            }
-        }
-        result
-    }
-
-    /// Hands one transmit to the connection; what it refuses comes back as `Unsent`.
-    fn execute(&self, transmit: Transmit) -> Result<(), Unsent> {
-        let qos = self.options.qos;
-        match transmit {
-            Transmit::Publish {
-                topic,
-                body,
-                response_topic,
-                correlation_data,
-                call,
-            } => self
-                .publish(&topic, body, response_topic, correlation_data, call)
-                .map_err(|call| call.map_or(Unsent::Message, Unsent::Call)),
-            Transmit::Subscribe { key, filter } => self
-                .outbox
-                .subscribe(&filter, qos)
-                .map_err(|_| Unsent::Subscribe(key)),
-            Transmit::Unsubscribe { filter } => self
-                .outbox
-                .unsubscribe(&filter)
-                .map_err(|_| Unsent::Unsubscribe),
-        }
-    }
-
-    /// Publishes with the client's QoS; on MQTT 5 with QoS 1 the publish is also entered
-    /// in the PUBACK ledger, under its lock, so that the ledger's order is rumqttc's. A
-    /// publish the connection refuses gives its call back.
-    fn publish(
-        &self,
-        topic: &str,
-        body: Vec<u8>,
-        response_topic: Option<String>,
-        correlation_data: Option<Bytes>,
-        call: Option<Sent>,
-    ) -> Result<(), Option<Sent>> {
-        let qos = self.options.qos;
-        let Some(acks) = &self.acks else {
-            return self
-                .outbox
-                .publish(topic, qos, body, response_topic, correlation_data)
-                .map_err(|_| call);
-        };
-        let mut ledger = lock(acks);
-        match self
-            .outbox
-            .publish(topic, qos, body, response_topic, correlation_data)
-        {
-            Ok(()) => {
-                ledger.queued(call);
-                Ok(())
-            }
-            Err(_) => Err(call),
-        }
-    }
-
-    /// A PUBACK: the ledger names its call, and the engine acts on the reason code.
-    fn on_puback(&self, packet_id: u16, code: u8) {
-        let Some(acks) = &self.acks else {
-            return;
-        };
-        let reason = PubAckReason::from_code(code);
-        let Some(sent) = lock(acks).acknowledged(packet_id, reason) else {
-            return;
-        };
-        self.run(|engine, now| engine.on_puback(sent, reason, now));
-    }
-
-    fn with_ledger(&self, update: impl FnOnce(&mut AckLedger)) {
-        if let Some(acks) = &self.acks {
-            update(&mut lock(acks));
-        }
-    }
-
-    /// The largest request to send: ours, or the broker's if it announced a smaller one
-    /// (a larger publish would make it drop the connection).
-    fn max_packet_size(&self) -> usize {
-        self.options
-            .connection
-            .max_packet_size
-            .min(self.broker_max_packet.load(Ordering::Acquire))
     }
 }

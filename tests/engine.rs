@@ -1,0 +1,192 @@
+//! The engine's rules, one test each, driven by hand (no broker, no clock): the defects the
+//! core v2 review found in the old client, each shown gone.
+
+use mqtt_rpc::client::engine::{Engine, EngineConfig, Transmit, Unsent};
+use mqtt_rpc::link::Protocol;
+use mqtt_rpc::protocol::InputError;
+use mqtt_rpc::{CallError, Outcome, Waiter};
+use std::time::{Duration, Instant};
+
+struct Numbered(usize);
+
+impl Waiter for Numbered {
+    fn complete(self, _outcome: Outcome) {}
+}
+
+fn engine(max_in_flight: usize, max_reply_subscriptions: usize) -> Engine<Numbered> {
+    let mut engine = Engine::new(EngineConfig {
+        client_id: "test".into(),
+        protocol: Protocol::V311,
+        qos: 0,
+        inbox_prefix: None,
+        max_in_flight,
+        max_reply_subscriptions,
+        publishes_per_second: None,
+        cancel_on_abandon: false,
+    });
+    engine.on_connected(false, Instant::now());
+    engine
+}
+
+fn start(engine: &mut Engine<Numbered>, n: usize, id: &str, topic: &str, now: Instant) {
+    let body = format!("{{\"request_id\": \"{id}\"}}").into_bytes();
+    engine.start(
+        id.to_owned(),
+        topic,
+        body,
+        None,
+        (now, now + Duration::from_secs(60)),
+        Numbered(n),
+    );
+}
+
+fn transmits(engine: &mut Engine<Numbered>) -> Vec<Transmit> {
+    std::iter::from_fn(|| engine.poll_transmit()).collect()
+}
+
+fn unsent(transmit: Transmit) -> Unsent {
+    match transmit {
+        Transmit::Publish {
+            call: Some(sent), ..
+        } => Unsent::Call(sent),
+        Transmit::Publish { call: None, .. } => Unsent::Message,
+        Transmit::Subscribe { key, .. } => Unsent::Subscribe(key),
+        Transmit::Unsubscribe { .. } => Unsent::Unsubscribe,
+    }
+}
+
+/// Before: a failed publish failed its call, whose freed slot admitted and published the
+/// next queued call, which failed in turn, one stack frame deeper each time: a queue deep
+/// enough aborted the process. Now each failure is an input, handled in the driver's loop.
+#[test]
+fn a_connection_that_refuses_everything_fails_a_deep_queue_without_recursion() {
+    let now = Instant::now();
+    let mut engine = engine(1, 10);
+    // The reply filter is held, so that each admitted call publishes at once.
+    start(&mut engine, 0, "warm-up", "dev/set", now);
+    let subscribe = transmits(&mut engine);
+    assert!(matches!(subscribe[0], Transmit::Subscribe { .. }));
+    engine.on_subscribe_sent(1);
+    engine.on_suback(1, true, now);
+    let calls = 200_000;
+    for n in 1..=calls {
+        start(&mut engine, n, &format!("id-{n}"), "dev/set", now);
+    }
+    assert_eq!(engine.waiting_for_slot(), calls);
+    let mut refused = 0;
+    while let Some(transmit) = engine.poll_transmit() {
+        refused += 1;
+        engine.transmit_failed(unsent(transmit), now);
+    }
+    let failed = engine.take_wakeups();
+    assert_eq!(refused, calls + 1);
+    assert_eq!(failed.len(), calls + 1);
+    assert!(failed
+        .iter()
+        .all(|(_, outcome)| matches!(outcome, Err(CallError::ConnectionLost(_)))));
+    assert_eq!(engine.pending(), 0);
+}
+
+/// Before: after a reconnect without the session, a SUBSCRIBE that could not be queued
+/// stayed in the queue of SUBSCRIBEs awaiting their packet id, so every later SUBACK was
+/// matched to the filter before it: calls on the next filter never went out.
+#[test]
+fn a_resubscribe_that_cannot_be_queued_leaves_later_subacks_matched() {
+    let now = Instant::now();
+    let mut engine = engine(10, 10);
+    for (n, topic) in ["a/set", "b/set"].into_iter().enumerate() {
+        start(&mut engine, n, &format!("held-{n}"), topic, now);
+        transmits(&mut engine);
+        engine.on_subscribe_sent(n as u16 + 1);
+        engine.on_suback(n as u16 + 1, true, now);
+    }
+    transmits(&mut engine);
+    assert!(engine.on_connection_lost(CallError::NotConnected("gone".into()), "gone"));
+    start(&mut engine, 2, "on-a", "a/set", now);
+    start(&mut engine, 3, "on-b", "b/set", now);
+    engine.on_connected(false, now);
+    let mut resubscribes: Vec<Transmit> = transmits(&mut engine);
+    resubscribes.sort_by_key(|t| format!("{t:?}"));
+    assert_eq!(resubscribes.len(), 2);
+    // a/set's SUBSCRIBE is refused by the connection; b/set's is written with id 9.
+    let (first, second) = (resubscribes.remove(0), resubscribes.remove(0));
+    engine.transmit_failed(unsent(first), now);
+    assert!(
+        matches!(second, Transmit::Subscribe { ref filter, .. } if filter == "b/set/response/+")
+    );
+    engine.on_subscribe_sent(9);
+    engine.on_suback(9, true, now);
+    let published: Vec<String> = transmits(&mut engine)
+        .into_iter()
+        .filter_map(|t| match t {
+            Transmit::Publish {
+                call: Some(sent), ..
+            } => Some(sent.request_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(published, ["on-b"], "b/set's SUBACK publishes b/set's call");
+    let failed: Vec<usize> = engine
+        .take_wakeups()
+        .into_iter()
+        .map(|(w, _)| w.0)
+        .collect();
+    assert_eq!(
+        failed,
+        [2],
+        "a/set's call is told its filter could not be subscribed"
+    );
+}
+
+/// Before: a second call with a live call's request id replaced it in the table, leaking
+/// the first call's slot and leaving its caller waiting for ever.
+#[test]
+fn a_request_id_in_use_is_refused_and_the_first_call_kept() {
+    let now = Instant::now();
+    let mut engine = engine(10, 10);
+    start(&mut engine, 0, "same", "dev/set", now);
+    start(&mut engine, 1, "same", "dev/set", now);
+    let refused = engine.take_wakeups();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].0 .0, 1);
+    assert!(matches!(
+        refused[0].1,
+        Err(CallError::Input(InputError::RequestIdInUse(_)))
+    ));
+    assert_eq!((engine.pending(), engine.in_flight()), (1, 1));
+    engine.forget("same", now);
+    assert_eq!((engine.pending(), engine.in_flight()), (0, 0));
+}
+
+/// Notifications and cancellations waiting for the publish-rate limit are bounded: past
+/// the bound a notification is refused (its caller hears it), never queued without end.
+#[test]
+fn notifications_beyond_the_rate_queue_are_refused() {
+    let now = Instant::now();
+    let mut engine = Engine::<Numbered>::new(EngineConfig {
+        client_id: "test".into(),
+        protocol: Protocol::V311,
+        qos: 0,
+        inbox_prefix: None,
+        max_in_flight: 10,
+        max_reply_subscriptions: 10,
+        publishes_per_second: Some(1),
+        cancel_on_abandon: false,
+    });
+    engine.on_connected(false, now);
+    let mut queued = 0;
+    let mut refused = 0;
+    for _ in 0..5_000 {
+        match engine.notify("dev/set", b"{}".to_vec(), now) {
+            Ok(Some(_)) => {}
+            Ok(None) => queued += 1,
+            Err(CallError::Timeout {
+                throttled: Some(1), ..
+            }) => refused += 1,
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(queued, mqtt_rpc::client::engine::MAX_QUEUED_MESSAGES);
+    assert!(refused > 0);
+    assert_eq!(engine.throttled(), queued);
+}
