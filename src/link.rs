@@ -20,6 +20,10 @@ pub enum Protocol {
     V5,
 }
 
+/// With MQTT 3.1.1, the largest packet read from the broker (larger ones end the
+/// connection); messages over `max_packet_size` but under this are read and dropped.
+pub const INCOMING_READ_LIMIT: usize = 64 * 1024 * 1024;
+
 /// Where and how to connect: what every client of the broker (caller or responder) needs.
 #[derive(Debug, Clone)]
 pub struct ConnectionOptions {
@@ -113,6 +117,8 @@ pub enum LinkErrorKind {
     Tls,
     /// The broker answered CONNECT with a refusal (bad credentials, not authorised, ...).
     Refused,
+    /// The broker refused a SUBSCRIBE (the message names the filter).
+    SubscriptionRefused,
     /// Anything else: the network, a timeout, the broker closing the connection.
     Other,
 }
@@ -130,6 +136,21 @@ impl LinkError {
             message: message.into(),
         }
     }
+}
+
+/// How long to wait before the next reconnect attempt: exponential backoff from `min` to
+/// `max`, each delay scaled by a random factor in [0.5, 1] so that a fleet of clients does
+/// not return to a restarted broker all at once.
+pub fn reconnect_delay(min: Duration, max: Duration, failed_attempts: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let doubled = min.saturating_mul(1u32 << failed_attempts.min(20));
+    let capped = doubled.min(max);
+    // RandomState is seeded randomly per instance: enough randomness for jitter.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let factor = 0.5 + (random % 1000) as f64 / 2000.0;
+    capped.mul_f64(factor)
 }
 
 /// Why a request could not be handed to the event loop.
@@ -170,8 +191,13 @@ pub fn open(
         Protocol::V311 => {
             let mut mqtt =
                 rumqttc::MqttOptions::new(&options.client_id, &options.host, options.port);
+            // MQTT 3.1.1 cannot tell the broker our limit, and rumqttc drops the connection
+            // on a larger packet, which a persistent session then redelivers on every
+            // reconnect: read up to a generous bound instead, and let the caller drop (and
+            // count) what exceeds `max_packet_size`.
+            let incoming = options.max_packet_size.max(INCOMING_READ_LIMIT);
             mqtt.set_keep_alive(options.keepalive)
-                .set_max_packet_size(options.max_packet_size, options.max_packet_size)
+                .set_max_packet_size(incoming, options.max_packet_size)
                 .set_inflight(max_inflight)
                 .set_clean_session(options.session_expiry.is_zero())
                 .set_transport(transport);
@@ -450,5 +476,21 @@ fn outgoing_event(outgoing: Outgoing) -> Inbound {
         Outgoing::AwaitAck(packet_id) => Inbound::PublishHeldBack(packet_id),
         Outgoing::Disconnect => Inbound::DisconnectSent,
         _ => Inbound::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delays_double_up_to_the_maximum_with_jitter() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(10));
+        for attempts in 0..40 {
+            let full = min.saturating_mul(1u32 << attempts.min(20)).min(max);
+            let delay = reconnect_delay(min, max, attempts);
+            assert!(delay >= full / 2 && delay <= full, "{attempts}: {delay:?}");
+        }
+        assert!(reconnect_delay(min, max, 30) >= max / 2);
     }
 }

@@ -7,7 +7,7 @@
 //! `{request_topic}/response/{request_id}`. A request with none of these is a one-way
 //! notification. Used by the Python `Responder` and by the `mqtt-rpc-responder` binary.
 
-use crate::link::{self, ConnectionOptions, Inbound, LinkError, Outbox, Unsent};
+use crate::link::{self, ConnectionOptions, Inbound, LinkError, LinkErrorKind, Outbox, Unsent};
 use crate::protocol::{self, RemoteError, REQUEST_ID_MEMBER};
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -15,6 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// Reconnect attempts back off from the first delay to the second, doubling, with jitter.
+const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(100);
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(10);
 
 /// What a responder is configured with.
 #[derive(Debug, Clone, Default)]
@@ -33,7 +37,7 @@ pub struct ResponderOptions {
 /// Why a responder with a share group cannot serve on this broker.
 fn no_shared_subscriptions(group: &str, why: &str) -> LinkError {
     LinkError {
-        kind: link::LinkErrorKind::Other,
+        kind: LinkErrorKind::Other,
         message: format!(
             "the broker may not support shared subscriptions, so share group '{group}' \
              cannot be served (start without a share group): {why}"
@@ -154,6 +158,11 @@ pub struct ResponderCounters {
     pub requests: AtomicU64,
     pub notifications: AtomicU64,
     pub dropped_malformed: AtomicU64,
+    /// Requests larger than the connection's `max_packet_size`, dropped unread.
+    pub dropped_oversized: AtomicU64,
+    /// Answers (and progress messages) handed to the connection, written to it, and
+    /// refused by it (its queue was full).
+    pub answers_queued: AtomicU64,
     pub answers_sent: AtomicU64,
     pub answers_unsent: AtomicU64,
 }
@@ -176,7 +185,7 @@ impl Replier {
             route.correlation_data.clone(),
         );
         let counter = match sent {
-            Ok(()) => &self.counters.answers_sent,
+            Ok(()) => &self.counters.answers_queued,
             Err(_) => &self.counters.answers_unsent,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -252,9 +261,11 @@ impl Responder {
         self.replier.counters.clone()
     }
 
-    /// Serves until `stop` turns true: subscribes its filters on every connection (calling
+    /// Serves until its DISCONNECT is written (`disconnect`: answers queued before it go
+    /// out first) or `stop` turns true: subscribes its filters on every connection (calling
     /// `on_ready` once all are granted), hands each request to `on_request`, and reconnects
-    /// after a lost connection. Fails only if the first connection fails.
+    /// after a lost connection, backing off. Fails if the first connection fails, or if the
+    /// broker refuses a filter (a responder that cannot receive its requests must say so).
     pub async fn serve(
         mut self,
         mut on_request: impl FnMut(IncomingRequest),
@@ -265,6 +276,7 @@ impl Responder {
         let mut unacknowledged = self.options.filters.len();
         let mut ever_connected = false;
         let mut ever_ready = false;
+        let mut failed_attempts = 0u32;
         loop {
             let next = tokio::select! {
                 biased;
@@ -285,6 +297,7 @@ impl Responder {
                         ));
                     }
                     ever_connected = true;
+                    failed_attempts = 0;
                     unacknowledged = self.options.filters.len();
                     for filter in &self.options.filters {
                         let topic = subscription(filter, self.options.share_group.as_deref());
@@ -292,7 +305,16 @@ impl Responder {
                         let _ = self.replier.outbox.subscribe(&topic, self.options.qos);
                     }
                 }
-                Ok(Inbound::SubAck { .. }) => {
+                Ok(Inbound::SubAck { granted, .. }) => {
+                    if !granted {
+                        // SUBACKs come in the order of the SUBSCRIBEs: this one's filter.
+                        let index = self.options.filters.len().saturating_sub(unacknowledged);
+                        let filter = self.options.filters.get(index).cloned().unwrap_or_default();
+                        return Err(LinkError {
+                            kind: LinkErrorKind::SubscriptionRefused,
+                            message: subscription(&filter, self.options.share_group.as_deref()),
+                        });
+                    }
                     unacknowledged = unacknowledged.saturating_sub(1);
                     if unacknowledged == 0 {
                         ever_ready = true;
@@ -305,6 +327,10 @@ impl Responder {
                     correlation_data,
                     response_topic,
                 }) => {
+                    if payload.len() > self.options.connection.max_packet_size {
+                        counters.dropped_oversized.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&payload) else {
                         counters.dropped_malformed.fetch_add(1, Ordering::Relaxed);
                         continue;
@@ -340,6 +366,9 @@ impl Responder {
                         route,
                     });
                 }
+                Ok(Inbound::PublishWritten(_)) => {
+                    counters.answers_sent.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(Inbound::DisconnectSent) => break,
                 Ok(_) => {}
                 Err(error) => {
@@ -352,9 +381,15 @@ impl Responder {
                         let why = format!("it closed the connection at the SUBSCRIBE ({error})");
                         return Err(no_shared_subscriptions(group, &why));
                     }
+                    let delay = link::reconnect_delay(
+                        RECONNECT_MIN_DELAY,
+                        RECONNECT_MAX_DELAY,
+                        failed_attempts,
+                    );
+                    failed_attempts = failed_attempts.saturating_add(1);
                     tokio::select! {
                         _ = stop.wait_for(|stop| *stop) => break,
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = tokio::time::sleep(delay) => {}
                     }
                 }
             }
@@ -362,9 +397,10 @@ impl Responder {
         Ok(())
     }
 
-    /// Sends DISCONNECT (used by `serve`'s owner before setting `stop`).
-    pub fn disconnect(replier: &Replier) {
-        let _ = replier.outbox.disconnect();
+    /// Queues DISCONNECT behind the answers already queued; `serve` ends once it is
+    /// written. False if it could not be queued (then set `stop`).
+    pub fn disconnect(replier: &Replier) -> bool {
+        replier.outbox.disconnect().is_ok()
     }
 }
 

@@ -170,7 +170,9 @@ def start_nats() -> RunningBroker:
     return RunningBroker(NATS, "127.0.0.1", port, version, lambda: _stop_process(process, workdir))
 
 
-def start_amqtt() -> RunningBroker:
+def start_amqtt(taboo_topics: bool = False) -> RunningBroker:
+    """amqtt; with `taboo_topics` its TopicTabooPlugin refuses subscriptions to
+    "prohibited", "top-secret" and "data/classified" (SUBACK 0x80)."""
     program = _require(str(Path(sys.executable).with_name("amqtt")))
     workdir = tempfile.TemporaryDirectory(prefix="mqtt-rpc-amqtt-")
     port = free_port()
@@ -183,6 +185,7 @@ def start_amqtt() -> RunningBroker:
         "plugins:\n"
         "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
         "    allow_anonymous: true\n"
+        + ("  amqtt.plugins.topic_checking.TopicTabooPlugin: {}\n" if taboo_topics else "")
     )
     process = subprocess.Popen([program, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_mqtt("127.0.0.1", port, 30)

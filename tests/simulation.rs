@@ -609,7 +609,8 @@ impl World {
         self.reconnect();
         self.settle();
         for _ in 0..100_000 {
-            if self.outbox.is_empty() && self.later.is_empty() && self.engine.pending() == 0 {
+            let idle = self.outbox.is_empty() && self.later.is_empty();
+            if idle && self.engine.pending() == 0 && self.engine.throttled() == 0 {
                 break;
             }
             self.write();

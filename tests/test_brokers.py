@@ -14,8 +14,16 @@ from typing import AsyncIterator, Iterator, List
 
 import pytest
 
-from brokers import STARTERS, RunningBroker
-from mqtt_rpc import MqttRpcClient, NoRespondersError, NotConnectedError, PayloadError, RpcTimeoutError
+from brokers import STARTERS, RunningBroker, start_amqtt
+from mqtt_rpc import (
+    MqttRpcClient,
+    NoRespondersError,
+    NotConnectedError,
+    PayloadError,
+    Responder,
+    RpcTimeoutError,
+    SubscriptionRefusedError,
+)
 from mqtt_rpc.testing import MosquittoBroker, ResponderDevice, find_responder
 
 pytestmark = pytest.mark.brokers
@@ -181,3 +189,23 @@ async def test_a_brokers_maximum_packet_size_is_kept_before_publishing() -> None
             with pytest.raises(PayloadError, match="maximum packet size of 2000"):
                 await client.call("dev1/device/control/set", {"blob": "x" * 3000})
             assert client.connected and client.stats()["calls_started"] == 0
+
+
+def test_a_responder_whose_filter_the_broker_refuses_fails_start_naming_it() -> None:
+    # Before, the refused SUBACK counted as granted: the responder said it was serving,
+    # and no request ever reached it.
+    broker = start_amqtt(taboo_topics=True)
+    try:
+        responder = Responder(broker.host, broker.port)
+
+        @responder.handle("prohibited")
+        async def never(request: dict) -> dict:
+            return {}
+
+        async def start() -> None:
+            with pytest.raises(SubscriptionRefusedError, match="prohibited"):
+                await responder.start()
+
+        asyncio.run(start())
+    finally:
+        broker.stop()

@@ -14,7 +14,15 @@ from typing import Any, AsyncIterator, Dict, Iterator, List
 
 import pytest
 
-from mqtt_rpc import MqttRpcClient, RemoteError, Responder, Retry, RpcHandlerError, RpcTimeoutError
+from mqtt_rpc import (
+    BrokerRefusedError,
+    MqttRpcClient,
+    RemoteError,
+    Responder,
+    Retry,
+    RpcHandlerError,
+    RpcTimeoutError,
+)
 from mqtt_rpc.testing import MosquittoBroker, ResponderDevice
 
 
@@ -304,3 +312,82 @@ async def test_timeout_bounds_a_device_that_reports_forever(reporting: Responder
             pass
     assert 0.6 <= time.monotonic() - started < 1.2
     assert client.pending == 0
+
+
+async def test_the_wait_queue_bound_holds_under_a_burst(broker: MosquittoBroker) -> None:
+    # Requests arrive in batches of up to a thousand per loop turn: the bound must count a
+    # request from the moment it is taken, or a whole batch slips past it.
+    release = asyncio.Event()
+    responder = Responder(broker.host, broker.port, max_concurrency=4, max_queued=100)
+
+    @responder.handle("burst/+/set")
+    async def slow(request: dict) -> dict:
+        await release.wait()
+        return {"ok": True}
+
+    burst = 2_000
+    async with responder:
+        async with MqttRpcClient(broker.host, broker.port) as client:
+            calls = asyncio.ensure_future(
+                client.call_many([("burst/d/set", {"i": i}) for i in range(burst)], timeout=60, return_exceptions=True)
+            )
+            while responder.stats().get("requests", 0) < burst:
+                await asyncio.sleep(0.01)
+            assert responder.stats()["requests_overloaded"] == burst - 104
+            release.set()
+            results = await calls
+    answered = [r for r in results if isinstance(r, dict)]
+    overloaded = [r for r in results if isinstance(r, RemoteError) and r.code == -32000]
+    assert (len(answered), len(overloaded)) == (104, burst - 104)
+
+
+async def test_closing_writes_every_answer_given_before_disconnecting(broker: MosquittoBroker) -> None:
+    # A responder leaving a pool (a rolling deploy) answers what it runs, then leaves.
+    started, release = asyncio.Semaphore(0), asyncio.Event()
+    client_id = f"leaving-{uuid.uuid4().hex[:6]}"
+    responder = Responder(broker.host, broker.port, client_id=client_id)
+
+    @responder.handle("leaving/+/set")
+    async def slow(request: dict) -> dict:
+        started.release()
+        await release.wait()
+        return {"n": request["n"]}
+
+    await responder.start()
+    async with MqttRpcClient(broker.host, broker.port) as client:
+        calls = [asyncio.ensure_future(client.call("leaving/d/set", {"n": n}, timeout=30)) for n in range(10)]
+        for _ in range(10):
+            await asyncio.wait_for(started.acquire(), 10)
+        closing = asyncio.ensure_future(responder.close(grace=10))
+        release.set()
+        await closing
+        replies = await asyncio.gather(*calls)
+    assert [r["result"]["n"] for r in replies] == list(range(10))
+    assert responder.stats()["answers_sent"] == 10
+    broker.sync_log()
+    assert f"Client {client_id} disconnected." in broker.lines, "the responder left without a DISCONNECT"
+
+
+@pytest.fixture(scope="module")
+def locked_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("locked")
+    passwords, acl = folder / "passwords", folder / "acl"
+    passwords.touch()
+    subprocess.run(["mosquitto_passwd", "-b", str(passwords), "device", "s3cret"], check=True)
+    acl.write_text("user device\ntopic readwrite allowed/#\n")
+    config = ["allow_anonymous false", f"password_file {passwords}", f"acl_file {acl}"]
+    with MosquittoBroker.start(extra_config=config) as running:
+        yield running
+
+
+async def test_a_wrong_password_fails_start_as_the_client_does(locked_broker: MosquittoBroker) -> None:
+    responder = Responder(locked_broker.host, locked_broker.port, username="device", password="wrong")
+
+    @responder.handle("allowed/+/set")
+    async def never(request: dict) -> dict:
+        return {}
+
+    with pytest.raises(BrokerRefusedError):
+        await responder.start()

@@ -162,8 +162,9 @@ class CoreResponder:
         on_ready: Callable[[], None],
     ) -> "asyncio.Future[None]":
         """Serves on the loop until `close`; fails if the first connection does."""
-    def close(self) -> None:
-        """Disconnects; the `serve` future then resolves."""
+    def close(self, flush_timeout: float) -> None:
+        """Disconnects once the answers already queued are written (or after
+        ``flush_timeout`` seconds); the `serve` future then resolves."""
     def detach(self) -> None:
         """Stops watching the loop (after `serve` resolved)."""
     def stats(self) -> Dict[str, int]: ...

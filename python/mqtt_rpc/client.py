@@ -6,6 +6,7 @@ adapts it to asyncio (the running loop, `async with`, cancellation)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import json
 import logging
@@ -13,7 +14,7 @@ import os
 import weakref
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Protocol, Tuple, Type, TypeVar, Union, overload
+from typing import Any, Callable, Deque, Dict, FrozenSet, Iterable, List, Optional, Sequence, Protocol, Tuple, Type, TypeVar, Union, overload
 
 from . import _core, config, typed
 from .config import records_given_arguments
@@ -700,6 +701,40 @@ def _retrieve(attempt: "asyncio.Task[None]") -> None:
         attempt.exception()
 
 
+#: Messages a `CallStream` holds for a consumer that does not keep up; beyond, the oldest
+#: are dropped (counted in `CallStream.dropped`, logged once per stream).
+MAX_BUFFERED_MESSAGES = 10_000
+
+
+class _Inbox:
+    """The messages of one call waiting for its consumer, bounded. The core holds this (not
+    the `CallStream`), so a stream dropped by its consumer is collected at once."""
+
+    __slots__ = ("messages", "arrived", "dropped", "topic")
+
+    def __init__(self, topic: str) -> None:
+        self.messages: Deque[Dict[str, Any]] = collections.deque()
+        self.arrived: Optional["asyncio.Future[None]"] = None
+        self.dropped = 0
+        self.topic = topic
+
+    def offer(self, message: Dict[str, Any]) -> None:
+        # Called on the loop's thread for each message, as it arrives.
+        if len(self.messages) >= MAX_BUFFERED_MESSAGES:
+            self.messages.popleft()
+            self.dropped += 1
+            if self.dropped == 1:
+                logger.warning(
+                    "a call on %s: the consumer does not keep up; dropping the oldest messages beyond %d",
+                    self.topic,
+                    MAX_BUFFERED_MESSAGES,
+                )
+        self.messages.append(message)
+        arrived = self.arrived
+        if arrived is not None and not arrived.done():
+            arrived.set_result(None)
+
+
 class CallStream:
     """The messages of one call, as an async iterator: the progress messages and then the
     answer of `MqttRpcClient.stream`, or the answers of `MqttRpcClient.call_all`.
@@ -707,7 +742,9 @@ class CallStream:
     The call is published when the stream is created (on a client not yet connected: when
     the iteration starts, after connecting). Leaving the iteration early (a ``break``, an
     exception, ``aclose()``, the end of an ``async with`` block) ends the call at once: the
-    client forgets it (and, with ``cancel_on_abandon``, tells the device).
+    client forgets it (and, with ``cancel_on_abandon``, tells the device). At most
+    `MAX_BUFFERED_MESSAGES` messages wait for the consumer; past that the oldest are
+    dropped and counted in ``dropped``. The answer of `stream` is never dropped.
     """
 
     def __init__(
@@ -724,7 +761,7 @@ class CallStream:
         self._core: Optional[_core.CoreClient] = None
         self._future: Optional["asyncio.Future[Dict[str, Any]]"] = None
         self.request_id: Optional[str] = None
-        self._messages: "asyncio.Queue[Dict[str, Any]]" = asyncio.Queue()
+        self._inbox = _Inbox(topic)
         self._topic = topic
         self._idle_timeout = idle_timeout
         self._ends_with_answer = ends_with_answer
@@ -732,11 +769,16 @@ class CallStream:
         if client._open:
             self._start()
 
+    @property
+    def dropped(self) -> int:
+        """Messages dropped because the consumer did not keep up."""
+        return self._inbox.dropped
+
     def _start(self) -> None:
         begin, self._begin = self._begin, None
         assert begin is not None
         self._core = self._client._core
-        self._future, self.request_id = begin(self._core, self._messages.put_nowait)
+        self._future, self.request_id = begin(self._core, self._inbox.offer)
 
     def __aiter__(self) -> "CallStream":
         return self
@@ -745,27 +787,25 @@ class CallStream:
         if self._begin is not None and not self._finished:
             await self._client._connection()
             self._start()
+        inbox = self._inbox
         while not self._finished:
             assert self._future is not None
-            if not self._messages.empty():
-                return self._messages.get_nowait()
+            if inbox.messages:
+                return inbox.messages.popleft()
             if self._future.done():
                 # Messages sent before the call ended were queued before it: given first.
                 self._finished = True
                 return self._outcome()
-            getter = asyncio.ensure_future(self._messages.get())
+            arrived = inbox.arrived = _get_running_loop().create_future()
             try:
                 done, _ = await asyncio.wait(
-                    {getter, self._future}, timeout=self._idle_timeout, return_when=asyncio.FIRST_COMPLETED
+                    {arrived, self._future}, timeout=self._idle_timeout, return_when=asyncio.FIRST_COMPLETED
                 )
             except BaseException:
                 self._abandon()
                 raise
             finally:
-                if not getter.done():
-                    getter.cancel()
-            if getter in done:
-                return getter.result()
+                inbox.arrived = None
             if not done:
                 self._abandon()
                 raise RpcTimeoutError(

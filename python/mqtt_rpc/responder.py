@@ -28,6 +28,10 @@ PathLike = Union[str, "os.PathLike[str]"]
 INTERNAL_ERROR = -32603
 #: The code of the answer to a request that found the responder over its queue limit.
 OVERLOADED = -32000
+#: How long `close()` waits for the answers already given to be written.
+_FLUSH_TIMEOUT = 5.0
+#: Repeats of one request that wait for its running handler's answer, at most.
+MAX_REPEATS_WAITING = 16
 #: Options of `MQTT_RPC_URL` that only a client takes: a responder passes over them.
 _CLIENT_ONLY = frozenset(config.CLIENT_OPTIONS) - frozenset(config.RESPONDER_OPTIONS)
 
@@ -144,7 +148,9 @@ class Responder:
         self._serving: Optional[asyncio.Future] = None
         self._ready: Optional[asyncio.Event] = None
         self._turns: Optional[asyncio.Semaphore] = None
+        # Requests taken and not yet given a handler slot, and handlers holding one.
         self._waiting = 0
+        self._busy = 0
         self._tasks: Set[asyncio.Task] = set()
         self._cache_size = max(0, reply_cache_size)
         self._cache_ttl = reply_cache_ttl
@@ -153,6 +159,8 @@ class Responder:
         self._handler_tasks: Dict[str, asyncio.Task] = {}
         self._repeats = 0
         self._cancelled = 0
+        self._overloaded = 0
+        self._repeats_dropped = 0
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> "Responder":
@@ -219,7 +227,8 @@ class Responder:
 
     async def close(self, grace: float = 5.0) -> None:
         """Stops serving: waits up to ``grace`` seconds for running handlers to answer,
-        cancels the rest (their callers get no answer), and disconnects."""
+        cancels the rest (their callers get no answer), and disconnects once every answer
+        given is written (at most 5 seconds more, if the connection is down)."""
         if self._core is None or self._serving is None:
             return
         if self._tasks:
@@ -228,9 +237,11 @@ class Responder:
                 task.cancel()
             if late:
                 await asyncio.gather(*late, return_exceptions=True)
-        self._core.close()
-        await self._serving
-        self._core.detach()
+        self._core.close(_FLUSH_TIMEOUT)
+        try:
+            await self._serving
+        finally:
+            self._core.detach()
 
     async def close_now(self) -> None:
         """Stops at once: handlers still running are cancelled, unanswered."""
@@ -254,6 +265,8 @@ class Responder:
             "handlers_running_or_waiting": len(self._tasks),
             "repeats_answered_from_cache": self._repeats,
             "handlers_cancelled": self._cancelled,
+            "requests_overloaded": self._overloaded,
+            "repeats_dropped": self._repeats_dropped,
         }
 
     def _on_request(self, index: int, topic: str, body: Dict[str, Any], reply: Optional[_core.ReplyHandle]) -> None:
@@ -274,32 +287,54 @@ class Responder:
                 return
             running = self._running.get(request_id)
             if running is not None:
-                # A repeat while the first copy runs: it gets that run's answer.
-                self._repeats += 1
-                running.append(reply)
+                # A repeat while the first copy runs: it gets that run's answer (a bounded
+                # number of repeats do; a flood of them is dropped and counted).
+                if len(running) < MAX_REPEATS_WAITING:
+                    self._repeats += 1
+                    running.append(reply)
+                else:
+                    self._repeats_dropped += 1
                 return
             self._running[request_id] = []
         else:
             request_id = None
-        if self._waiting >= self._max_queued:
+        # Counted from the moment a request is taken, not from when its task first runs:
+        # requests arrive in batches of up to a thousand per loop turn, and a whole batch
+        # would pass a check that only counts tasks already running.
+        if self._waiting >= self._max_queued + self._max_concurrency - self._busy:
+            self._overloaded += 1
             if request_id is not None:
                 self._running.pop(request_id, None)
             if reply is not None:
                 reply.send_error(OVERLOADED, "the responder is overloaded: try again later")
             return
-        task = asyncio.ensure_future(self._run(self._handlers[index], body, reply, request_id))
+        turn = _Turn()
+        self._waiting += 1
+        task = asyncio.ensure_future(self._run(self._handlers[index], body, reply, request_id, turn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._leave_queue(turn))
         handler_id = body.get("request_id")
         if isinstance(handler_id, str):
             self._handler_tasks[handler_id] = task
             task.add_done_callback(lambda _: self._handler_tasks.pop(handler_id, None))
 
+    def _leave_queue(self, turn: "_Turn") -> None:
+        # Once per request: when it gets its turn, or when it ends without one (cancelled).
+        if turn.queued:
+            turn.queued = False
+            self._waiting -= 1
+
     async def _run(
-        self, handler: Handler, request: Dict[str, Any], reply: Optional[_core.ReplyHandle], request_id: Optional[str]
+        self,
+        handler: Handler,
+        request: Dict[str, Any],
+        reply: Optional[_core.ReplyHandle],
+        request_id: Optional[str],
+        turn: "_Turn",
     ) -> None:
         try:
-            answer = await self._answer(handler, request, reply)
+            answer = await self._answer(handler, request, reply, turn)
         finally:
             # Cancelled or not, this run is over: repeats waiting for it go with it.
             repeats = self._running.pop(request_id, []) if request_id is not None else []
@@ -316,14 +351,12 @@ class Responder:
             self._answers.popitem(last=False)
 
     async def _answer(
-        self, handler: Handler, request: Dict[str, Any], reply: Optional[_core.ReplyHandle] = None
+        self, handler: Handler, request: Dict[str, Any], reply: Optional[_core.ReplyHandle], turn: "_Turn"
     ) -> "Answer":
         assert self._turns is not None
-        self._waiting += 1
-        try:
-            await self._turns.acquire()
-        finally:
-            self._waiting -= 1
+        await self._turns.acquire()
+        self._leave_queue(turn)
+        self._busy += 1
         try:
             arguments: Tuple[Any, ...] = (request,)
             if _takes_report(handler):
@@ -337,14 +370,25 @@ class Responder:
                     if inspect.isawaitable(result):
                         result = await result
             finally:
+                self._busy -= 1
                 self._turns.release()
             return ("result", json.dumps(result))
         except RpcHandlerError as error:
             data = None if error.data is None else json.dumps(error.data, default=str)
             return ("error", error.code, error.message, data)
         except Exception as error:  # the handler's failure becomes the caller's RemoteError
-            logger.debug("handler for %s failed", request.get("request_id"), exc_info=True)
+            # A bug in the application: logged with its traceback, not hidden at DEBUG.
+            logger.error("handler for request %s failed", request.get("request_id"), exc_info=True)
             return ("error", INTERNAL_ERROR, f"{type(error).__name__}: {error}", None)
+
+
+class _Turn:
+    """One request's place in the wait for a handler slot."""
+
+    __slots__ = ("queued",)
+
+    def __init__(self) -> None:
+        self.queued = True
 
 
 #: A handler's outcome, ready to send: ("result", json) or ("error", code, message, data json).

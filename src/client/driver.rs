@@ -6,9 +6,9 @@
 //! next waiting publish go.
 
 use super::engine::{Engine, Transmit, Unsent};
-use super::{lock, CallError, ClientOptions, Shared, Waiter};
+use super::{lock, CallError, Shared, Waiter};
 use crate::acks::{AckLedger, PubAckReason, Sent};
-use crate::link::{Events, Inbound, LinkError, LinkErrorKind};
+use crate::link::{self, Events, Inbound, LinkError, LinkErrorKind};
 use crate::protocol::Reply;
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
@@ -44,7 +44,12 @@ pub(super) async fn drive_events<W: Waiter>(shared: Arc<Shared<W>>, mut events: 
                 events.drop_queued_subscriptions();
                 let replays = events.pending_publishes();
                 shared.with_ledger(|l| l.connection_lost(&replays));
-                let delay = reconnect_delay(&shared.options, failed_attempts);
+                let options = &shared.options;
+                let delay = link::reconnect_delay(
+                    options.reconnect_min_delay,
+                    options.reconnect_max_delay,
+                    failed_attempts,
+                );
                 failed_attempts = failed_attempts.saturating_add(1);
                 tokio::select! {
                     _ = shutdown.wait_for(|stop| *stop) => break,
@@ -63,6 +68,9 @@ fn on_inbound<W: Waiter>(shared: &Shared<W>, inbound: Inbound) {
             correlation_data,
             ..
         } => {
+            if payload.len() > shared.options.connection.max_packet_size {
+                return shared.run(|engine, _| engine.on_oversized_reply());
+            }
             // Parsed before the engine is locked: callers starting calls never wait on it.
             match Reply::parse(&payload) {
                 Ok(reply) => shared.run(|engine, now| {
@@ -105,25 +113,12 @@ fn on_connection_lost<W: Waiter>(shared: &Shared<W>, why: &LinkError) -> bool {
     let error = match why.kind {
         LinkErrorKind::Tls => CallError::Tls(why.message.clone()),
         LinkErrorKind::Refused => CallError::Refused(why.message.clone()),
-        LinkErrorKind::Other => CallError::NotConnected(why.message.clone()),
+        LinkErrorKind::SubscriptionRefused | LinkErrorKind::Other => {
+            CallError::NotConnected(why.message.clone())
+        }
     };
     let retry = shared.run(|engine, _| engine.on_connection_lost(error, &why.message));
     retry && !shared.closed.load(Ordering::Acquire)
-}
-
-/// Exponential backoff from the minimum to the maximum delay, with jitter in [0.5, 1].
-pub(super) fn reconnect_delay(options: &ClientOptions, failed_attempts: u32) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let doubled = options
-        .reconnect_min_delay
-        .saturating_mul(1u32 << failed_attempts.min(20));
-    let capped = doubled.min(options.reconnect_max_delay);
-    // RandomState is seeded randomly per instance: enough randomness for jitter.
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    let factor = 0.5 + (random % 1000) as f64 / 2000.0;
-    capped.mul_f64(factor)
 }
 
 /// One timer for all calls: sleeps until the engine's next timeout (or until it changes)

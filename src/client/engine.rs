@@ -513,6 +513,11 @@ impl<W: Waiter> Engine<W> {
         self.counts.replies_dropped_malformed += 1;
     }
 
+    /// A message on a reply filter larger than `max_packet_size`: dropped unread, counted.
+    pub fn on_oversized_reply(&mut self) {
+        self.counts.replies_dropped_oversized += 1;
+    }
+
     /// A reply. Correlation: the MQTT 5 Correlation Data when present, else the topic's
     /// last level, else the body's `request_id`. Anything that matches no pending call, or
     /// names another id than the one it was matched by, is dropped and counted: it never

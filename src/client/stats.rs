@@ -19,6 +19,8 @@ pub struct Stats {
     pub replies_dropped_stray: u64,
     pub replies_dropped_duplicate: u64,
     pub replies_dropped_malformed: u64,
+    /// Messages on the reply filters larger than `max_packet_size`.
+    pub replies_dropped_oversized: u64,
     pub progress_received: u64,
     /// Calls that waited for the publish-rate limit, and how long they waited in all.
     pub calls_throttled: u64,
@@ -41,7 +43,7 @@ pub struct Stats {
 
 impl Stats {
     /// The counters and the count gauges by the names users see, in a stable order.
-    pub fn counts(&self) -> [(&'static str, u64); 19] {
+    pub fn counts(&self) -> [(&'static str, u64); 20] {
         [
             ("calls_started", self.calls_started),
             ("calls_succeeded", self.calls_succeeded),
@@ -54,6 +56,7 @@ impl Stats {
             ("replies_dropped_stray", self.replies_dropped_stray),
             ("replies_dropped_duplicate", self.replies_dropped_duplicate),
             ("replies_dropped_malformed", self.replies_dropped_malformed),
+            ("replies_dropped_oversized", self.replies_dropped_oversized),
             ("progress_received", self.progress_received),
             ("replies_gathered", self.replies_gathered),
             ("calls_throttled", self.calls_throttled),
@@ -81,6 +84,7 @@ impl Stats {
         self.replies_dropped_stray += other.replies_dropped_stray;
         self.replies_dropped_duplicate += other.replies_dropped_duplicate;
         self.replies_dropped_malformed += other.replies_dropped_malformed;
+        self.replies_dropped_oversized += other.replies_dropped_oversized;
         self.progress_received += other.progress_received;
         self.calls_throttled += other.calls_throttled;
         self.throttled_wait += other.throttled_wait;

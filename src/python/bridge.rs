@@ -16,11 +16,18 @@ use pyo3::prelude::*;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Completions handled per loop wake-up; the rest wait for the next turn of the loop, so a
 /// burst of replies cannot starve the application's other callbacks.
 const MAX_BATCH: usize = 1024;
+
+/// Interim messages (progress, scatter-gather answers) waiting for one loop at most. The
+/// network fills this queue at its pace and the loop empties it at its own: while the loop
+/// is blocked, what comes beyond this is dropped and counted (`interim_dropped`), never
+/// held without bound. Outcomes are never dropped: each call's future is resolved.
+pub const MAX_QUEUED_INTERIM: usize = 16_384;
 
 pub enum Completion {
     /// A call ended: resolve its future with the reply or the matching exception.
@@ -54,16 +61,34 @@ pub enum Completion {
 }
 
 pub struct CompletionQueue {
-    items: Mutex<Vec<Completion>>,
+    items: Mutex<Queued>,
     wake_writer: UnixStream,
+    /// Interim messages dropped because `MAX_QUEUED_INTERIM` were waiting (shared with the
+    /// client, whose `stats()` reports it).
+    dropped: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+struct Queued {
+    items: Vec<Completion>,
+    /// How many of `items` are interim messages.
+    interim: usize,
 }
 
 impl CompletionQueue {
     pub fn push(&self, completion: Completion) {
         let was_empty = {
-            let mut items = lock(&self.items);
-            items.push(completion);
-            items.len() == 1
+            let mut queued = lock(&self.items);
+            if matches!(completion, Completion::Progress { .. }) {
+                if queued.interim >= MAX_QUEUED_INTERIM {
+                    drop(queued);
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                queued.interim += 1;
+            }
+            queued.items.push(completion);
+            queued.items.len() == 1
         };
         if was_empty {
             self.wake();
@@ -98,8 +123,15 @@ pub enum PyWaiter {
         index: usize,
     },
     /// A caller blocked on a channel (a thread without an event loop): the call's interim
-    /// messages (progress, scatter-gather answers) and then its outcome.
-    Blocking(std::sync::mpsc::Sender<Blocked>),
+    /// messages (progress, scatter-gather answers) and then its outcome. At most
+    /// `MAX_QUEUED_INTERIM` messages wait in it (`waiting` counts them; the receiver takes
+    /// one off for each it reads); beyond, they are dropped and counted. The outcome is
+    /// never refused.
+    Blocking {
+        sender: std::sync::mpsc::Sender<Blocked>,
+        waiting: Arc<AtomicUsize>,
+        dropped: Arc<AtomicU64>,
+    },
 }
 
 /// What a blocked caller receives: interim messages, then the outcome.
@@ -119,9 +151,18 @@ impl Waiter for PyWaiter {
                 on_progress: on_progress.clone(),
                 message,
             }),
-            PyWaiter::Blocking(sender) => {
-                // An unbounded channel: this runs under the client's lock and must not wait.
-                let _ = sender.send(Blocked::Message(message));
+            PyWaiter::Blocking {
+                sender,
+                waiting,
+                dropped,
+            } => {
+                // This runs under the client's lock and must not wait: past the bound, drop.
+                if waiting.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED_INTERIM {
+                    waiting.fetch_sub(1, Ordering::AcqRel);
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                } else if sender.send(Blocked::Message(message)).is_err() {
+                    waiting.fetch_sub(1, Ordering::AcqRel);
+                }
             }
             _ => {}
         }
@@ -141,7 +182,7 @@ impl Waiter for PyWaiter {
             }),
             PyWaiter::Batch { batch, index } => Batch::complete(&batch, index, outcome),
             // A blocked caller that gave up (a signal) has nothing left to tell.
-            PyWaiter::Blocking(sender) => {
+            PyWaiter::Blocking { sender, .. } => {
                 let _ = sender.send(Blocked::Done(outcome));
             }
         }
@@ -227,7 +268,10 @@ pub struct LoopBridge {
 impl LoopBridge {
     /// Creates the bridge for `event_loop` and registers it with `add_reader`; must be
     /// called on that loop's thread.
-    pub fn attach(event_loop: &Bound<'_, PyAny>) -> PyResult<Py<LoopBridge>> {
+    pub fn attach(
+        event_loop: &Bound<'_, PyAny>,
+        dropped: Arc<AtomicU64>,
+    ) -> PyResult<Py<LoopBridge>> {
         let py = event_loop.py();
         let (wake_reader, wake_writer) = UnixStream::pair()?;
         wake_reader.set_nonblocking(true)?;
@@ -239,8 +283,9 @@ impl LoopBridge {
                 event_loop: event_loop.clone().unbind(),
                 create_future: event_loop.getattr(intern!(py, "create_future"))?.unbind(),
                 queue: Arc::new(CompletionQueue {
-                    items: Mutex::new(Vec::new()),
+                    items: Mutex::new(Queued::default()),
                     wake_writer,
+                    dropped,
                 }),
                 wake_reader,
             },
@@ -284,14 +329,19 @@ impl LoopBridge {
             }
         }
         let batch: Vec<Completion> = {
-            let mut items = lock(&self.queue.items);
-            if items.len() > MAX_BATCH {
-                let batch = items.drain(..MAX_BATCH).collect();
+            let mut queued = lock(&self.queue.items);
+            let batch: Vec<Completion> = if queued.items.len() > MAX_BATCH {
                 self.queue.wake();
-                batch
+                queued.items.drain(..MAX_BATCH).collect()
             } else {
-                std::mem::take(&mut *items)
-            }
+                std::mem::take(&mut queued.items)
+            };
+            let interim = batch
+                .iter()
+                .filter(|c| matches!(c, Completion::Progress { .. }))
+                .count();
+            queued.interim -= interim;
+            batch
         };
         for completion in batch {
             deliver(py, completion);

@@ -20,6 +20,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString, PyTuple};
 use std::borrow::Cow;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -33,6 +34,9 @@ pub struct CoreClient {
     /// The id given (or made up); a pool's connections add `-{i}` to it.
     client_id: String,
     bridges: Mutex<Vec<Py<LoopBridge>>>,
+    /// Interim messages (progress, scatter-gather answers) dropped because too many waited
+    /// for a busy loop or thread (`stats()["interim_dropped"]`).
+    interim_dropped: Arc<AtomicU64>,
     /// Where connection events go: the queue of the loop that connected, or of a newer
     /// loop once that one has closed.
     event_target: Arc<Mutex<Option<Arc<CompletionQueue>>>>,
@@ -138,7 +142,7 @@ impl CoreClient {
                 closed.push(bridge.get().queue.clone());
             }
         }
-        let bridge = LoopBridge::attach(event_loop)?;
+        let bridge = LoopBridge::attach(event_loop, self.interim_dropped.clone())?;
         lock(&self.bridges).retain(|b| !closed.iter().any(|q| Arc::ptr_eq(q, &b.get().queue)));
         lock(&self.bridges).push(bridge.clone_ref(py));
         let mut target = lock(&self.event_target);
@@ -192,9 +196,13 @@ impl CoreClient {
     ) -> PyResult<crate::client::Outcome> {
         let duration = timeout_seconds(timeout)?;
         let (sender, mut receiver) = std::sync::mpsc::channel();
-        let request_id = self
-            .inner
-            .start(prepared, duration, PyWaiter::Blocking(sender));
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let waiter = PyWaiter::Blocking {
+            sender,
+            waiting: waiting.clone(),
+            dropped: self.interim_dropped.clone(),
+        };
+        let request_id = self.inner.start(prepared, duration, waiter);
         loop {
             // The receiver goes to the GIL-free closure and comes back (Send, not Sync).
             let (back, received) = py.detach(move || {
@@ -205,6 +213,7 @@ impl CoreClient {
             match received {
                 Ok(Blocked::Done(outcome)) => return Ok(outcome),
                 Ok(Blocked::Message(message)) => {
+                    waiting.fetch_sub(1, Ordering::AcqRel);
                     if let Err(error) = on_message(message) {
                         self.inner.forget(&request_id);
                         return Err(error);
@@ -393,6 +402,7 @@ impl CoreClient {
             client_id,
             bridges: Mutex::new(Vec::new()),
             event_target: Arc::new(Mutex::new(None)),
+            interim_dropped: Arc::new(AtomicU64::new(0)),
             event_handler: event_handler.map(Arc::new),
         })
     }
@@ -647,6 +657,10 @@ impl CoreClient {
             connections.append(own)?;
         }
         dict.set_item("connections", connections)?;
+        dict.set_item(
+            "interim_dropped",
+            self.interim_dropped.load(Ordering::Relaxed),
+        )?;
         Ok(dict)
     }
 }

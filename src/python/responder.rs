@@ -7,7 +7,7 @@ use super::bridge::{Completion, LoopBridge};
 use super::errors::value_error;
 use super::runtime::runtime;
 use crate::client::CallError;
-use crate::link::ConnectionOptions;
+use crate::link::{ConnectionOptions, LinkErrorKind};
 use crate::protocol::RemoteError;
 use crate::responder::{
     progress_body, Replier, ReplyRoute, Responder, ResponderCounters, ResponderOptions,
@@ -19,6 +19,7 @@ use pyo3::types::PyDict;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::watch;
 
 #[pyclass(frozen, module = "mqtt_rpc._core")]
@@ -26,7 +27,7 @@ pub struct CoreResponder {
     responder: Mutex<Option<Responder>>,
     replier: Replier,
     counters: Arc<ResponderCounters>,
-    stop: watch::Sender<bool>,
+    stop: Arc<watch::Sender<bool>>,
     bridge: Mutex<Option<Py<LoopBridge>>>,
 }
 
@@ -170,7 +171,7 @@ impl CoreResponder {
             replier: responder.replier(),
             counters: responder.counters(),
             responder: Mutex::new(Some(responder)),
-            stop,
+            stop: Arc::new(stop),
             bridge: Mutex::new(None),
         })
     }
@@ -195,7 +196,7 @@ impl CoreResponder {
             return Err(value_error("serve() was already called on this responder"));
         };
         let runtime = runtime().map_err(PyRuntimeError::new_err)?;
-        let bridge = LoopBridge::attach(event_loop)?;
+        let bridge = LoopBridge::attach(event_loop, Default::default())?;
         let queue = bridge.get().queue.clone();
         let future = bridge.get().new_future(py)?;
         *self
@@ -222,20 +223,42 @@ impl CoreResponder {
                     stop,
                 )
                 .await;
+            let result = served.map_err(|e| {
+                let why = format!("the responder could not serve: {e}");
+                match e.kind {
+                    LinkErrorKind::Tls => CallError::Tls(why),
+                    LinkErrorKind::Refused => CallError::Refused(why),
+                    LinkErrorKind::SubscriptionRefused => {
+                        CallError::SubscribeRefused { filter: e.message }
+                    }
+                    LinkErrorKind::Other => CallError::NotConnected(why),
+                }
+            });
             queue.push(Completion::Done {
                 future: done,
-                result: served.map_err(|e| {
-                    CallError::NotConnected(format!("the responder could not connect: {e}"))
-                }),
+                result,
             });
         });
         Ok(future)
     }
 
-    /// Stops serving: disconnects; the `serve` future then resolves. Call `detach` after.
-    fn close(&self) {
-        Responder::disconnect(&self.replier);
-        let _ = self.stop.send(true);
+    /// Stops serving: queues DISCONNECT behind the answers already queued, so they are
+    /// written first; the `serve` future resolves once it is written, or after
+    /// `flush_timeout` seconds (a connection that is down writes nothing). Call `detach`
+    /// after.
+    fn close(&self, flush_timeout: f64) -> PyResult<()> {
+        if !Responder::disconnect(&self.replier) {
+            let _ = self.stop.send(true);
+            return Ok(());
+        }
+        let runtime = runtime().map_err(PyRuntimeError::new_err)?;
+        let stop = self.stop.clone();
+        let wait = Duration::from_secs_f64(flush_timeout.clamp(0.0, 3600.0));
+        runtime.spawn(async move {
+            tokio::time::sleep(wait).await;
+            let _ = stop.send(true);
+        });
+        Ok(())
     }
 
     /// Stops watching the loop (after `serve` resolved).
@@ -258,6 +281,8 @@ impl CoreResponder {
             ("requests", &c.requests),
             ("notifications", &c.notifications),
             ("dropped_malformed", &c.dropped_malformed),
+            ("dropped_oversized", &c.dropped_oversized),
+            ("answers_queued", &c.answers_queued),
             ("answers_sent", &c.answers_sent),
             ("answers_unsent", &c.answers_unsent),
         ] {

@@ -1,0 +1,87 @@
+"""Every queue the network or a caller can fill has a bound and a policy when full: floods
+from a device (progress messages, scatter-gather answers) while the event loop is blocked
+or the consumer lags are dropped and counted, never held without limit, and a call's own
+outcome is never among what is dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+
+from mqtt_rpc import MqttRpcClient, Responder, RpcTimeoutError
+from mqtt_rpc.client import MAX_BUFFERED_MESSAGES
+from mqtt_rpc.testing import MosquittoBroker, ResponderDevice
+
+#: The Rust side's bound on interim messages waiting for one loop (src/python/bridge.rs).
+MAX_QUEUED_INTERIM = 16_384
+FLOOD = 60_000  # under the test device's own send queue, so that all of it is sent
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096
+
+
+def topic() -> str:
+    return f"flood-{uuid.uuid4().hex[:8]}/device/control/set"
+
+
+async def test_a_progress_flood_while_the_loop_is_blocked_is_bounded(
+    broker: MosquittoBroker, seed_device: ResponderDevice
+) -> None:
+    async with MqttRpcClient(broker.host, broker.port) as client:
+        before = resident_bytes()
+        stream = client.stream(topic(), {"_responder": {"progress_steps": FLOOD}}, timeout=60)
+        # Block the loop (as a slow synchronous handler would) until every progress message
+        # has reached the client: what the loop could not take is dropped, not held.
+        expected_drops = FLOOD - MAX_QUEUED_INTERIM
+        deadline = time.monotonic() + 30
+        while client.stats()["interim_dropped"] < expected_drops and time.monotonic() < deadline:
+            time.sleep(0.02)
+        grown = resident_bytes() - before
+        assert client.stats()["interim_dropped"] == expected_drops
+        assert grown < 30 * 1024 * 1024, f"the process grew by {grown / 1e6:.0f} MB"
+        messages = [message async for message in stream]
+        # What the loop was given reached the stream (which may drop more, if the consumer
+        # lags behind its own bound), then the answer.
+        assert "result" in messages[-1]
+        assert len(messages) - 1 + stream.dropped == MAX_QUEUED_INTERIM
+        assert client.pending == 0
+
+
+async def test_a_consumer_that_lags_keeps_the_newest_messages_and_the_answer(
+    broker: MosquittoBroker, seed_device: ResponderDevice
+) -> None:
+    steps = MAX_BUFFERED_MESSAGES + 5_000
+    async with MqttRpcClient(broker.host, broker.port) as client:
+        stream = client.stream(topic(), {"_responder": {"progress_steps": steps}}, timeout=60)
+        while client.pending:  # the loop runs; nobody iterates the stream yet
+            await asyncio.sleep(0.01)
+        messages = [message async for message in stream]
+        progress = [m["progress"] for m in messages[:-1]]
+        assert "result" in messages[-1]
+        assert stream.dropped == steps - len(progress) > 0
+        assert len(progress) == MAX_BUFFERED_MESSAGES
+        assert progress == list(range(steps - MAX_BUFFERED_MESSAGES + 1, steps + 1))  # the newest, in order
+
+
+async def test_an_oversized_reply_is_dropped_and_the_session_lives_on(broker: MosquittoBroker) -> None:
+    # MQTT 3.1.1 cannot tell the broker the client's limit. A reply over it used to end the
+    # connection, and the persistent session redelivered it on every reconnect, for ever.
+    responder = Responder(broker.host, broker.port, qos=1)
+
+    @responder.handle("big/+/set")
+    async def answer(request: dict) -> dict:
+        return {"blob": "x" * (200 * 1024) if request.get("big") else "small"}
+
+    options = dict(qos=1, session_expiry=3600, max_packet_size=64 * 1024)
+    async with responder, MqttRpcClient(broker.host, broker.port, **options) as client:  # type: ignore[arg-type]
+        with pytest.raises(RpcTimeoutError):
+            await client.call("big/d/set", {"big": True}, timeout=2)
+        replies = [await client.call("big/d/set", {"i": i}) for i in range(20)]
+        assert [r["result"]["blob"] for r in replies] == ["small"] * 20
+        stats = client.stats()
+        assert (stats["replies_dropped_oversized"], stats["reconnects"]) == (1, 0)
