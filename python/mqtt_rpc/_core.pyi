@@ -1,15 +1,18 @@
 """The native core of mqtt-rpc (Rust). Use `mqtt_rpc.MqttRpcClient`; this module is its engine."""
 
 import asyncio
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union, final
+
+__all__ = ["CoreClient", "LoopBridge", "CoreResponder", "ReplyHandle", "__version__"]
 
 __version__: str
 
+@final
 class CoreClient:
     """One MQTT connection with its pending-call table; wrapped by `MqttRpcClient`."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         host: str,
         port: int,
         client_id: Optional[str],
@@ -39,7 +42,7 @@ class CoreClient:
         connections: int = 1,
         publishes_per_second: Optional[int] = None,
         max_unacked_publishes: Optional[int] = None,
-    ) -> None: ...
+    ) -> "CoreClient": ...
     def connect(self, event_loop: asyncio.AbstractEventLoop) -> "asyncio.Future[None]":
         """Connects; the future resolves when the client is ready, or fails with
         `NotConnectedError`."""
@@ -118,11 +121,13 @@ class CoreClient:
     def stats(self) -> Dict[str, Any]:
         """The pool's totals, and each connection's own under ``connections``."""
 
+@final
 class LoopBridge:
     """The per-event-loop end through which results reach asyncio (internal)."""
 
-    def __call__(self) -> None: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> None: ...
 
+@final
 class ReplyHandle:
     """Where one request's answer goes (internal to `mqtt_rpc.Responder`)."""
 
@@ -133,11 +138,12 @@ class ReplyHandle:
     def send_error(self, code: int, message: str, data_json: Optional[str] = None) -> None:
         """Answers with `{"request_id", "error": {"code", "message", "data"}}`."""
 
+@final
 class CoreResponder:
     """The Rust responder behind `mqtt_rpc.Responder`."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         host: str,
         port: int,
         client_id: Optional[str],
@@ -154,7 +160,7 @@ class CoreResponder:
         certfile: Optional[str] = None,
         keyfile: Optional[str] = None,
         alpn_protocols: List[str] = ...,
-    ) -> None: ...
+    ) -> "CoreResponder": ...
     def serve(
         self,
         event_loop: asyncio.AbstractEventLoop,

@@ -210,6 +210,9 @@ class MqttRpcClient(_ClientState):
     for their reply subscriptions to be back) within their own timeouts.
     """
 
+    #: The constructor arguments its caller passed (set by `records_given_arguments`).
+    _given: FrozenSet[str]
+
     @records_given_arguments
     def __init__(
         self,
@@ -554,7 +557,7 @@ class MqttRpcClient(_ClientState):
             wait = left if attempt == retry.attempts else min(per_attempt, left)
             future, request_id = self._core.start_call(loop, topic, payload, wait, request_id)
             try:
-                return await future  # type: ignore[no-any-return]
+                return await future
             except _CancelledError:
                 self._core.forget(request_id)
                 raise
@@ -586,7 +589,7 @@ class MqttRpcClient(_ClientState):
         call_timeout = timeout
 
         def begin(core: _core.CoreClient, on_message: Callable[[Dict[str, Any]], None]) -> Tuple[Any, str]:
-            return core.start_stream(_get_running_loop(), topic, body, call_timeout, on_message)  # type: ignore[no-any-return]
+            return core.start_stream(_get_running_loop(), topic, body, call_timeout, on_message)
 
         return CallStream(self, begin, topic, idle_timeout=idle_timeout, ends_with_answer=True)
 
@@ -616,7 +619,7 @@ class MqttRpcClient(_ClientState):
         call_timeout = timeout
 
         def begin(core: _core.CoreClient, on_message: Callable[[Dict[str, Any]], None]) -> Tuple[Any, str]:
-            return core.start_gather(_get_running_loop(), topic, body, call_timeout, max_replies, on_message)  # type: ignore[no-any-return]
+            return core.start_gather(_get_running_loop(), topic, body, call_timeout, max_replies, on_message)
 
         return CallStream(self, begin, topic)
 
@@ -827,7 +830,7 @@ class CallStream:
 
     def _abandon(self) -> None:
         self._finished = True
-        if self._future is not None and not self._future.done() and self._core is not None:
+        if self._future is not None and not self._future.done() and self._core is not None and self.request_id:
             self._core.forget(self.request_id)
 
     async def aclose(self) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Callable, Dict, FrozenSet, Mapping, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 ENVIRONMENT_VARIABLE = "MQTT_RPC_URL"
@@ -51,7 +51,7 @@ def _text(name: str, text: str) -> str:
     return text
 
 
-def _word_list(name: str, text: str) -> list:
+def _word_list(name: str, text: str) -> List[str]:
     return [word for word in text.split(",") if word]
 
 

@@ -10,16 +10,23 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator, TypeVar, cast
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 import pytest
 
 from .testing import MosquittoBroker, SimulatedDevice
 
+_fixture: Any
 try:  # pytest-asyncio's strict mode wants its own decorator for async fixtures
-    from pytest_asyncio import fixture as async_fixture
+    from pytest_asyncio import fixture as _fixture
 except ImportError:  # anyio's plugin, or pytest-asyncio's auto mode, take pytest's
-    async_fixture = pytest.fixture
+    _fixture = pytest.fixture
+
+
+def async_fixture(function: F) -> F:
+    return cast(F, _fixture(function))
 
 
 @pytest.fixture(scope="session")

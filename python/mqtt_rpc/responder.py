@@ -13,7 +13,7 @@ import os
 import time
 from collections import OrderedDict
 from types import TracebackType
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
+from typing import Any, Awaitable, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, Type, Union
 
 from . import _core, config
 from .config import records_given_arguments
@@ -86,6 +86,9 @@ class Responder:
             first copy runs gets that run's answer. 0 turns this off.
     """
 
+    #: The constructor arguments its caller passed (set by `records_given_arguments`).
+    _given: FrozenSet[str]
+
     @records_given_arguments
     def __init__(
         self,
@@ -145,18 +148,18 @@ class Responder:
         self._max_concurrency = max_concurrency
         self._max_queued = max_queued
         self._core: Optional[_core.CoreResponder] = None
-        self._serving: Optional[asyncio.Future] = None
+        self._serving: Optional["asyncio.Future[None]"] = None
         self._ready: Optional[asyncio.Event] = None
         self._turns: Optional[asyncio.Semaphore] = None
         # Requests taken and not yet given a handler slot, and handlers holding one.
         self._waiting = 0
         self._busy = 0
-        self._tasks: Set[asyncio.Task] = set()
+        self._tasks: Set["asyncio.Task[None]"] = set()
         self._cache_size = max(0, reply_cache_size)
         self._cache_ttl = reply_cache_ttl
         self._answers: "OrderedDict[str, Tuple[float, Answer]]" = OrderedDict()
         self._running: Dict[str, List[Optional[_core.ReplyHandle]]] = {}
-        self._handler_tasks: Dict[str, asyncio.Task] = {}
+        self._handler_tasks: Dict[str, "asyncio.Task[None]"] = {}
         self._repeats = 0
         self._cancelled = 0
         self._overloaded = 0
@@ -211,8 +214,9 @@ class Responder:
         self._ready = asyncio.Event()
         self._turns = asyncio.Semaphore(self._max_concurrency)
         self._serving = self._core.serve(loop, self._on_request, self._ready.set)
-        ready = asyncio.ensure_future(self._ready.wait())
-        await asyncio.wait({ready, self._serving}, return_when=asyncio.FIRST_COMPLETED)
+        ready: "asyncio.Future[Any]" = asyncio.ensure_future(self._ready.wait())
+        serving: "asyncio.Future[Any]" = self._serving
+        await asyncio.wait({ready, serving}, return_when=asyncio.FIRST_COMPLETED)
         if self._serving.done():
             ready.cancel()
             self._serving.result()  # raises why the first connection failed
@@ -272,13 +276,13 @@ class Responder:
     def _on_request(self, index: int, topic: str, body: Dict[str, Any], reply: Optional[_core.ReplyHandle]) -> None:
         if body.get("cancel") is True:
             # The caller gave up on this request: stop its handler; nobody waits for an answer.
-            running = self._handler_tasks.get(body.get("request_id"))  # type: ignore[arg-type]
-            if running is not None:
+            handler_task = self._handler_tasks.get(str(body.get("request_id")))
+            if handler_task is not None:
                 self._cancelled += 1
-                running.cancel()
+                handler_task.cancel()
             return
         request_id = body.get("request_id") if reply is not None and self._cache_size else None
-        if isinstance(request_id, str):
+        if isinstance(request_id, str) and reply is not None:
             cached = self._answers.get(request_id)
             if cached is not None and cached[0] > time.monotonic():
                 # A repeat of an answered request (a retry): the same answer, no second run.

@@ -142,7 +142,7 @@ class SyncMqttRpcClient(_ClientState):
         body = typed.encode(payload)
         if not self._open:
             self.connect()
-        return self._core.gather_blocking(topic, body, timeout, max_replies)  # type: ignore[no-any-return]
+        return self._core.gather_blocking(topic, body, timeout, max_replies)
 
     def notify(self, topic: str, payload: Payload) -> None:
         """As `MqttRpcClient.notify`: publishes without waiting for any answer."""

@@ -77,7 +77,7 @@ class MosquittoBroker:
     what a client subscribed (`subscribes(client_id)`), rather than trusting the client.
     """
 
-    def __init__(self, port: int, config: Path, workdir: tempfile.TemporaryDirectory) -> None:
+    def __init__(self, port: int, config: Path, workdir: "tempfile.TemporaryDirectory[str]") -> None:
         self.host = "127.0.0.1"
         self.port = port
         self.config = config
@@ -133,7 +133,7 @@ class MosquittoBroker:
         """This broker's own folder (its config lives there)."""
         return Path(self._workdir.name)
 
-    def _launch(self) -> subprocess.Popen:
+    def _launch(self) -> "subprocess.Popen[str]":
         process = subprocess.Popen(
             [find_mosquitto(), "-c", str(self.config)],
             stdin=subprocess.DEVNULL,
@@ -144,7 +144,7 @@ class MosquittoBroker:
         threading.Thread(target=self._read_log, args=(process,), name="mosquitto-log", daemon=True).start()
         return process
 
-    def _read_log(self, process: subprocess.Popen) -> None:
+    def _read_log(self, process: "subprocess.Popen[str]") -> None:
         assert process.stderr is not None
         for line in process.stderr:
             with self._changed:
@@ -258,7 +258,7 @@ class ResponderDevice:
     "error", "garbage_first", "ignore_first"}`). Its output lines (READY after each
     subscription, NOTIFICATION for each notification) are collected in `lines`."""
 
-    def __init__(self, process: subprocess.Popen) -> None:
+    def __init__(self, process: "subprocess.Popen[str]") -> None:
         self.process = process
         self.lines: List[str] = []
         self._changed = threading.Condition()

@@ -68,7 +68,7 @@ def validate(reply: Dict[str, Any], model: Any) -> Any:
     result = reply["result"]
     try:
         if isinstance(model, type) and issubclass(model, pydantic.BaseModel):
-            return model.model_validate(result)
+            return model.model_validate(result)  # type: ignore[attr-defined]
         return _adapter(model).validate_python(result)
     except pydantic.ValidationError as error:
         name = getattr(model, "__name__", None) or repr(model)
