@@ -307,7 +307,13 @@ impl ReplySubscriptions {
         self.requested.clear();
         self.by_packet_id.clear();
         for entry in self.entries.values_mut() {
-            let was_active = matches!(entry.state, State::Active);
+            // Failed reconnect attempts report the connection lost again: a filter held
+            // before the first loss is still held by a kept session.
+            let was_active = match &entry.state {
+                State::Active => true,
+                State::Offline { was_active, .. } => *was_active,
+                State::Subscribing { .. } => false,
+            };
             let waiting = entry
                 .state
                 .waiting_mut()
@@ -519,6 +525,16 @@ mod tests {
         assert_eq!(ready, ["b"]);
         assert!(to_subscribe.is_empty());
         assert_eq!(subs.acquire(&key, "c", filter), Need::Ready);
+    }
+
+    #[test]
+    fn failed_reconnect_attempts_do_not_forget_which_filters_a_kept_session_holds() {
+        let mut subs = ReplySubscriptions::new(10);
+        hold(&mut subs, "dev/set", 1);
+        subs.disconnected();
+        subs.disconnected(); // a reconnect attempt failed
+        let (_, to_subscribe) = subs.reconnected(true);
+        assert!(to_subscribe.is_empty(), "{to_subscribe:?}");
     }
 
     #[test]

@@ -97,7 +97,7 @@ async def test_a_silent_device_times_out_and_leaves_nothing(
         started = time.monotonic()
         with pytest.raises(RpcTimeoutError):
             await client.call(topic("silent"), {}, timeout=0.5)
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 5
         assert client.pending == 0
 
 
@@ -175,9 +175,9 @@ async def test_no_responders(matrix_broker: RunningBroker) -> None:
         started = time.monotonic()
         expected = NoRespondersError if matrix_broker.profile.no_responders else RpcTimeoutError
         with pytest.raises(expected):
-            await client.call(topic("nobody"), {}, timeout=1)
+            await client.call(topic("nobody"), {}, timeout=30 if matrix_broker.profile.no_responders else 1)
         if matrix_broker.profile.no_responders:
-            assert time.monotonic() - started < 0.9
+            assert time.monotonic() - started < 10  # the PUBACK, not the 30 s timeout
         assert client.pending == 0
 
 

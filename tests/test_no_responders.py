@@ -26,8 +26,8 @@ async def test_a_call_nobody_listens_to_fails_at_once(broker: MosquittoBroker, s
     async with MqttRpcClient(broker.host, broker.port, protocol="5", qos=1) as client:
         started = time.monotonic()
         with pytest.raises(NoRespondersError, match="no responders") as raised:
-            await client.call(silent_topic, {"action": "GET_HEALTH_CHECK"}, timeout=10)
-        assert time.monotonic() - started < 2
+            await client.call(silent_topic, {"action": "GET_HEALTH_CHECK"}, timeout=30)
+        assert time.monotonic() - started < 10  # the PUBACK, not the 30 s timeout
         assert raised.value.topic == silent_topic
         assert isinstance(raised.value, LookupError)
         stats = client.stats()
@@ -110,8 +110,8 @@ async def test_a_request_the_acl_forbids_is_rejected_with_the_brokers_reason(acl
     async with MqttRpcClient(acl_broker.host, acl_broker.port, **options) as client:
         started = time.monotonic()
         with pytest.raises(PublishRejectedError) as raised:
-            await client.call("forbidden/device/control/set", {}, timeout=10)
-        assert time.monotonic() - started < 2
+            await client.call("forbidden/device/control/set", {}, timeout=30)
+        assert time.monotonic() - started < 10
         assert (raised.value.reason_code, raised.value.reason) == (135, "Not authorized")
         assert "Not authorized" in str(raised.value)
         # An allowed topic with nobody listening is told apart from a forbidden one.

@@ -191,7 +191,7 @@ async def test_a_call_that_gets_no_turn_before_its_deadline_times_out_by_it(
         started = time.monotonic()
         with pytest.raises(RpcTimeoutError, match="throttled on the client") as raised:
             await client.call(device_topic, {}, timeout=0.3)
-        assert 0.25 < time.monotonic() - started < 0.9
+        assert 0.25 < time.monotonic() - started < 5
         assert "never sent" in str(raised.value)
         assert client.pending == 0
         # Its turn comes back once the second is over.

@@ -104,7 +104,7 @@ async def test_a_slow_handler_does_not_hold_up_the_others(served: Any, client: M
     await asyncio.sleep(0)  # let the slow call start
     started = time.monotonic()
     await asyncio.gather(*(client.call(topic, {"n": i}) for i in range(20)))
-    assert time.monotonic() - started < 0.8
+    assert not slow.done()  # the others were answered while the slow one still ran
     await slow
 
 
@@ -300,7 +300,7 @@ async def test_idle_timeout_fires_when_the_device_goes_quiet(reporting: Responde
     with pytest.raises(RpcTimeoutError, match="neither progress nor an answer for 0.3s"):
         async for message in client.stream(topic, {"steps": 1, "then_quiet": True}, timeout=10, idle_timeout=0.3):
             received.append(message)
-    assert len(received) == 1 and time.monotonic() - started < 1.5
+    assert len(received) == 1 and time.monotonic() - started < 6  # idle, not the 10 s timeout
     assert client.pending == 0
 
 
@@ -310,7 +310,7 @@ async def test_timeout_bounds_a_device_that_reports_forever(reporting: Responder
     with pytest.raises(RpcTimeoutError, match="after 0.6s"):
         async for _ in client.stream(topic, {"forever": True}, timeout=0.6, idle_timeout=0.3):
             pass
-    assert 0.6 <= time.monotonic() - started < 1.2
+    assert 0.6 <= time.monotonic() - started < 5
     assert client.pending == 0
 
 

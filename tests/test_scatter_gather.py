@@ -121,8 +121,8 @@ async def test_leaving_the_iteration_early_ends_the_call(client: MqttRpcClient, 
 async def test_with_mqtt5_a_group_nobody_listens_to_ends_at_once(broker: MosquittoBroker) -> None:
     async with MqttRpcClient(broker.host, broker.port, protocol="5", qos=1) as client:
         started = time.monotonic()
-        assert await client.gather_all(group_topic(), {}, timeout=10) == []
-        assert time.monotonic() - started < 2
+        assert await client.gather_all(group_topic(), {}, timeout=30) == []
+        assert time.monotonic() - started < 10
         assert client.stats()["calls_no_responders"] == 1
 
 

@@ -110,12 +110,12 @@ async def test_each_tls_failure_is_a_typed_error_from_connect(
     settings = {"ca_certs": pki.ca_file, "certfile": pki.client_cert, "keyfile": pki.client_key}
     for name, value in files.items():
         settings[name] = substitutes.get(value, value) if value else None
-    client = MqttRpcClient(tls_broker.host, tls_broker.tls_port, tls=True, connect_timeout=5, **settings)
+    client = MqttRpcClient(tls_broker.host, tls_broker.tls_port, tls=True, connect_timeout=20, **settings)
     started = time.monotonic()
     with pytest.raises(TlsError, match=message) as raised:
         await client.connect()
     assert isinstance(raised.value, NotConnectedError) and isinstance(raised.value, ConnectionError)
-    assert time.monotonic() - started < 6
+    assert time.monotonic() - started < 10  # the handshake's answer, not the connect timeout
 
 
 async def test_plain_mqtt_to_a_tls_listener_fails_within_the_connect_timeout(tls_broker: TlsBroker) -> None:
@@ -123,7 +123,7 @@ async def test_plain_mqtt_to_a_tls_listener_fails_within_the_connect_timeout(tls
     started = time.monotonic()
     with pytest.raises(NotConnectedError):
         await client.connect()
-    assert time.monotonic() - started < 4
+    assert time.monotonic() - started < 8
 
 
 @pytest.fixture(scope="module")

@@ -141,14 +141,16 @@ class MosquittoBroker:
             stderr=subprocess.PIPE,
             text=True,
         )
-        threading.Thread(target=self._read_log, args=(process,), name="mosquitto-log", daemon=True).start()
+        # Each process writes into its own list: after a restart, lines of the old process
+        # that its reader had not read yet must not land in the new process's log.
+        threading.Thread(target=self._read_log, args=(process, self.lines), name="mosquitto-log", daemon=True).start()
         return process
 
-    def _read_log(self, process: "subprocess.Popen[str]") -> None:
+    def _read_log(self, process: "subprocess.Popen[str]", lines: List[str]) -> None:
         assert process.stderr is not None
         for line in process.stderr:
             with self._changed:
-                self.lines.append(line.rstrip("\n"))
+                lines.append(line.rstrip("\n"))
                 self._changed.notify_all()
 
     def _wait_running(self, timeout: float) -> None:
