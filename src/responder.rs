@@ -16,6 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// The error code of the answer to a request refused because the responder is overloaded.
+pub const OVERLOADED: i64 = -32000;
+
 /// Reconnect attempts back off from the first delay to the second, doubling, with jitter.
 const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(100);
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(10);
@@ -160,6 +163,9 @@ pub struct ResponderCounters {
     pub dropped_malformed: AtomicU64,
     /// Requests larger than the connection's `max_packet_size`, dropped unread.
     pub dropped_oversized: AtomicU64,
+    /// Requests refused as "overloaded" before reaching a handler (the loop was too far
+    /// behind), and notifications dropped for the same reason.
+    pub dropped_overloaded: AtomicU64,
     /// Answers (and progress messages) handed to the connection, written to it, and
     /// refused by it (its queue was full).
     pub answers_queued: AtomicU64,
@@ -176,6 +182,10 @@ pub struct Replier {
 }
 
 impl Replier {
+    pub fn counters(&self) -> &ResponderCounters {
+        &self.counters
+    }
+
     pub fn send(&self, route: &ReplyRoute, body: Vec<u8>) -> Result<(), Unsent> {
         let sent = self.outbox.publish(
             &route.topic,

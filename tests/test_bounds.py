@@ -85,3 +85,46 @@ async def test_an_oversized_reply_is_dropped_and_the_session_lives_on(broker: Mo
         assert [r["result"]["blob"] for r in replies] == ["small"] * 20
         stats = client.stats()
         assert (stats["replies_dropped_oversized"], stats["reconnects"]) == (1, 0)
+
+
+CALLER = """
+import asyncio, json, sys
+from mqtt_rpc import MqttRpcClient, RemoteError
+
+async def main(port, count):
+    async with MqttRpcClient("127.0.0.1", port, max_in_flight=count) as client:
+        results = await client.call_many(
+            [("blocked/d/set", {"i": i}) for i in range(count)], timeout=60, return_exceptions=True
+        )
+    answered = sum(isinstance(r, dict) for r in results)
+    overloaded = sum(isinstance(r, RemoteError) and r.code == -32000 for r in results)
+    print(json.dumps({"answered": answered, "overloaded": overloaded}))
+
+asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+"""
+
+
+async def test_requests_for_a_blocked_responder_are_bounded_and_refused_at_once(broker: MosquittoBroker) -> None:
+    import json
+    import subprocess
+    import sys
+
+    burst = MAX_QUEUED_INTERIM + 3_000
+    responder = Responder(broker.host, broker.port, max_queued=burst)
+
+    @responder.handle("blocked/+/set")
+    async def answer(request: dict) -> dict:
+        return {"i": request["i"]}
+
+    async with responder:
+        caller = subprocess.Popen(
+            [sys.executable, "-c", CALLER, str(broker.port), str(burst)], stdout=subprocess.PIPE, text=True
+        )
+        # The responder's loop is blocked while the whole burst arrives: what does not fit
+        # is answered "overloaded" by the core at once, not queued without bound.
+        deadline = time.monotonic() + 60
+        while responder.stats()["requests"] < burst and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert responder.stats()["dropped_overloaded"] == burst - MAX_QUEUED_INTERIM
+        out, _ = await asyncio.get_running_loop().run_in_executor(None, caller.communicate)
+    assert json.loads(out) == {"answered": MAX_QUEUED_INTERIM, "overloaded": burst - MAX_QUEUED_INTERIM}

@@ -23,10 +23,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// burst of replies cannot starve the application's other callbacks.
 const MAX_BATCH: usize = 1024;
 
-/// Interim messages (progress, scatter-gather answers) waiting for one loop at most. The
-/// network fills this queue at its pace and the loop empties it at its own: while the loop
-/// is blocked, what comes beyond this is dropped and counted (`interim_dropped`), never
-/// held without bound. Outcomes are never dropped: each call's future is resolved.
+/// What the network sent (progress messages, scatter-gather answers, a responder's
+/// requests) waiting for one loop, at most. The network fills this queue at its pace and
+/// the loop empties it at its own: while the loop is blocked, what comes beyond this is
+/// dropped and counted (`interim_dropped`; a request is answered "overloaded"), never held
+/// without bound. Outcomes are never dropped: each call's future is resolved.
 pub const MAX_QUEUED_INTERIM: usize = 16_384;
 
 pub enum Completion {
@@ -76,23 +77,37 @@ struct Queued {
 }
 
 impl CompletionQueue {
+    /// Queues an outcome (a call's, `connect`'s, an event): never refused.
     pub fn push(&self, completion: Completion) {
         let was_empty = {
             let mut queued = lock(&self.items);
-            if matches!(completion, Completion::Progress { .. }) {
-                if queued.interim >= MAX_QUEUED_INTERIM {
-                    drop(queued);
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                queued.interim += 1;
-            }
             queued.items.push(completion);
             queued.items.len() == 1
         };
         if was_empty {
             self.wake();
         }
+    }
+
+    /// Queues what the network sent (a progress message, a scatter-gather answer, a
+    /// request for a responder), unless `MAX_QUEUED_INTERIM` such items already wait: then
+    /// it is given back, for the caller to drop and count (or answer "overloaded").
+    // A refused completion is handed back whole; the queue holds them at this size anyway.
+    #[allow(clippy::result_large_err)]
+    pub fn offer(&self, completion: Completion) -> Result<(), Completion> {
+        let was_empty = {
+            let mut queued = lock(&self.items);
+            if queued.interim >= MAX_QUEUED_INTERIM {
+                return Err(completion);
+            }
+            queued.interim += 1;
+            queued.items.push(completion);
+            queued.items.len() == 1
+        };
+        if was_empty {
+            self.wake();
+        }
+        Ok(())
     }
 
     fn wake(&self) {
@@ -147,10 +162,15 @@ impl Waiter for PyWaiter {
                 queue,
                 on_progress: Some(on_progress),
                 ..
-            } => queue.push(Completion::Progress {
-                on_progress: on_progress.clone(),
-                message,
-            }),
+            } => {
+                let offered = queue.offer(Completion::Progress {
+                    on_progress: on_progress.clone(),
+                    message,
+                });
+                if offered.is_err() {
+                    queue.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             PyWaiter::Blocking {
                 sender,
                 waiting,
@@ -338,7 +358,7 @@ impl LoopBridge {
             };
             let interim = batch
                 .iter()
-                .filter(|c| matches!(c, Completion::Progress { .. }))
+                .filter(|c| matches!(c, Completion::Progress { .. } | Completion::Request(_)))
                 .count();
             queued.interim -= interim;
             batch
@@ -429,9 +449,12 @@ fn deliver(py: Python<'_>, completion: Completion) {
                 } => (true, reconnect, session_present, String::new()),
                 ConnectionEvent::Disconnected { reason } => (false, false, false, reason),
             };
-            // The handler logs and calls the user's callback, catching what it raises.
+            // The handler logs and calls the user's callback, catching what it raises: an
+            // error here is ours, reported by Python's unraisable hook rather than lost.
             let args = (connected, reconnect, session_present, reason, &*client_id);
-            let _ = handler.call1(py, args);
+            if let Err(error) = handler.call1(py, args) {
+                error.write_unraisable(py, None);
+            }
             return;
         }
         Completion::Call {
@@ -450,9 +473,19 @@ fn deliver(py: Python<'_>, completion: Completion) {
         }
     };
     let future = future.bind(py);
-    // A future whose caller was cancelled refuses a result (InvalidStateError): skip it.
-    let _ = match result {
+    let delivered = match result {
         Ok(value) => future.call_method1(intern!(py, "set_result"), (value,)),
         Err(error) => future.call_method1(intern!(py, "set_exception"), (error.into_value(py),)),
     };
+    // A future whose caller cancelled it refuses the outcome (InvalidStateError): skipped.
+    // Anything else going wrong is reported by Python's unraisable hook, never lost.
+    if let Err(error) = delivered {
+        let cancelled = py
+            .import(intern!(py, "asyncio"))
+            .and_then(|asyncio| asyncio.getattr(intern!(py, "InvalidStateError")))
+            .is_ok_and(|kind| error.get_type(py).is_subclass(&kind).unwrap_or(false));
+        if !cancelled {
+            error.write_unraisable(py, Some(future));
+        }
+    }
 }

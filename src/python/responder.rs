@@ -10,7 +10,7 @@ use crate::client::CallError;
 use crate::link::{ConnectionOptions, LinkErrorKind};
 use crate::protocol::RemoteError;
 use crate::responder::{
-    progress_body, Replier, ReplyRoute, Responder, ResponderCounters, ResponderOptions,
+    progress_body, Replier, ReplyRoute, Responder, ResponderCounters, ResponderOptions, OVERLOADED,
 };
 use crate::tls::TlsOptions;
 use pyo3::exceptions::PyRuntimeError;
@@ -92,6 +92,21 @@ pub struct PyRequest {
 }
 
 impl PyRequest {
+    /// Answers "overloaded" (the code the Python responder uses past `max_queued`) without
+    /// running a handler, and counts it.
+    pub fn refuse_overloaded(self) {
+        let counters = self.replier.counters();
+        counters.dropped_overloaded.fetch_add(1, Ordering::Relaxed);
+        if let Some(route) = &self.request.route {
+            let error = RemoteError {
+                code: OVERLOADED,
+                message: "the responder is overloaded: try again later".into(),
+                data: serde_json::Value::Null,
+            };
+            let _ = self.replier.answer(route, Err(error));
+        }
+    }
+
     /// Calls `dispatcher(filter_index, topic, body, reply_handle_or_None)` on the loop.
     pub fn deliver(self, py: Python<'_>) -> PyResult<()> {
         let body = super::convert::object_to_py(py, &self.request.body)?;
@@ -213,11 +228,16 @@ impl CoreResponder {
             let served = responder
                 .serve(
                     move |request| {
-                        requests.push(Completion::Request(PyRequest {
+                        let offered = requests.offer(Completion::Request(PyRequest {
                             dispatcher: on_request.clone(),
                             request,
                             replier: replier.clone(),
-                        }))
+                        }));
+                        // The loop is far behind: answer at once rather than queue without
+                        // bound (a notification is dropped); counted either way.
+                        if let Err(Completion::Request(refused)) = offered {
+                            refused.refuse_overloaded();
+                        }
                     },
                     move || ready.push(Completion::Ready(on_ready.clone())),
                     stop,
@@ -282,6 +302,7 @@ impl CoreResponder {
             ("notifications", &c.notifications),
             ("dropped_malformed", &c.dropped_malformed),
             ("dropped_oversized", &c.dropped_oversized),
+            ("dropped_overloaded", &c.dropped_overloaded),
             ("answers_queued", &c.answers_queued),
             ("answers_sent", &c.answers_sent),
             ("answers_unsent", &c.answers_unsent),
