@@ -119,6 +119,11 @@ pub enum LinkErrorKind {
     Refused,
     /// The broker refused a SUBSCRIBE (the message names the filter).
     SubscriptionRefused,
+    /// The broker closed the connection (a broker without MQTT 5 does so at an MQTT 5
+    /// CONNECT).
+    Closed,
+    /// No answer in time (a broker without MQTT 5 may ignore an MQTT 5 CONNECT).
+    TimedOut,
     /// Anything else: the network, a timeout, the broker closing the connection.
     Other,
 }
@@ -130,11 +135,15 @@ impl std::fmt::Display for LinkError {
 }
 
 impl LinkError {
-    fn other(message: impl Into<String>) -> Self {
+    fn of(kind: LinkErrorKind, message: impl Into<String>) -> Self {
         LinkError {
-            kind: LinkErrorKind::Other,
+            kind,
             message: message.into(),
         }
+    }
+
+    fn other(message: impl Into<String>) -> Self {
+        LinkError::of(LinkErrorKind::Other, message)
     }
 }
 
@@ -343,7 +352,18 @@ impl Events {
                         kind: LinkErrorKind::Refused,
                         message: format!("the broker refused the connection: {code:?}"),
                     },
-                    _ => classify_io(e.to_string()),
+                    ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => {
+                        LinkError::of(LinkErrorKind::TimedOut, e.to_string())
+                    }
+                    ConnectionError::Io(io)
+                    | ConnectionError::MqttState(
+                        rumqttc::StateError::Io(io)
+                        | rumqttc::StateError::Deserialization(rumqttc::Error::Io(io)),
+                    ) => classify_io(io, e.to_string()),
+                    ConnectionError::MqttState(rumqttc::StateError::ConnectionAborted) => {
+                        LinkError::of(LinkErrorKind::Closed, e.to_string())
+                    }
+                    _ => LinkError::other(e.to_string()),
                 }),
             },
             Events::V5(events) => match events.poll().await {
@@ -392,7 +412,18 @@ impl Events {
                         kind: LinkErrorKind::Refused,
                         message: format!("the broker refused the connection: {code:?}"),
                     },
-                    _ => classify_io(e.to_string()),
+                    v5::ConnectionError::Timeout(_) => {
+                        LinkError::of(LinkErrorKind::TimedOut, e.to_string())
+                    }
+                    v5::ConnectionError::Io(io)
+                    | v5::ConnectionError::MqttState(
+                        v5::StateError::Io(io)
+                        | v5::StateError::Deserialization(v5::mqttbytes::Error::Io(io)),
+                    ) => classify_io(io, e.to_string()),
+                    v5::ConnectionError::MqttState(v5::StateError::ConnectionAborted) => {
+                        LinkError::of(LinkErrorKind::Closed, e.to_string())
+                    }
+                    _ => LinkError::other(e.to_string()),
                 }),
             },
         }
@@ -456,17 +487,24 @@ fn puback_code(reason: v5::mqttbytes::v5::PubAckReason) -> u8 {
     }
 }
 
-/// With TLS 1.3 a server that refuses the client's certificate says so in an alert that
-/// arrives after the handshake, as a read error: still a TLS failure to the user.
-fn classify_io(message: String) -> LinkError {
-    if message.contains("alert") || message.contains("certificate") {
-        LinkError {
-            kind: LinkErrorKind::Tls,
-            message,
-        }
-    } else {
-        LinkError::other(message)
-    }
+/// An I/O error, by what caused it. With TLS 1.3 a server that refuses the client's
+/// certificate says so in an alert that arrives after the handshake, as a read error that
+/// carries rustls's error: still a TLS failure to the user.
+fn classify_io(io: &std::io::Error, message: String) -> LinkError {
+    use std::io::ErrorKind;
+    let from_tls = io
+        .get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+    let kind = match io.kind() {
+        _ if from_tls => LinkErrorKind::Tls,
+        ErrorKind::UnexpectedEof
+        | ErrorKind::ConnectionReset
+        | ErrorKind::ConnectionAborted
+        | ErrorKind::BrokenPipe => LinkErrorKind::Closed,
+        ErrorKind::TimedOut => LinkErrorKind::TimedOut,
+        _ => LinkErrorKind::Other,
+    };
+    LinkError::of(kind, message)
 }
 
 fn outgoing_event(outgoing: Outgoing) -> Inbound {

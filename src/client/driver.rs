@@ -110,12 +110,14 @@ fn on_inbound<W: Waiter>(shared: &Shared<W>, inbound: Inbound) {
 /// Returns whether to keep polling (and so reconnect).
 fn on_connection_lost<W: Waiter>(shared: &Shared<W>, why: &LinkError) -> bool {
     shared.connected.store(false, Ordering::Release);
+    *lock(&shared.last_loss) = Some(why.kind);
     let error = match why.kind {
         LinkErrorKind::Tls => CallError::Tls(why.message.clone()),
         LinkErrorKind::Refused => CallError::Refused(why.message.clone()),
-        LinkErrorKind::SubscriptionRefused | LinkErrorKind::Other => {
-            CallError::NotConnected(why.message.clone())
-        }
+        LinkErrorKind::SubscriptionRefused
+        | LinkErrorKind::Closed
+        | LinkErrorKind::TimedOut
+        | LinkErrorKind::Other => CallError::NotConnected(why.message.clone()),
     };
     let retry = shared.run(|engine, _| engine.on_connection_lost(error, &why.message));
     retry && !shared.closed.load(Ordering::Acquire)
@@ -141,13 +143,6 @@ pub(super) async fn sweep_deadlines<W: Waiter>(shared: Arc<Shared<W>>) {
             _ = sleep => shared.run(|engine, now| engine.handle_timeout(now)),
         }
     }
-}
-
-/// Whether a failed first connection looks like a broker without MQTT 5 (it closes the
-/// connection at CONNECT, or never answers).
-pub(super) fn hints_no_mqtt5(error: &CallError) -> bool {
-    let message = error.to_string();
-    message.contains("closed") || message.contains("no answer within")
 }
 
 /// Waits for a task to end, at most two seconds, then aborts it.

@@ -21,7 +21,7 @@ pub use options::ClientOptions;
 pub use stats::Stats;
 
 use crate::acks::AckLedger;
-use crate::link::{self, Events, Outbox, Protocol};
+use crate::link::{self, Events, LinkErrorKind, Outbox, Protocol};
 use crate::metrics::LatencyHistogram;
 use crate::protocol::{self, InputError};
 use engine::{Engine, EngineConfig};
@@ -113,6 +113,8 @@ struct Shared<W> {
     event_sink: OnceLock<EventSink>,
     /// Told once the first connection is up with its pinned filter (or that it failed).
     ready: Mutex<Option<oneshot::Sender<Result<(), CallError>>>>,
+    /// Why the connection was last lost (or could not be made).
+    last_loss: Mutex<Option<LinkErrorKind>>,
     tls_error: Option<String>,
 }
 
@@ -191,6 +193,7 @@ impl<W: Waiter> RpcClient<W> {
             shutdown,
             event_sink: OnceLock::new(),
             ready: Mutex::new(None),
+            last_loss: Mutex::new(None),
             tls_error,
         };
         Ok(RpcClient {
@@ -249,23 +252,33 @@ impl<W: Waiter> RpcClient<W> {
         let address = format!("{}:{}", connection.host, connection.port);
         // The event loop reports its own connect timeout; this bound also covers the SUBACK.
         let bound = connection.connect_timeout + Duration::from_secs(1);
+        let mut unanswered = false;
         let failure = match tokio::time::timeout(bound, ready_rx).await {
             Ok(Ok(Ok(()))) => return Ok(()),
             Ok(Ok(Err(error))) => error,
             Ok(Err(_)) => CallError::NotConnected("the connection task ended".into()),
-            Err(_) => CallError::NotConnected(format!(
-                "no answer within {:?}",
-                connection.connect_timeout
-            )),
+            Err(_) => {
+                unanswered = true;
+                CallError::NotConnected(format!(
+                    "no answer within {:?}",
+                    connection.connect_timeout
+                ))
+            }
         };
+        // A broker without MQTT 5 closes the connection at an MQTT 5 CONNECT, or never answers.
+        let hint_no_mqtt5 = connection.protocol == Protocol::V5
+            && (unanswered
+                || matches!(
+                    *lock(&shared.last_loss),
+                    Some(LinkErrorKind::Closed | LinkErrorKind::TimedOut)
+                ));
         self.stop();
         let context =
             |why: &str| format!("could not connect to the MQTT broker at {address}: {why}");
         Err(match failure {
             CallError::Tls(why) => CallError::Tls(context(&why)),
             CallError::Refused(why) => CallError::Refused(context(&why)),
-            // A broker without MQTT 5 closes the connection at CONNECT, or never answers.
-            other if connection.protocol == Protocol::V5 && driver::hints_no_mqtt5(&other) => CallError::NotConnected(format!(
+            other if hint_no_mqtt5 => CallError::NotConnected(format!(
                 "{} (a broker without MQTT 5 closes or ignores the connection: try protocol \"3.1.1\")",
                 context(&other.to_string())
             )),

@@ -251,7 +251,9 @@ impl CoreResponder {
                     LinkErrorKind::SubscriptionRefused => {
                         CallError::SubscribeRefused { filter: e.message }
                     }
-                    LinkErrorKind::Other => CallError::NotConnected(why),
+                    LinkErrorKind::Closed | LinkErrorKind::TimedOut | LinkErrorKind::Other => {
+                        CallError::NotConnected(why)
+                    }
                 }
             });
             queue.push(Completion::Done {
