@@ -50,7 +50,7 @@ pub enum Completion {
         message: serde_json::Map<String, serde_json::Value>,
     },
     /// A request for a Python responder's handlers.
-    Request(super::responder::PyRequest),
+    Request(Box<dyn QueuedRequest>),
     /// A Python responder's filters are subscribed: call this.
     Ready(Arc<Py<PyAny>>),
     /// The connection came up or went down: tell the client's Python handler.
@@ -59,6 +59,13 @@ pub enum Completion {
         client_id: Arc<str>,
         event: ConnectionEvent,
     },
+}
+
+/// A request waiting for a Python responder's loop (the responder's binding implements
+/// it): delivered there, or refused at once when the loop is too far behind.
+pub trait QueuedRequest: Send {
+    fn deliver(self: Box<Self>, py: Python<'_>) -> PyResult<()>;
+    fn refuse(self: Box<Self>);
 }
 
 pub struct CompletionQueue {
@@ -92,8 +99,6 @@ impl CompletionQueue {
     /// Queues what the network sent (a progress message, a scatter-gather answer, a
     /// request for a responder), unless `MAX_QUEUED_INTERIM` such items already wait: then
     /// it is given back, for the caller to drop and count (or answer "overloaded").
-    // A refused completion is handed back whole; the queue holds them at this size anyway.
-    #[allow(clippy::result_large_err)]
     pub fn offer(&self, completion: Completion) -> Result<(), Completion> {
         let was_empty = {
             let mut queued = lock(&self.items);

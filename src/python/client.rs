@@ -2,6 +2,7 @@
 //! asyncio future on the caller's loop, and maps errors. The public, documented class is
 //! `mqtt_rpc.MqttRpcClient` (python/mqtt_rpc/client.py), which wraps this one.
 
+use super::arguments::{parse_protocol, payload_bytes, seconds, timeout_seconds};
 use super::bridge::{
     outcome_to_py, Batch, Blocked, Completion, CompletionQueue, LoopBridge, PyWaiter,
 };
@@ -11,22 +12,17 @@ use super::runtime::runtime;
 use crate::client::{CallError, ClientOptions, Stats};
 use crate::link::{ConnectionOptions, Protocol};
 use crate::pool::{PoolPrepared, RpcPool};
-use crate::protocol::InputError;
 use crate::quota::Quotas;
 use crate::tls::TlsOptions;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString, PyTuple};
-use std::borrow::Cow;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-
-/// The longest timeout accepted, in seconds (about 30 years): beyond it deadlines overflow.
-const MAX_TIMEOUT_SECONDS: f64 = 1e9;
 
 #[pyclass(frozen, module = "mqtt_rpc._core")]
 pub struct CoreClient {
@@ -50,38 +46,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A call's timeout, as the number of seconds the caller passed.
-fn timeout_seconds(timeout: &Bound<'_, PyAny>) -> PyResult<Duration> {
-    match timeout.extract::<f64>() {
-        Ok(t) => seconds("timeout", t),
-        Err(_) => Err(value_error(format!(
-            "timeout must be a number of seconds, not {}",
-            timeout.repr()?
-        ))),
-    }
-}
-
-/// The payload's bytes: `str`, `bytes` or `bytearray` (a `dict` is encoded by the caller).
-fn payload_bytes<'a>(payload: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, [u8]>> {
-    if let Ok(b) = payload.cast::<PyBytes>() {
-        return Ok(Cow::Borrowed(b.as_bytes()));
-    }
-    if let Ok(s) = payload.cast::<PyString>() {
-        return Ok(Cow::Owned(s.to_cow()?.into_owned().into_bytes()));
-    }
-    if let Ok(b) = payload.cast::<PyByteArray>() {
-        return Ok(Cow::Owned(b.to_vec()));
-    }
-    let kind = payload.get_type().name()?;
-    Err(call_error(
-        payload.py(),
-        &CallError::Input(InputError::NotJson(format!(
-            "expected a JSON object as str, bytes or dict, got {kind}"
-        ))),
-        None,
-    ))
-}
-
 /// Says which request of a batch was refused, keeping the error's type.
 fn in_batch(py: Python<'_>, index: usize, error: PyErr) -> PyErr {
     let note = format!("request {index} of the batch: {}", error.value(py));
@@ -89,26 +53,6 @@ fn in_batch(py: Python<'_>, index: usize, error: PyErr) -> PyErr {
         Ok(value) => PyErr::from_value(value),
         Err(_) => error,
     }
-}
-
-/// "3.1.1" or "5" (and their common spellings).
-pub(crate) fn parse_protocol(protocol: &str) -> PyResult<Protocol> {
-    match protocol {
-        "3.1.1" | "311" | "4" => Ok(Protocol::V311),
-        "5" | "5.0" => Ok(Protocol::V5),
-        other => Err(value_error(format!(
-            "protocol must be \"3.1.1\" or \"5\", not {other:?}"
-        ))),
-    }
-}
-
-pub(crate) fn seconds(name: &str, value: f64) -> PyResult<Duration> {
-    if !(value.is_finite() && value > 0.0 && value <= MAX_TIMEOUT_SECONDS) {
-        return Err(value_error(format!(
-            "{name} must be a positive number of seconds, not {value}"
-        )));
-    }
-    Ok(Duration::from_secs_f64(value))
 }
 
 impl CoreClient {

@@ -1,5 +1,7 @@
 //! JSON values to Python objects, built on the event loop's thread with the GIL it holds.
-//! Objects keep the device's key order (serde_json's `preserve_order`).
+//! Objects keep the device's key order (serde_json's `preserve_order`); their depth is
+//! bounded by serde_json's recursion limit (128), so converting one recurses at most that
+//! deep.
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};

@@ -1,6 +1,7 @@
 //! The Python module `mqtt_rpc._core`: a thin layer that converts types and maps errors.
 //! No protocol logic lives here; it is all in the pure Rust core.
 
+mod arguments;
 mod bridge;
 mod client;
 mod convert;

@@ -3,7 +3,7 @@
 //! request's `ReplyHandle` publishes its answer. The public class is
 //! `mqtt_rpc.Responder` (python/mqtt_rpc/responder.py).
 
-use super::bridge::{Completion, LoopBridge};
+use super::bridge::{Completion, LoopBridge, QueuedRequest};
 use super::errors::value_error;
 use super::runtime::runtime;
 use crate::client::CallError;
@@ -85,16 +85,16 @@ impl ReplyHandle {
 }
 
 /// A Python request handed to the loop: the dispatcher and what it is called with.
-pub struct PyRequest {
+struct PyRequest {
     pub dispatcher: Arc<Py<PyAny>>,
     pub request: crate::responder::IncomingRequest,
     pub replier: Replier,
 }
 
-impl PyRequest {
+impl QueuedRequest for PyRequest {
     /// Answers "overloaded" (the code the Python responder uses past `max_queued`) without
     /// running a handler, and counts it.
-    pub fn refuse_overloaded(self) {
+    fn refuse(self: Box<Self>) {
         let counters = self.replier.counters();
         counters.dropped_overloaded.fetch_add(1, Ordering::Relaxed);
         if let Some(route) = &self.request.route {
@@ -108,7 +108,7 @@ impl PyRequest {
     }
 
     /// Calls `dispatcher(filter_index, topic, body, reply_handle_or_None)` on the loop.
-    pub fn deliver(self, py: Python<'_>) -> PyResult<()> {
+    fn deliver(self: Box<Self>, py: Python<'_>) -> PyResult<()> {
         let body = super::convert::object_to_py(py, &self.request.body)?;
         let handle = match self.request.route {
             Some(route) => Some(Py::new(
@@ -153,7 +153,7 @@ impl CoreResponder {
         keyfile: Option<PathBuf>,
         alpn_protocols: Vec<String>,
     ) -> PyResult<Self> {
-        let protocol = super::client::parse_protocol(protocol)?;
+        let protocol = super::arguments::parse_protocol(protocol)?;
         if qos > 1 {
             return Err(value_error(format!("qos must be 0 or 1, not {qos}")));
         }
@@ -163,10 +163,10 @@ impl CoreResponder {
                 port,
                 client_id: client_id.unwrap_or_else(crate::link::default_client_id),
                 protocol,
-                keepalive: super::client::seconds("keepalive", keepalive)?,
+                keepalive: super::arguments::seconds("keepalive", keepalive)?,
                 username,
                 password,
-                connect_timeout: super::client::seconds("connect_timeout", connect_timeout)?,
+                connect_timeout: super::arguments::seconds("connect_timeout", connect_timeout)?,
                 tls: tls.then_some(TlsOptions {
                     ca_certs,
                     certfile,
@@ -228,15 +228,15 @@ impl CoreResponder {
             let served = responder
                 .serve(
                     move |request| {
-                        let offered = requests.offer(Completion::Request(PyRequest {
+                        let offered = requests.offer(Completion::Request(Box::new(PyRequest {
                             dispatcher: on_request.clone(),
                             request,
                             replier: replier.clone(),
-                        }));
+                        })));
                         // The loop is far behind: answer at once rather than queue without
                         // bound (a notification is dropped); counted either way.
                         if let Err(Completion::Request(refused)) = offered {
-                            refused.refuse_overloaded();
+                            refused.refuse();
                         }
                     },
                     move || ready.push(Completion::Ready(on_ready.clone())),

@@ -1,0 +1,67 @@
+//! The Python arguments of the core's calls, checked and converted: timeouts and other
+//! durations, payloads, the protocol version. A bad one raises the error a Python caller
+//! expects (`ValueError`, `PayloadError`) before anything is sent.
+
+use super::errors::{call_error, value_error};
+use crate::client::CallError;
+use crate::link::Protocol;
+use crate::protocol::InputError;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyString};
+use std::borrow::Cow;
+use std::time::Duration;
+
+/// The longest timeout accepted, in seconds (about 30 years): beyond it deadlines overflow.
+const MAX_TIMEOUT_SECONDS: f64 = 1e9;
+
+/// A call's timeout, as the number of seconds the caller passed.
+pub fn timeout_seconds(timeout: &Bound<'_, PyAny>) -> PyResult<Duration> {
+    match timeout.extract::<f64>() {
+        Ok(t) => seconds("timeout", t),
+        Err(_) => Err(value_error(format!(
+            "timeout must be a number of seconds, not {}",
+            timeout.repr()?
+        ))),
+    }
+}
+
+/// The payload's bytes: `str`, `bytes` or `bytearray` (a `dict` is encoded by the caller).
+pub fn payload_bytes<'a>(payload: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, [u8]>> {
+    if let Ok(b) = payload.cast::<PyBytes>() {
+        return Ok(Cow::Borrowed(b.as_bytes()));
+    }
+    if let Ok(s) = payload.cast::<PyString>() {
+        return Ok(Cow::Owned(s.to_cow()?.into_owned().into_bytes()));
+    }
+    if let Ok(b) = payload.cast::<PyByteArray>() {
+        return Ok(Cow::Owned(b.to_vec()));
+    }
+    let kind = payload.get_type().name()?;
+    Err(call_error(
+        payload.py(),
+        &CallError::Input(InputError::NotJson(format!(
+            "expected a JSON object as str, bytes or dict, got {kind}"
+        ))),
+        None,
+    ))
+}
+
+/// "3.1.1" or "5" (and their common spellings).
+pub fn parse_protocol(protocol: &str) -> PyResult<Protocol> {
+    match protocol {
+        "3.1.1" | "311" | "4" => Ok(Protocol::V311),
+        "5" | "5.0" => Ok(Protocol::V5),
+        other => Err(value_error(format!(
+            "protocol must be \"3.1.1\" or \"5\", not {other:?}"
+        ))),
+    }
+}
+
+pub fn seconds(name: &str, value: f64) -> PyResult<Duration> {
+    if !(value.is_finite() && value > 0.0 && value <= MAX_TIMEOUT_SECONDS) {
+        return Err(value_error(format!(
+            "{name} must be a positive number of seconds, not {value}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
