@@ -1,7 +1,7 @@
 //! The engine's rules, one test each, driven by hand (no broker, no clock): the defects the
 //! core v2 review found in the old client, each shown gone.
 
-use mqtt_rpc::client::engine::{Engine, EngineConfig, Transmit, Unsent};
+use mqtt_rpc::client::engine::{Engine, EngineConfig, Transmit};
 use mqtt_rpc::link::Protocol;
 use mqtt_rpc::protocol::InputError;
 use mqtt_rpc::{CallError, Outcome, Waiter};
@@ -44,17 +44,6 @@ fn transmits(engine: &mut Engine<Numbered>) -> Vec<Transmit> {
     std::iter::from_fn(|| engine.poll_transmit()).collect()
 }
 
-fn unsent(transmit: Transmit) -> Unsent {
-    match transmit {
-        Transmit::Publish {
-            call: Some(sent), ..
-        } => Unsent::Call(sent),
-        Transmit::Publish { call: None, .. } => Unsent::Message,
-        Transmit::Subscribe { key, .. } => Unsent::Subscribe(key),
-        Transmit::Unsubscribe { .. } => Unsent::Unsubscribe,
-    }
-}
-
 /// Before: a failed publish failed its call, whose freed slot admitted and published the
 /// next queued call, which failed in turn, one stack frame deeper each time: a queue deep
 /// enough aborted the process. Now each failure is an input, handled in the driver's loop.
@@ -76,7 +65,7 @@ fn a_connection_that_refuses_everything_fails_a_deep_queue_without_recursion() {
     let mut refused = 0;
     while let Some(transmit) = engine.poll_transmit() {
         refused += 1;
-        engine.transmit_failed(unsent(transmit), now);
+        engine.transmit_failed(transmit.into(), now);
     }
     let failed = engine.take_wakeups();
     assert_eq!(refused, calls + 1);
@@ -110,7 +99,7 @@ fn a_resubscribe_that_cannot_be_queued_leaves_later_subacks_matched() {
     assert_eq!(resubscribes.len(), 2);
     // a/set's SUBSCRIBE is refused by the connection; b/set's is written with id 9.
     let (first, second) = (resubscribes.remove(0), resubscribes.remove(0));
-    engine.transmit_failed(unsent(first), now);
+    engine.transmit_failed(first.into(), now);
     assert!(
         matches!(second, Transmit::Subscribe { ref filter, .. } if filter == "b/set/response/+")
     );

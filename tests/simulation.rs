@@ -17,7 +17,7 @@
 //! `MQTT_RPC_SIM_SECONDS` sets how long the random part runs (default 5 s).
 
 use mqtt_rpc::acks::{PubAckReason, Sent};
-use mqtt_rpc::client::engine::{Engine, EngineConfig, Transmit, Unsent, MAX_QUEUED_MESSAGES};
+use mqtt_rpc::client::engine::{Engine, EngineConfig, Transmit, MAX_QUEUED_MESSAGES};
 use mqtt_rpc::link::Protocol;
 use mqtt_rpc::protocol::{self, InputError, Reply};
 use mqtt_rpc::{CallError, Outcome, Waiter};
@@ -196,15 +196,7 @@ impl World {
         while let Some(transmit) = self.engine.poll_transmit() {
             if self.faults && self.rng.gen_bool(0.02) {
                 self.refused_transmits = true;
-                let unsent = match transmit {
-                    Transmit::Publish {
-                        call: Some(sent), ..
-                    } => Unsent::Call(sent),
-                    Transmit::Publish { call: None, .. } => Unsent::Message,
-                    Transmit::Subscribe { key, .. } => Unsent::Subscribe(key),
-                    Transmit::Unsubscribe { .. } => Unsent::Unsubscribe,
-                };
-                self.engine.transmit_failed(unsent, now);
+                self.engine.transmit_failed(transmit.into(), now);
             } else {
                 self.outbox.push_back(transmit);
             }

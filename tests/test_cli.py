@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 from typing import Iterator, List
 
 import pytest
@@ -112,13 +111,9 @@ def test_no_responders_has_its_own_exit_code_and_one_line(broker: MosquittoBroke
     assert "no device is subscribed" in result.stderr
 
 
-def test_a_request_the_broker_refuses_has_its_own_exit_code(tmp_path: Path) -> None:
-    passwords, acl = tmp_path / "passwords", tmp_path / "acl"
-    passwords.touch()
-    subprocess.run(["mosquitto_passwd", "-b", str(passwords), "service", "s3cret"], check=True)
-    acl.write_text("user service\ntopic readwrite allowed/#\n")
-    config = ["allow_anonymous false", f"password_file {passwords}", f"acl_file {acl}"]
-    with MosquittoBroker.start(extra_config=config) as broker:
+def test_a_request_the_broker_refuses_has_its_own_exit_code() -> None:
+    acl = "user service\ntopic readwrite allowed/#\n"
+    with MosquittoBroker.start(users={"service": "s3cret"}, acl=acl) as broker:
         url = f"mqtt://service:s3cret@{broker.host}:{broker.port}?protocol=5&qos=1"
         result = mqtt_rpc("call", "forbidden/device/control/set", "{}", "--url", url)
     assert result.returncode == 7, result.stderr

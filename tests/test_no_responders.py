@@ -4,10 +4,8 @@ is subscribed to a request topic, and a failing PUBACK says the broker refused i
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 import uuid
-from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -93,15 +91,9 @@ async def test_without_mqtt5_and_qos1_a_silent_topic_times_out_as_before(
 
 
 @pytest.fixture(scope="module")
-def acl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
-    folder: Path = tmp_path_factory.mktemp("acl")
-    passwords = folder / "passwords"
-    passwords.touch()
-    subprocess.run(["mosquitto_passwd", "-b", str(passwords), "service", "s3cret"], check=True)
-    acl = folder / "acl"
-    acl.write_text("user service\ntopic readwrite allowed/#\n")
-    config = ["allow_anonymous false", f"password_file {passwords}", f"acl_file {acl}"]
-    with MosquittoBroker.start(extra_config=config) as running:
+def acl_broker() -> Iterator[MosquittoBroker]:
+    acl = "user service\ntopic readwrite allowed/#\n"
+    with MosquittoBroker.start(users={"service": "s3cret"}, acl=acl) as running:
         yield running
 
 

@@ -4,7 +4,6 @@ typed error for each way it can go wrong."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -127,22 +126,15 @@ async def test_plain_mqtt_to_a_tls_listener_fails_within_the_connect_timeout(tls
 
 
 @pytest.fixture(scope="module")
-def password_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
-    folder = tmp_path_factory.mktemp("auth")
-    passwords = folder / "passwords"
-    passwords.touch()
-    subprocess.run(["mosquitto_passwd", "-b", str(passwords), "service", "s3cret"], check=True)
-    acl = folder / "acl"
+def password_broker() -> Iterator[MosquittoBroker]:
     # The service may publish requests and read replies; "guest" may do nothing with replies.
     # Everyone may read their own inbox (%c: the client id) and nobody else's.
-    acl.write_text(
+    acl = (
         "pattern read mqtt-rpc/inbox/%c/#\n\n"
         "user service\ntopic readwrite #\n\n"
         "user guest\ntopic write +/device/control/set\n"
     )
-    subprocess.run(["mosquitto_passwd", "-b", str(passwords), "guest", "guest"], check=True)
-    config = ["allow_anonymous false", f"password_file {passwords}", f"acl_file {acl}"]
-    with MosquittoBroker.start(extra_config=config) as broker:
+    with MosquittoBroker.start(users={"service": "s3cret", "guest": "guest"}, acl=acl) as broker:
         yield broker
 
 

@@ -4,8 +4,6 @@ errors a bad URL gets before any network activity, and passwords kept out of eve
 from __future__ import annotations
 
 import logging
-import subprocess
-from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -138,12 +136,8 @@ async def test_mqtts_against_a_plain_listener_fails_in_connect(broker: Mosquitto
 
 
 @pytest.fixture(scope="module")
-def password_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
-    folder: Path = tmp_path_factory.mktemp("url-passwords")
-    passwords = folder / "passwords"
-    passwords.touch()
-    subprocess.run(["mosquitto_passwd", "-b", str(passwords), "service", "right-one"], check=True)
-    with MosquittoBroker.start(extra_config=["allow_anonymous false", f"password_file {passwords}"]) as running:
+def password_broker() -> Iterator[MosquittoBroker]:
+    with MosquittoBroker.start(users={"service": "right-one"}) as running:
         yield running
 
 

@@ -88,14 +88,30 @@ class MosquittoBroker:
 
     @classmethod
     def start(
-        cls, timeout: float = 10, extra_config: Sequence[str] = (), persistent: bool = False
+        cls,
+        timeout: float = 10,
+        extra_config: Sequence[str] = (),
+        persistent: bool = False,
+        users: Optional[Dict[str, str]] = None,
+        acl: Optional[str] = None,
     ) -> "MosquittoBroker":
         """Starts Mosquitto on a free port; `extra_config` lines are added to its config.
         A `persistent` broker saves its sessions when stopped cleanly (`terminate`) and
-        restores them on `restart`."""
+        restores them on `restart`. With `users` (name: password) only they may connect;
+        `acl` is the text of a Mosquitto ACL file (``user service\ntopic readwrite #``)."""
         workdir = tempfile.TemporaryDirectory(prefix="mqtt-rpc-mosquitto-")
         port = free_port()
         config = Path(workdir.name) / "mosquitto.conf"
+        if users is not None:
+            passwords = Path(workdir.name) / "passwords"
+            passwords.touch()
+            for name, password in users.items():
+                subprocess.run(["mosquitto_passwd", "-b", str(passwords), name, password], check=True)
+            extra_config = ["allow_anonymous false", f"password_file {passwords}", *extra_config]
+        if acl is not None:
+            acl_file = Path(workdir.name) / "acl"
+            acl_file.write_text(acl)
+            extra_config = [f"acl_file {acl_file}", *extra_config]
         config.write_text(
             "\n".join(
                 [

@@ -77,6 +77,20 @@ pub enum Unsent {
     Unsubscribe,
 }
 
+impl From<Transmit> for Unsent {
+    /// What the engine must hear of a transmit the connection refused.
+    fn from(transmit: Transmit) -> Unsent {
+        match transmit {
+            Transmit::Publish {
+                call: Some(sent), ..
+            } => Unsent::Call(sent),
+            Transmit::Publish { call: None, .. } => Unsent::Message,
+            Transmit::Subscribe { key, .. } => Unsent::Subscribe(key),
+            Transmit::Unsubscribe { .. } => Unsent::Unsubscribe,
+        }
+    }
+}
+
 /// A publish that answers to no call (a notification, a cancellation): topic and body.
 pub type Message = (Arc<str>, Vec<u8>);
 
