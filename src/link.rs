@@ -64,6 +64,16 @@ impl Default for ConnectionOptions {
     }
 }
 
+/// How long the broker keeps a session unless told otherwise: MQTT 5 a minute, so that a
+/// short outage loses no subscription and no QoS 1 message; MQTT 3.1.1 cannot expire a
+/// session (one left behind by each restart would stay for ever), so it starts clean.
+pub fn default_session_expiry(protocol: Protocol) -> Duration {
+    match protocol {
+        Protocol::V5 => Duration::from_secs(60),
+        Protocol::V311 => Duration::ZERO,
+    }
+}
+
 /// A client id that two replicas of one service never share (a shared id makes the broker
 /// disconnect one for the other, over and over).
 pub fn default_client_id() -> String {

@@ -86,3 +86,27 @@ def test_the_stats_sample_of_the_readme_has_todays_keys() -> None:
     sample = readme[readme.index("client.stats()\n# {") : readme.index("```", readme.index("client.stats()\n# {"))]
     documented = set(re.findall(r"'(\w+)':", sample)) - {"client_id"}
     assert documented == set(mqtt_rpc.MqttRpcClient("localhost").stats())
+
+
+def test_the_documented_defaults_are_the_cores() -> None:
+    # One source of defaults: the Rust core's. The Python signatures show them for the
+    # reader and must say the same.
+    import inspect
+
+    from mqtt_rpc import Responder, _core
+
+    client = inspect.signature(mqtt_rpc.MqttRpcClient.__init__).parameters
+    responder = inspect.signature(Responder.__init__).parameters
+    for name, value in _core.client_defaults().items():
+        assert client[name].default == value, name
+        if name in responder:
+            assert responder[name].default == value, name
+
+
+def test_an_unknown_option_is_refused_by_name() -> None:
+    from mqtt_rpc import _core
+
+    with pytest.raises(ValueError, match='unknown option "colour"'):
+        _core.CoreClient({"host": "localhost", "colour": "blue"})
+    with pytest.raises(ValueError, match="keepalive"):
+        _core.CoreClient({"keepalive": "soon"})

@@ -3,9 +3,12 @@
 import asyncio
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union, final
 
-__all__ = ["CoreClient", "LoopBridge", "CoreResponder", "ReplyHandle", "__version__"]
+__all__ = ["CoreClient", "LoopBridge", "CoreResponder", "ReplyHandle", "client_defaults", "__version__"]
 
 __version__: str
+
+def client_defaults() -> Dict[str, Any]:
+    """The core's defaults of the options `MqttRpcClient` documents, by name."""
 
 @final
 class CoreClient:
@@ -13,36 +16,13 @@ class CoreClient:
 
     def __new__(
         cls,
-        host: str,
-        port: int,
-        client_id: Optional[str],
-        protocol: str,
-        qos: int,
-        keepalive: float,
-        username: Optional[str],
-        password: Optional[str],
-        reply_filter: Optional[str],
-        max_reply_subscriptions: int,
-        max_in_flight: int,
-        max_packet_size: int,
-        connect_timeout: float,
-        session_expiry: Optional[float] = None,
-        fail_fast: bool = False,
-        reconnect_min_delay: float = 0.1,
-        reconnect_max_delay: float = 10.0,
+        options: Dict[str, Any],
         event_handler: Optional[Callable[[bool, bool, bool, str, str], None]] = None,
-        tls: bool = False,
-        ca_certs: Optional[str] = None,
-        certfile: Optional[str] = None,
-        keyfile: Optional[str] = None,
-        alpn_protocols: List[str] = ...,
-        aws_topic_rules: bool = False,
-        inbox_prefix: Optional[str] = None,
-        cancel_on_abandon: bool = False,
-        connections: int = 1,
-        publishes_per_second: Optional[int] = None,
-        max_unacked_publishes: Optional[int] = None,
-    ) -> "CoreClient": ...
+    ) -> "CoreClient":
+        """``options``: the options the caller chose, by name (``host``, ``port``,
+        ``client_id``, ``protocol``, ``qos``, ... as `MqttRpcClient` takes them, with
+        ``inbox_prefix`` for the inbox reply mode); the core's defaults fill the rest. An
+        unknown name or a bad value raises ``ValueError`` naming it."""
     def connect(self, event_loop: asyncio.AbstractEventLoop) -> "asyncio.Future[None]":
         """Connects; the future resolves when the client is ready, or fails with
         `NotConnectedError`."""
@@ -142,25 +122,8 @@ class ReplyHandle:
 class CoreResponder:
     """The Rust responder behind `mqtt_rpc.Responder`."""
 
-    def __new__(
-        cls,
-        host: str,
-        port: int,
-        client_id: Optional[str],
-        protocol: str,
-        qos: int,
-        keepalive: float,
-        username: Optional[str],
-        password: Optional[str],
-        filters: List[str],
-        share_group: Optional[str],
-        connect_timeout: float,
-        tls: bool = False,
-        ca_certs: Optional[str] = None,
-        certfile: Optional[str] = None,
-        keyfile: Optional[str] = None,
-        alpn_protocols: List[str] = ...,
-    ) -> "CoreResponder": ...
+    def __new__(cls, options: Dict[str, Any], filters: List[str]) -> "CoreResponder":
+        """``options`` by name, as for `CoreClient` (and ``share_group``)."""
     def serve(
         self,
         event_loop: asyncio.AbstractEventLoop,

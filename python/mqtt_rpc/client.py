@@ -252,7 +252,7 @@ class MqttRpcClient(_ClientState):
     ) -> None:
         arguments = {name: value for name, value in locals().items() if name in _OPTION_NAMES}
         settings, chosen = config.resolve(self._given, arguments, config.CLIENT_OPTIONS, _RESPONDER_ONLY)
-        self._settings = _checked(settings, chosen)
+        self._settings, self._chosen = _checked(settings, chosen)
         # Made now so that bad options raise here; made again for a connect after close().
         self._core = self._new_core()
         # A client connected again keeps its id (and so its broker session and ACL rights).
@@ -279,38 +279,20 @@ class MqttRpcClient(_ClientState):
         return cls(**settings)
 
     def _new_core(self) -> _core.CoreClient:
+        # Only what was chosen (by the caller, MQTT_RPC_URL or a preset) crosses into the
+        # core, by name; the core's defaults are the only defaults.
         s = self._settings
-        return _core.CoreClient(
-            s["host"],
-            s["port"],
-            s["client_id"],
-            str(s["protocol"]),
-            s["qos"],
-            float(s["keepalive"]),
-            s["username"],
-            s["password"],
-            s["reply_filter"],
-            s["max_reply_subscriptions"],
-            s["max_in_flight"],
-            s["max_packet_size"],
-            float(s["connect_timeout"]),
-            None if s["session_expiry"] is None else float(s["session_expiry"]),
-            bool(s["fail_fast"]),
-            float(s["reconnect_min_delay"]),
-            float(s["reconnect_max_delay"]),
-            _weak_handler(self),
-            bool(s["tls"] or s["ca_certs"] or s["certfile"] or s["keyfile"] or s["alpn_protocols"]),
-            None if s["ca_certs"] is None else os.fspath(s["ca_certs"]),
-            None if s["certfile"] is None else os.fspath(s["certfile"]),
-            None if s["keyfile"] is None else os.fspath(s["keyfile"]),
-            list(s["alpn_protocols"]),
-            bool(s["aws_topic_rules"]),
-            s["inbox_prefix"] if s["reply_to"] == "inbox" else None,
-            bool(s["cancel_on_abandon"]),
-            s["connections"],
-            s["publishes_per_second"],
-            s["max_unacked_publishes"],
-        )
+        names = (self._chosen | {"host", "port", "client_id"}) - _PYTHON_ONLY
+        options = {name: s[name] for name in names if s[name] is not None}
+        options["protocol"] = str(s["protocol"])
+        for name in ("ca_certs", "certfile", "keyfile"):
+            if name in options:
+                options[name] = os.fspath(options[name])
+        if "alpn_protocols" in options:
+            options["alpn_protocols"] = list(options["alpn_protocols"])
+        if s["reply_to"] == "inbox":
+            options["inbox_prefix"] = s["inbox_prefix"]
+        return _core.CoreClient(options, _weak_handler(self))
 
     def __repr__(self) -> str:
         state = "connected" if self._open else "closing" if self._closing else "not connected"
@@ -852,18 +834,23 @@ class CallStream:
 #: The constructor's options that configure the connection (all but the event handler).
 _OPTION_NAMES = frozenset(inspect.signature(MqttRpcClient.__init__).parameters) - {"self", "on_connection_change"}
 _RESPONDER_ONLY = frozenset(config.RESPONDER_OPTIONS) - frozenset(config.CLIENT_OPTIONS)
+#: Options the Python class handles itself (the call timeout, the reply mode, presets).
+_PYTHON_ONLY = frozenset({"timeout", "reply_to", "inbox_prefix", "quotas", "on_connection_change"})
 
 
-def _checked(settings: Dict[str, Any], chosen: FrozenSet[str]) -> Dict[str, Any]:
+def _checked(settings: Dict[str, Any], chosen: FrozenSet[str]) -> Tuple[Dict[str, Any], FrozenSet[str]]:
     """Applies a quota preset to the options not chosen explicitly, and checks the options
-    that the core does not (the rest it checks when the core client is made)."""
+    that the core does not (the rest it checks when the core client is made). Returns the
+    settings and the names chosen (the preset's included)."""
     quotas = settings["quotas"]
     if quotas is not None:
         if quotas not in QUOTA_PRESETS:
             raise ValueError(f"quotas must be one of {sorted(QUOTA_PRESETS)} or None, not {quotas!r}")
-        for name, value in QUOTA_PRESETS[quotas].items():
+        preset = QUOTA_PRESETS[quotas]
+        for name, value in preset.items():
             if name not in chosen:
                 settings[name] = value
+        chosen = chosen | frozenset(preset)
     connections, port, timeout = settings["connections"], settings["port"], settings["timeout"]
     if not (isinstance(connections, int) and connections >= 1):
         raise ValueError(f"connections must be a positive integer, not {connections!r}")
@@ -873,7 +860,7 @@ def _checked(settings: Dict[str, Any], chosen: FrozenSet[str]) -> Dict[str, Any]
         raise ValueError(f"port must be a TCP port number (1-65535), not {port!r}")
     if not (isinstance(timeout, (int, float)) and timeout > 0):
         raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
-    return settings
+    return settings, chosen
 
 
 def _weak_handler(client: MqttRpcClient) -> Callable[[bool, bool, bool, str, str], None]:

@@ -115,7 +115,7 @@ class Responder:
     ) -> None:
         arguments = {name: value for name, value in locals().items() if name in config.RESPONDER_OPTIONS}
         arguments.update(host=host, port=port)
-        settings, _ = config.resolve(self._given, arguments, config.RESPONDER_OPTIONS, _CLIENT_ONLY)
+        settings, self._chosen = config.resolve(self._given, arguments, config.RESPONDER_OPTIONS, _CLIENT_ONLY)
         max_concurrency, max_queued = settings["max_concurrency"], settings["max_queued"]
         if max_concurrency < 1 or max_queued < 0:
             raise ValueError("max_concurrency must be at least 1 and max_queued not negative")
@@ -195,21 +195,13 @@ class Responder:
             raise RuntimeError("this responder was already started")
         if not self._filters:
             raise ValueError("register at least one handler with @responder.handle(filter)")
-        options = dict(self._options)
-        self._core = _core.CoreResponder(
-            options.pop("host"),
-            options.pop("port"),
-            options.pop("client_id"),
-            options.pop("protocol"),
-            options.pop("qos"),
-            options.pop("keepalive"),
-            options.pop("username"),
-            options.pop("password"),
-            list(self._filters),
-            options.pop("share_group"),
-            options.pop("connect_timeout"),
-            **options,
-        )
+        # Only what was chosen crosses into the core, by name: its defaults are the defaults.
+        options = {
+            name: value
+            for name, value in self._options.items()
+            if value is not None and (name in self._chosen or name in ("host", "port", "protocol"))
+        }
+        self._core = _core.CoreResponder(options, list(self._filters))
         loop = asyncio.get_running_loop()
         self._ready = asyncio.Event()
         self._turns = asyncio.Semaphore(self._max_concurrency)

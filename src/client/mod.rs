@@ -17,7 +17,7 @@ mod options;
 mod stats;
 
 pub use errors::{throttled_reason, CallError, Outcome};
-pub use options::ClientOptions;
+pub use options::{ClientOptions, DEFAULT_INBOX_PREFIX};
 pub use stats::Stats;
 
 use crate::acks::AckLedger;

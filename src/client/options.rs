@@ -4,6 +4,10 @@ use crate::link::ConnectionOptions;
 use crate::quota::Quotas;
 use std::time::Duration;
 
+/// The first levels of inbox reply topics (`{prefix}/{client_id}/{request_id}`), unless
+/// another prefix is given.
+pub const DEFAULT_INBOX_PREFIX: &str = "mqtt-rpc/inbox";
+
 /// Everything a client is configured with. `Default` gives a local broker on 1883.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {

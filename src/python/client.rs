@@ -2,23 +2,20 @@
 //! asyncio future on the caller's loop, and maps errors. The public, documented class is
 //! `mqtt_rpc.MqttRpcClient` (python/mqtt_rpc/client.py), which wraps this one.
 
-use super::arguments::{parse_protocol, payload_bytes, seconds, timeout_seconds};
+use super::arguments::{payload_bytes, seconds, timeout_seconds};
 use super::bridge::{
     outcome_to_py, Batch, Blocked, Completion, CompletionQueue, LoopBridge, PyWaiter,
 };
 use super::convert::object_to_py;
 use super::errors::{call_error, value_error};
+use super::options::client_options;
 use super::runtime::runtime;
-use crate::client::{CallError, ClientOptions, Stats};
-use crate::link::{ConnectionOptions, Protocol};
+use crate::client::{CallError, Stats};
 use crate::pool::{PoolPrepared, RpcPool};
-use crate::quota::Quotas;
-use crate::tls::TlsOptions;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -241,105 +238,13 @@ impl Drop for CoreClient {
 
 #[pymethods]
 impl CoreClient {
+    /// `options`: the options the caller chose, by name (the core's defaults fill the
+    /// rest; an unknown name or a bad value raises `ValueError` naming it).
     #[new]
-    #[pyo3(signature = (host, port, client_id, protocol, qos, keepalive, username, password,
-                        reply_filter, max_reply_subscriptions, max_in_flight, max_packet_size,
-                        connect_timeout, session_expiry=None, fail_fast=false,
-                        reconnect_min_delay=0.1, reconnect_max_delay=10.0, event_handler=None,
-                        tls=false, ca_certs=None, certfile=None, keyfile=None,
-                        alpn_protocols=Vec::new(), aws_topic_rules=false, inbox_prefix=None,
-                        cancel_on_abandon=false, connections=1, publishes_per_second=None,
-                        max_unacked_publishes=None))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        host: String,
-        port: u16,
-        client_id: Option<String>,
-        protocol: &str,
-        qos: u8,
-        keepalive: f64,
-        username: Option<String>,
-        password: Option<String>,
-        reply_filter: Option<String>,
-        max_reply_subscriptions: usize,
-        max_in_flight: usize,
-        max_packet_size: usize,
-        connect_timeout: f64,
-        session_expiry: Option<f64>,
-        fail_fast: bool,
-        reconnect_min_delay: f64,
-        reconnect_max_delay: f64,
-        event_handler: Option<Py<PyAny>>,
-        tls: bool,
-        ca_certs: Option<PathBuf>,
-        certfile: Option<PathBuf>,
-        keyfile: Option<PathBuf>,
-        alpn_protocols: Vec<String>,
-        aws_topic_rules: bool,
-        inbox_prefix: Option<String>,
-        cancel_on_abandon: bool,
-        connections: usize,
-        publishes_per_second: Option<u32>,
-        max_unacked_publishes: Option<u16>,
-    ) -> PyResult<Self> {
-        let protocol = parse_protocol(protocol)?;
-        if qos > 1 {
-            return Err(value_error(format!(
-                "qos must be 0 or 1 (AWS IoT Core has no QoS 2), not {qos}"
-            )));
-        }
-        if max_in_flight == 0 || max_reply_subscriptions == 0 || connections == 0 {
-            return Err(value_error(
-                "max_in_flight, max_reply_subscriptions and connections must be at least 1",
-            ));
-        }
-        if publishes_per_second == Some(0) || max_unacked_publishes == Some(0) {
-            return Err(value_error(
-                "publishes_per_second and max_unacked_publishes must be at least 1 (or None)",
-            ));
-        }
-        let client_id = client_id.unwrap_or_else(crate::link::default_client_id);
-        let options = ClientOptions {
-            connection: ConnectionOptions {
-                host,
-                port,
-                client_id: client_id.clone(),
-                protocol,
-                keepalive: seconds("keepalive", keepalive)?,
-                username,
-                password,
-                max_packet_size,
-                connect_timeout: seconds("connect_timeout", connect_timeout)?,
-                session_expiry: match session_expiry {
-                    // The default: MQTT 5 keeps the session a minute, so a short outage loses
-                    // nothing; 3.1.1 cannot expire a session, so it starts clean.
-                    None if protocol == Protocol::V5 => Duration::from_secs(60),
-                    None => Duration::ZERO,
-                    Some(0.0) => Duration::ZERO,
-                    Some(s) => seconds("session_expiry", s)?,
-                },
-                tls: tls.then_some(TlsOptions {
-                    ca_certs,
-                    certfile,
-                    keyfile,
-                    alpn_protocols,
-                }),
-            },
-            qos,
-            reply_filter,
-            inbox_prefix,
-            max_reply_subscriptions,
-            quotas: Quotas {
-                publishes_per_second,
-                max_unacked_publishes,
-            },
-            max_in_flight,
-            reconnect_min_delay: seconds("reconnect_min_delay", reconnect_min_delay)?,
-            reconnect_max_delay: seconds("reconnect_max_delay", reconnect_max_delay)?,
-            fail_fast,
-            aws_topic_rules,
-            cancel_on_abandon,
-        };
+    #[pyo3(signature = (options, event_handler=None))]
+    fn new(options: &Bound<'_, PyDict>, event_handler: Option<Py<PyAny>>) -> PyResult<Self> {
+        let (options, connections) = client_options(options)?;
+        let client_id = options.connection.client_id.clone();
         let inner = RpcPool::new(options, connections).map_err(|e| value_error(e.to_string()))?;
         Ok(CoreClient {
             inner: Arc::new(inner),

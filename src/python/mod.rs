@@ -6,6 +6,7 @@ mod bridge;
 mod client;
 mod convert;
 mod errors;
+mod options;
 mod responder;
 mod runtime;
 
@@ -17,6 +18,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<bridge::LoopBridge>()?;
     m.add_class::<responder::CoreResponder>()?;
     m.add_class::<responder::ReplyHandle>()?;
+    m.add_function(wrap_pyfunction!(options::client_defaults, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -5,18 +5,17 @@
 
 use super::bridge::{Completion, LoopBridge, QueuedRequest};
 use super::errors::value_error;
+use super::options::responder_options;
 use super::runtime::runtime;
 use crate::client::CallError;
-use crate::link::{ConnectionOptions, LinkErrorKind};
+use crate::link::LinkErrorKind;
 use crate::protocol::RemoteError;
 use crate::responder::{
-    progress_body, Replier, ReplyRoute, Responder, ResponderCounters, ResponderOptions, OVERLOADED,
+    progress_body, Replier, ReplyRoute, Responder, ResponderCounters, OVERLOADED,
 };
-use crate::tls::TlsOptions;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -130,56 +129,10 @@ impl QueuedRequest for PyRequest {
 
 #[pymethods]
 impl CoreResponder {
+    /// `options`: the options the caller chose, by name, as for `CoreClient`.
     #[new]
-    #[pyo3(signature = (host, port, client_id, protocol, qos, keepalive, username, password,
-                        filters, share_group, connect_timeout, tls=false, ca_certs=None,
-                        certfile=None, keyfile=None, alpn_protocols=Vec::new()))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        host: String,
-        port: u16,
-        client_id: Option<String>,
-        protocol: &str,
-        qos: u8,
-        keepalive: f64,
-        username: Option<String>,
-        password: Option<String>,
-        filters: Vec<String>,
-        share_group: Option<String>,
-        connect_timeout: f64,
-        tls: bool,
-        ca_certs: Option<PathBuf>,
-        certfile: Option<PathBuf>,
-        keyfile: Option<PathBuf>,
-        alpn_protocols: Vec<String>,
-    ) -> PyResult<Self> {
-        let protocol = super::arguments::parse_protocol(protocol)?;
-        if qos > 1 {
-            return Err(value_error(format!("qos must be 0 or 1, not {qos}")));
-        }
-        let options = ResponderOptions {
-            connection: ConnectionOptions {
-                host,
-                port,
-                client_id: client_id.unwrap_or_else(crate::link::default_client_id),
-                protocol,
-                keepalive: super::arguments::seconds("keepalive", keepalive)?,
-                username,
-                password,
-                connect_timeout: super::arguments::seconds("connect_timeout", connect_timeout)?,
-                tls: tls.then_some(TlsOptions {
-                    ca_certs,
-                    certfile,
-                    keyfile,
-                    alpn_protocols,
-                }),
-                ..ConnectionOptions::default()
-            },
-            qos,
-            filters,
-            share_group,
-            mqtt5_only: false,
-        };
+    fn new(options: &Bound<'_, PyDict>, filters: Vec<String>) -> PyResult<Self> {
+        let options = responder_options(options, filters)?;
         let responder = Responder::new(options).map_err(|e| value_error(e.to_string()))?;
         let (stop, _) = watch::channel(false);
         Ok(CoreResponder {

@@ -1,0 +1,222 @@
+//! The one options object across the boundary: `MqttRpcClient` and `Responder` pass a dict
+//! of the options their caller chose (by name), and this module reads it into the core's
+//! option structs, whose `Default`s are the only defaults; each value is checked here with
+//! an error that names it. `client_defaults()` shows those defaults to Python, whose
+//! documented signatures are tested against them.
+
+use super::arguments::{parse_protocol, seconds};
+use super::errors::value_error;
+use crate::client::ClientOptions;
+use crate::link::{self, ConnectionOptions, Protocol};
+use crate::quota::Quotas;
+use crate::responder::ResponderOptions;
+use crate::tls::TlsOptions;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The options of one dict, taken by name; what is left at the end is unknown.
+struct Reader<'py> {
+    values: BTreeMap<String, Bound<'py, PyAny>>,
+}
+
+impl<'py> Reader<'py> {
+    fn new(options: &Bound<'py, PyDict>) -> PyResult<Self> {
+        let mut values = BTreeMap::new();
+        for (key, value) in options.iter() {
+            let name: String = key.extract()?;
+            // None means "not chosen": the core's default applies.
+            if !value.is_none() {
+                values.insert(name, value);
+            }
+        }
+        Ok(Reader { values })
+    }
+
+    /// The option `name` converted to `T`, if it was given.
+    fn take<T: for<'a> FromPyObject<'a, 'py>>(&mut self, name: &str) -> PyResult<Option<T>> {
+        let Some(value) = self.values.remove(name) else {
+            return Ok(None);
+        };
+        let converted = value.extract::<T>().ok();
+        match converted {
+            Some(converted) => Ok(Some(converted)),
+            None => Err(value_error(format!(
+                "{name} cannot be {}",
+                value.repr().map(|r| r.to_string()).unwrap_or_default()
+            ))),
+        }
+    }
+
+    fn take_seconds(&mut self, name: &str) -> PyResult<Option<Duration>> {
+        self.take::<f64>(name)?
+            .map(|value| seconds(name, value))
+            .transpose()
+    }
+
+    /// Refuses what no option is called: a misspelt name must not pass unnoticed.
+    fn finish(self) -> PyResult<()> {
+        match self.values.keys().next() {
+            None => Ok(()),
+            Some(name) => Err(value_error(format!("unknown option {name:?}"))),
+        }
+    }
+}
+
+fn connection_options(reader: &mut Reader<'_>) -> PyResult<ConnectionOptions> {
+    let mut c = ConnectionOptions::default();
+    if let Some(host) = reader.take::<String>("host")? {
+        c.host = host;
+    }
+    if let Some(port) = reader.take::<u16>("port")? {
+        c.port = port;
+    }
+    if let Some(client_id) = reader.take::<String>("client_id")? {
+        c.client_id = client_id;
+    }
+    if let Some(protocol) = reader.take::<String>("protocol")? {
+        c.protocol = parse_protocol(&protocol)?;
+    }
+    if let Some(keepalive) = reader.take_seconds("keepalive")? {
+        c.keepalive = keepalive;
+    }
+    c.username = reader.take("username")?;
+    c.password = reader.take("password")?;
+    if let Some(size) = reader.take::<usize>("max_packet_size")? {
+        c.max_packet_size = size;
+    }
+    if let Some(timeout) = reader.take_seconds("connect_timeout")? {
+        c.connect_timeout = timeout;
+    }
+    c.session_expiry = match reader.take::<f64>("session_expiry")? {
+        None => link::default_session_expiry(c.protocol),
+        Some(0.0) => Duration::ZERO,
+        Some(s) => seconds("session_expiry", s)?,
+    };
+    let tls = TlsOptions {
+        ca_certs: reader.take::<PathBuf>("ca_certs")?,
+        certfile: reader.take::<PathBuf>("certfile")?,
+        keyfile: reader.take::<PathBuf>("keyfile")?,
+        alpn_protocols: reader.take("alpn_protocols")?.unwrap_or_default(),
+    };
+    // Any TLS file or ALPN protocol implies TLS.
+    let implied = tls.ca_certs.is_some()
+        || tls.certfile.is_some()
+        || tls.keyfile.is_some()
+        || !tls.alpn_protocols.is_empty();
+    if reader.take::<bool>("tls")?.unwrap_or(false) || implied {
+        c.tls = Some(tls);
+    }
+    Ok(c)
+}
+
+fn check_qos(qos: u8) -> PyResult<u8> {
+    if qos > 1 {
+        return Err(value_error(format!(
+            "qos must be 0 or 1 (AWS IoT Core has no QoS 2), not {qos}"
+        )));
+    }
+    Ok(qos)
+}
+
+/// A client's options and its number of connections.
+pub fn client_options(options: &Bound<'_, PyDict>) -> PyResult<(ClientOptions, usize)> {
+    let mut reader = Reader::new(options)?;
+    let mut o = ClientOptions {
+        connection: connection_options(&mut reader)?,
+        ..ClientOptions::default()
+    };
+    if let Some(qos) = reader.take::<u8>("qos")? {
+        o.qos = check_qos(qos)?;
+    }
+    o.reply_filter = reader.take("reply_filter")?;
+    o.inbox_prefix = reader.take("inbox_prefix")?;
+    if let Some(n) = reader.take::<usize>("max_reply_subscriptions")? {
+        o.max_reply_subscriptions = n;
+    }
+    if let Some(n) = reader.take::<usize>("max_in_flight")? {
+        o.max_in_flight = n;
+    }
+    if let Some(delay) = reader.take_seconds("reconnect_min_delay")? {
+        o.reconnect_min_delay = delay;
+    }
+    if let Some(delay) = reader.take_seconds("reconnect_max_delay")? {
+        o.reconnect_max_delay = delay;
+    }
+    for (name, flag) in [
+        ("fail_fast", &mut o.fail_fast),
+        ("aws_topic_rules", &mut o.aws_topic_rules),
+        ("cancel_on_abandon", &mut o.cancel_on_abandon),
+    ] {
+        if let Some(value) = reader.take::<bool>(name)? {
+            *flag = value;
+        }
+    }
+    o.quotas = Quotas {
+        publishes_per_second: reader.take("publishes_per_second")?,
+        max_unacked_publishes: reader.take("max_unacked_publishes")?,
+    };
+    let connections = reader.take::<usize>("connections")?.unwrap_or(1);
+    reader.finish()?;
+    if o.max_in_flight == 0 || o.max_reply_subscriptions == 0 || connections == 0 {
+        return Err(value_error(
+            "max_in_flight, max_reply_subscriptions and connections must be at least 1",
+        ));
+    }
+    if o.quotas.publishes_per_second == Some(0) || o.quotas.max_unacked_publishes == Some(0) {
+        return Err(value_error(
+            "publishes_per_second and max_unacked_publishes must be at least 1 (or None)",
+        ));
+    }
+    Ok((o, connections))
+}
+
+/// A responder's options, serving `filters`.
+pub fn responder_options(
+    options: &Bound<'_, PyDict>,
+    filters: Vec<String>,
+) -> PyResult<ResponderOptions> {
+    let mut reader = Reader::new(options)?;
+    let connection = connection_options(&mut reader)?;
+    let qos = check_qos(reader.take::<u8>("qos")?.unwrap_or(0))?;
+    let share_group = reader.take("share_group")?;
+    reader.finish()?;
+    Ok(ResponderOptions {
+        connection,
+        qos,
+        filters,
+        share_group,
+        mqtt5_only: false,
+    })
+}
+
+/// The core's defaults of the options Python documents, by name.
+#[pyfunction]
+pub fn client_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let o = ClientOptions::default();
+    let c = &o.connection;
+    let defaults = PyDict::new(py);
+    defaults.set_item("protocol", PyString::new(py, protocol_name(c.protocol)))?;
+    defaults.set_item("qos", o.qos)?;
+    defaults.set_item("keepalive", c.keepalive.as_secs_f64())?;
+    defaults.set_item("max_packet_size", c.max_packet_size)?;
+    defaults.set_item("connect_timeout", c.connect_timeout.as_secs_f64())?;
+    defaults.set_item("max_reply_subscriptions", o.max_reply_subscriptions)?;
+    defaults.set_item("max_in_flight", o.max_in_flight)?;
+    defaults.set_item("reconnect_min_delay", o.reconnect_min_delay.as_secs_f64())?;
+    defaults.set_item("reconnect_max_delay", o.reconnect_max_delay.as_secs_f64())?;
+    defaults.set_item("fail_fast", o.fail_fast)?;
+    defaults.set_item("aws_topic_rules", o.aws_topic_rules)?;
+    defaults.set_item("cancel_on_abandon", o.cancel_on_abandon)?;
+    defaults.set_item("inbox_prefix", crate::client::DEFAULT_INBOX_PREFIX)?;
+    Ok(defaults)
+}
+
+fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::V311 => "3.1.1",
+        Protocol::V5 => "5",
+    }
+}
