@@ -11,7 +11,9 @@
 //!    refused subscription only after a refusal, "not queued" only after a refused
 //!    transmit, "id in use" only for a second call with a live id);
 //! 4. no bound exceeded: in-flight calls, reply subscriptions, waiting publishes; and no
-//!    call waits for a slot while one is free.
+//!    call waits for a slot while one is free;
+//! 5. a reconnect into a kept session subscribes no filter that session holds (failed
+//!    reconnect attempts included).
 //!
 //! A failure names its seed; `MQTT_RPC_SIM_SEED=<seed> cargo test simulation` replays it.
 //! `MQTT_RPC_SIM_SECONDS` sets how long the random part runs (default 5 s).
@@ -54,6 +56,7 @@ enum Later {
     SubAck {
         packet_id: u16,
         granted: bool,
+        filter: String,
     },
     Reply {
         topic: String,
@@ -81,6 +84,9 @@ struct World {
     outbox: VecDeque<Transmit>,
     /// Filters the broker holds for the client.
     subscribed: HashSet<String>,
+    /// Filters whose granted SUBACK the engine received (and has not unsubscribed): a
+    /// session the broker kept still holds them, so a reconnect must not subscribe them.
+    acked: HashSet<String>,
     next_packet_id: u16,
     later: BTreeMap<(Duration, u64), Later>,
     sequence: u64,
@@ -138,6 +144,7 @@ impl World {
             connected: false,
             outbox: VecDeque::new(),
             subscribed: HashSet::new(),
+            acked: HashSet::new(),
             next_packet_id: 1,
             later: BTreeMap::new(),
             sequence: 0,
@@ -194,6 +201,10 @@ impl World {
     fn settle(&mut self) {
         let now = self.instant();
         while let Some(transmit) = self.engine.poll_transmit() {
+            if let Transmit::Unsubscribe { filter } = &transmit {
+                // The engine no longer holds it, whether or not the broker hears of it.
+                self.acked.remove(filter);
+            }
             if self.faults && self.rng.gen_bool(0.02) {
                 self.refused_transmits = true;
                 self.engine.transmit_failed(transmit.into(), now);
@@ -360,12 +371,19 @@ impl World {
                 self.engine.on_subscribe_sent(packet_id);
                 let granted = !(self.faults && self.rng.gen_bool(0.03));
                 if granted {
-                    self.subscribed.insert(filter);
+                    self.subscribed.insert(filter.clone());
                 } else {
                     self.refused_filters = true;
                 }
                 let delay = self.rng.gen_range(0..50);
-                self.schedule(delay, Later::SubAck { packet_id, granted });
+                self.schedule(
+                    delay,
+                    Later::SubAck {
+                        packet_id,
+                        granted,
+                        filter,
+                    },
+                );
             }
             Transmit::Unsubscribe { filter } => {
                 self.subscribed.remove(&filter);
@@ -513,7 +531,16 @@ impl World {
         };
         let now = self.instant();
         match event {
-            Later::SubAck { packet_id, granted } => self.engine.on_suback(packet_id, granted, now),
+            Later::SubAck {
+                packet_id,
+                granted,
+                filter,
+            } => {
+                if granted {
+                    self.acked.insert(filter);
+                }
+                self.engine.on_suback(packet_id, granted, now)
+            }
             Later::Reply {
                 topic,
                 body,
@@ -534,6 +561,10 @@ impl World {
 
     fn disconnect(&mut self) {
         if !self.connected {
+            // A reconnect attempt that failed: the engine hears of the loss again.
+            assert!(self
+                .engine
+                .on_connection_lost(CallError::NotConnected("sim".into()), "sim"));
             return;
         }
         self.connected = false;
@@ -561,9 +592,23 @@ impl World {
         let session_present = self.rng.gen_bool(0.5);
         if !session_present {
             self.subscribed.clear();
+            self.acked.clear();
         }
         let now = self.instant();
         self.engine.on_connected(session_present, now);
+        while let Some(transmit) = self.engine.poll_transmit() {
+            match &transmit {
+                Transmit::Subscribe { filter, .. } => assert!(
+                    !self.acked.contains(filter),
+                    "{filter} subscribed again, though the kept session holds it"
+                ),
+                Transmit::Unsubscribe { filter } => {
+                    self.acked.remove(filter);
+                }
+                Transmit::Publish { .. } => {}
+            }
+            self.outbox.push_back(transmit);
+        }
     }
 
     fn step(&mut self) {
