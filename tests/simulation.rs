@@ -216,7 +216,6 @@ impl World {
             self.ended(waiter.0, outcome);
         }
         self.engine.take_events();
-        self.engine.take_latencies();
         self.engine.take_ready();
     }
 

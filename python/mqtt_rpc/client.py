@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import inspect
-import json
 import logging
 import os
 import weakref
@@ -274,9 +273,7 @@ class MqttRpcClient(_ClientState):
         (``?client_id=web-1&protocol=5&qos=1&timeout=5``). Keyword arguments win over the
         URL's. Raises ValueError naming an unknown scheme, a bad port or an unknown
         parameter, before any network activity."""
-        settings = config.parse_url(url, config.CLIENT_OPTIONS)
-        settings.update(options)
-        return cls(**settings)
+        return cls(**config.url_arguments(url, config.CLIENT_OPTIONS, options))
 
     def _new_core(self) -> _core.CoreClient:
         # Only what was chosen (by the caller, MQTT_RPC_URL or a preset) crosses into the
@@ -376,11 +373,15 @@ class MqttRpcClient(_ClientState):
             self._connecting = attempt
         await asyncio.shield(attempt)
 
-    async def _connect_once(self) -> None:
-        # The core connects once in its life: a client closed or refused gets a new one.
+    def _unused_core(self) -> _core.CoreClient:
+        # A core connects once in its life: a client closed or refused gets a new one.
         if self._core_used:
             self._core = self._new_core()
         self._core_used = True
+        return self._core
+
+    async def _connect_once(self) -> None:
+        self._unused_core()
         try:
             await self._core.connect(_get_running_loop())
             self._open = True

@@ -153,6 +153,13 @@ def parse_url(url: str, options: Mapping[str, Converter], tolerated: FrozenSet[s
     return settings
 
 
+def url_arguments(url: str, options: Mapping[str, Converter], overrides: Mapping[str, Any]) -> Dict[str, Any]:
+    """The constructor arguments of `from_url`: the URL's, with `overrides` winning."""
+    settings = parse_url(url, options)
+    settings.update(overrides)
+    return settings
+
+
 def from_environment(options: Mapping[str, Converter], tolerated: FrozenSet[str]) -> Dict[str, Any]:
     """The settings of `MQTT_RPC_URL`, or the default broker (localhost:1883) when unset."""
     url = os.environ.get(ENVIRONMENT_VARIABLE, "").strip()

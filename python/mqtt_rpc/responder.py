@@ -169,9 +169,7 @@ class Responder:
     def from_url(cls, url: str, **options: Any) -> "Responder":
         """A responder for the broker at ``url``, as `MqttRpcClient.from_url` (query
         parameters: the responder's own options); keyword arguments win over the URL's."""
-        settings = config.parse_url(url, config.RESPONDER_OPTIONS)
-        settings.update(options)
-        return cls(**settings)
+        return cls(**config.url_arguments(url, config.RESPONDER_OPTIONS, options))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._address} filters={self._filters!r}>"

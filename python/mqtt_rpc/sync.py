@@ -8,7 +8,8 @@ import threading
 from types import TracebackType
 from typing import Any, Dict, List, Optional, Type, TypeVar, overload
 
-from . import _core, typed
+from . import typed
+from ._core import CoreClient
 from .client import MqttRpcClient, Payload, _ClientState
 from .errors import NotConnectedError
 
@@ -42,12 +43,10 @@ class SyncMqttRpcClient(_ClientState):
         """As `MqttRpcClient.from_url`."""
         from . import config
 
-        settings = config.parse_url(url, config.CLIENT_OPTIONS)
-        settings.update(options)
-        return cls(**settings)
+        return cls(**config.url_arguments(url, config.CLIENT_OPTIONS, options))
 
     @property
-    def _core(self) -> _core.CoreClient:  # type: ignore[override]
+    def _core(self) -> CoreClient:  # type: ignore[override]
         return self._client._core
 
     def __repr__(self) -> str:
@@ -68,12 +67,8 @@ class SyncMqttRpcClient(_ClientState):
             if self._attempts != seen and self._last_failure is not None:
                 raise self._last_failure  # the attempt this thread waited for failed
             self._attempts += 1
-            client = self._client
-            if client._core_used:
-                client._core = client._new_core()
-            client._core_used = True
             try:
-                client._core.connect_blocking()
+                self._client._unused_core().connect_blocking()
             except BaseException as error:
                 self._last_failure = error
                 raise

@@ -167,7 +167,7 @@ impl<W: Waiter> Shared<W> {
     /// reported after the lock is released.
     pub(super) fn run<R>(&self, input: impl FnOnce(&mut Engine<W>, Instant) -> R) -> R {
         let now = Instant::now();
-        let (result, wakeups, events, ready, latencies, timer_changed, empty) = {
+        let (result, wakeups, events, ready, timer_changed, empty) = {
             let mut engine = self.engine();
             let result = input(&mut engine, now);
             while let Some(transmit) = engine.poll_transmit() {
@@ -180,14 +180,10 @@ impl<W: Waiter> Shared<W> {
                 engine.take_wakeups(),
                 engine.take_events(),
                 engine.take_ready(),
-                engine.take_latencies(),
                 engine.take_timer_changed(),
                 engine.pending() == 0,
             )
         };
-        for latency in latencies {
-            self.latency.record(latency);
-        }
         if timer_changed {
             self.timer_wake.notify_one();
         }

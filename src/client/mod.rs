@@ -95,8 +95,8 @@ struct Shared<W> {
     /// MQTT 5 with QoS 1: which call each PUBACK acknowledges. Locked after the engine,
     /// never before it.
     acks: Option<Mutex<AckLedger>>,
-    /// From `start` to the answer, for answered calls (results and remote errors).
-    latency: LatencyHistogram,
+    /// The engine's latency histogram, read here without the engine's lock.
+    latency: Arc<LatencyHistogram>,
     /// `connect()` was called: from then on calls are accepted (and queued while the
     /// connection is down), until `close()`.
     connect_started: AtomicBool,
@@ -177,12 +177,13 @@ impl<W: Waiter> RpcClient<W> {
             publishes_per_second: options.quotas.publishes_per_second,
             cancel_on_abandon: options.cancel_on_abandon,
         });
+        let latency = engine.latency().clone();
         let shared = Shared {
             acks,
             engine: Mutex::new(engine),
             options,
             outbox,
-            latency: LatencyHistogram::default(),
+            latency,
             connect_started: AtomicBool::new(false),
             connected: AtomicBool::new(false),
             broker_max_packet: AtomicUsize::new(usize::MAX),
@@ -358,11 +359,10 @@ impl<W: Waiter> RpcClient<W> {
                 }));
             }
         }
-        let inbox_topic = shared
-            .options
-            .inbox_prefix
-            .as_ref()
-            .map(|_| shared.engine().reply_topic(topic, &request_id));
+        let inbox_topic = shared.options.inbox_prefix.as_ref().map(|prefix| {
+            let client_id = &shared.options.connection.client_id;
+            engine::reply_topic(Some(prefix), client_id, topic, &request_id)
+        });
         let request = protocol::build_request(
             payload,
             &request_id,

@@ -355,18 +355,20 @@ impl LoopBridge {
         }
         let batch: Vec<Completion> = {
             let mut queued = lock(&self.queue.items);
-            let batch: Vec<Completion> = if queued.items.len() > MAX_BATCH {
+            if queued.items.len() > MAX_BATCH {
                 self.queue.wake();
-                queued.items.drain(..MAX_BATCH).collect()
+                let batch: Vec<Completion> = queued.items.drain(..MAX_BATCH).collect();
+                let interim = batch
+                    .iter()
+                    .filter(|c| matches!(c, Completion::Progress { .. } | Completion::Request(_)))
+                    .count();
+                queued.interim -= interim;
+                batch
             } else {
+                // The whole queue: no need to count what it held.
+                queued.interim = 0;
                 std::mem::take(&mut queued.items)
-            };
-            let interim = batch
-                .iter()
-                .filter(|c| matches!(c, Completion::Progress { .. } | Completion::Request(_)))
-                .count();
-            queued.interim -= interim;
-            batch
+            }
         };
         for completion in batch {
             deliver(py, completion);

@@ -3,7 +3,8 @@
 //! Inputs are method calls (a call started or forgotten, a reply, a SUBACK, a PUBACK, the
 //! connection up or down, time advanced to `now`); outputs wait in the engine until the
 //! driver takes them: packets to send (`poll_transmit`), callers to wake
-//! (`take_wakeups`), connection events, latencies to record. The driver executes each
+//! (`take_wakeups`), connection events. Answered calls' latencies go into a histogram the
+//! driver reads without the engine's lock (it only counts). The driver executes each
 //! transmit and reports one that could not be queued (`transmit_failed`), so a failed send
 //! is handled in one place and never re-enters the engine from inside itself: every chain
 //! of consequences (a call ends, its slot admits the next, which subscribes or publishes)
@@ -18,6 +19,7 @@ use super::stats::Stats;
 use super::{ConnectionEvent, Load, Waiter};
 use crate::acks::Sent;
 use crate::link::Protocol;
+use crate::metrics::LatencyHistogram;
 use crate::pending::{Admission, Call, Gather, PendingTable, RecentlyAnswered, Stage};
 use crate::protocol::{self, InputError};
 use crate::quota::{PublishQueue, Throttled};
@@ -25,7 +27,21 @@ use crate::subscriptions::{Need, ReplySubscriptions, Room};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+/// Where the answer to one call goes: the client's inbox (`{prefix}/{client_id}/{id}`), or
+/// the seed reply topic. Configuration alone decides it: callers need no engine for it.
+pub fn reply_topic(
+    inbox_prefix: Option<&str>,
+    client_id: &str,
+    request_topic: &str,
+    request_id: &str,
+) -> String {
+    match inbox_prefix {
+        Some(prefix) => format!("{prefix}/{client_id}/{request_id}"),
+        None => protocol::reply_topic(request_topic, request_id),
+    }
+}
 
 /// Notifications and cancellations that may wait for the publish-rate limit at once.
 pub const MAX_QUEUED_MESSAGES: usize = 1024;
@@ -116,7 +132,8 @@ pub struct Engine<W> {
     events: Vec<ConnectionEvent>,
     /// The outcome of the first connection (with its pinned filter), once known.
     ready: Option<Result<(), CallError>>,
-    latencies: Vec<Duration>,
+    /// From `start` to the answer, for answered calls (results and remote errors).
+    latency: Arc<LatencyHistogram>,
     /// A call now has the earliest deadline: the driver's timer must look again.
     timer_changed: bool,
 }
@@ -137,7 +154,7 @@ impl<W: Waiter> Engine<W> {
             wakeups: Vec::new(),
             events: Vec::new(),
             ready: None,
-            latencies: Vec::new(),
+            latency: Arc::default(),
             timer_changed: false,
             config,
         }
@@ -162,8 +179,9 @@ impl<W: Waiter> Engine<W> {
         self.ready.take()
     }
 
-    pub fn take_latencies(&mut self) -> Vec<Duration> {
-        std::mem::take(&mut self.latencies)
+    /// The latency histogram of answered calls; readable from any thread.
+    pub fn latency(&self) -> &Arc<LatencyHistogram> {
+        &self.latency
     }
 
     /// Whether the earliest deadline changed since the last look.
@@ -239,10 +257,8 @@ impl<W: Waiter> Engine<W> {
 
     /// Where the answer to one call goes: the client's inbox, or the seed reply topic.
     pub fn reply_topic(&self, request_topic: &str, request_id: &str) -> String {
-        match &self.config.inbox_prefix {
-            Some(prefix) => format!("{prefix}/{}/{request_id}", self.config.client_id),
-            None => protocol::reply_topic(request_topic, request_id),
-        }
+        let inbox = self.config.inbox_prefix.as_deref();
+        reply_topic(inbox, &self.config.client_id, request_topic, request_id)
     }
 
     // --- inputs: calls -------------------------------------------------------------------

@@ -221,8 +221,8 @@ impl<W: Waiter> Engine<W> {
             return;
         };
         self.recent.remember(id);
-        self.latencies
-            .push(now.saturating_duration_since(call.started));
+        self.latency
+            .record(now.saturating_duration_since(call.started));
         let outcome = match reply.into_outcome() {
             ReplyOutcome::Answer(body) => {
                 self.counts.calls_succeeded += 1;
