@@ -101,6 +101,8 @@ def test_the_documented_defaults_are_the_cores() -> None:
         assert client[name].default == value, name
         if name in responder:
             assert responder[name].default == value, name
+    for name, value in _core.responder_defaults().items():
+        assert responder[name].default == value, name
 
 
 def test_an_unknown_option_is_refused_by_name() -> None:

@@ -3,12 +3,15 @@
 import asyncio
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union, final
 
-__all__ = ["CoreClient", "LoopBridge", "CoreResponder", "ReplyHandle", "client_defaults", "__version__"]
+__all__ = ["CoreClient", "LoopBridge", "CoreResponder", "ReplyHandle", "client_defaults", "responder_defaults", "__version__"]
 
 __version__: str
 
 def client_defaults() -> Dict[str, Any]:
     """The core's defaults of the options `MqttRpcClient` documents, by name."""
+
+def responder_defaults() -> Dict[str, Any]:
+    """The core's defaults of the options only `Responder` takes, by name."""
 
 @final
 class CoreClient:
@@ -109,28 +112,38 @@ class LoopBridge:
 
 @final
 class ReplyHandle:
-    """Where one request's answer goes (internal to `mqtt_rpc.Responder`)."""
+    """The one answer a request owes (internal to `mqtt_rpc.Responder`): the first of
+    `send_result`, `send_error` or `abandon` ends it, later ones do nothing."""
 
+    @property
+    def number(self) -> int:
+        """The run's number, which a cancellation names."""
     def send_result(self, result_json: str) -> None:
         """Answers with `{"request_id", "result": ...}`."""
     def send_progress(self, progress_json: str) -> None:
         """Sends `{"request_id", "progress": ...}` before the answer."""
     def send_error(self, code: int, message: str, data_json: Optional[str] = None) -> None:
         """Answers with `{"request_id", "error": {"code", "message", "data"}}`."""
+    def abandon(self) -> None:
+        """Ends the run without an answer (its handler was cancelled)."""
 
 @final
 class CoreResponder:
     """The Rust responder behind `mqtt_rpc.Responder`."""
 
     def __new__(cls, options: Dict[str, Any], filters: List[str]) -> "CoreResponder":
-        """``options`` by name, as for `CoreClient` (and ``share_group``)."""
+        """``options`` by name, as for `CoreClient` (and ``share_group``,
+        ``max_concurrency``, ``max_queued``, ``reply_cache_size``, ``reply_cache_ttl``)."""
     def serve(
         self,
         event_loop: asyncio.AbstractEventLoop,
-        on_request: Callable[[int, str, Dict[str, Any], Optional[ReplyHandle]], None],
+        on_request: Callable[[int, str, Dict[str, Any], ReplyHandle], None],
+        on_cancel: Callable[[int], None],
         on_ready: Callable[[], None],
     ) -> "asyncio.Future[None]":
-        """Serves on the loop until `close`; fails if the first connection does."""
+        """Serves on the loop until `close`: `on_request` for each request to run,
+        `on_cancel(number)` when its caller gives up on the run with that number; fails if
+        the first connection does."""
     def close(self, flush_timeout: float) -> None:
         """Disconnects once the answers already queued are written (or after
         ``flush_timeout`` seconds); the `serve` future then resolves."""

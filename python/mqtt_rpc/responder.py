@@ -1,7 +1,9 @@
 """`Responder`: the device side. Register handlers for request topic filters; each request
 runs its handler on the asyncio loop (plain functions in a worker thread), and the handler's
 result, or the error it raised, is published where the caller waits for it. The Rust core
-does the MQTT work: subscriptions, routing answers, reconnects."""
+does the MQTT work (subscriptions, routing answers, reconnects) and decides what a request
+becomes (a run, a repeat answered from its answers, "overloaded", a cancellation), as it
+does for a device written in Rust."""
 
 from __future__ import annotations
 
@@ -10,8 +12,6 @@ import inspect
 import json
 import logging
 import os
-import time
-from collections import OrderedDict
 from types import TracebackType
 from typing import Any, Awaitable, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, Type, Union
 
@@ -30,8 +30,6 @@ INTERNAL_ERROR = -32603
 OVERLOADED = -32000
 #: How long `close()` waits for the answers already given to be written.
 _FLUSH_TIMEOUT = 5.0
-#: Repeats of one request that wait for its running handler's answer, at most.
-MAX_REPEATS_WAITING = 16
 #: Options of `MQTT_RPC_URL` that only a client takes: a responder passes over them.
 _CLIENT_ONLY = frozenset(config.CLIENT_OPTIONS) - frozenset(config.RESPONDER_OPTIONS)
 
@@ -117,8 +115,8 @@ class Responder:
         arguments.update(host=host, port=port)
         settings, self._chosen = config.resolve(self._given, arguments, config.RESPONDER_OPTIONS, _CLIENT_ONLY)
         max_concurrency, max_queued = settings["max_concurrency"], settings["max_queued"]
-        if max_concurrency < 1 or max_queued < 0:
-            raise ValueError("max_concurrency must be at least 1 and max_queued not negative")
+        if max_concurrency < 1 or max_queued < 0 or settings["reply_cache_size"] < 0:
+            raise ValueError("max_concurrency must be at least 1, max_queued and reply_cache_size not negative")
         if not (isinstance(settings["port"], int) and 0 < settings["port"] < 65536):
             raise ValueError(f"port must be a TCP port number (1-65535), not {settings['port']!r}")
         ca_certs, certfile, keyfile = settings["ca_certs"], settings["certfile"], settings["keyfile"]
@@ -142,28 +140,18 @@ class Responder:
         self._address = config.display_url(
             self._options["host"], self._options["port"], self._options["tls"], self._options["username"]
         )
-        reply_cache_size, reply_cache_ttl = settings["reply_cache_size"], settings["reply_cache_ttl"]
+        for name in ("max_concurrency", "max_queued", "reply_cache_size", "reply_cache_ttl"):
+            self._options[name] = settings[name]
         self._filters: List[str] = []
         self._handlers: List[Handler] = []
         self._max_concurrency = max_concurrency
-        self._max_queued = max_queued
         self._core: Optional[_core.CoreResponder] = None
         self._serving: Optional["asyncio.Future[None]"] = None
         self._ready: Optional[asyncio.Event] = None
         self._turns: Optional[asyncio.Semaphore] = None
-        # Requests taken and not yet given a handler slot, and handlers holding one.
-        self._waiting = 0
-        self._busy = 0
         self._tasks: Set["asyncio.Task[None]"] = set()
-        self._cache_size = max(0, reply_cache_size)
-        self._cache_ttl = reply_cache_ttl
-        self._answers: "OrderedDict[str, Tuple[float, Answer]]" = OrderedDict()
-        self._running: Dict[str, List[Optional[_core.ReplyHandle]]] = {}
-        self._handler_tasks: Dict[str, "asyncio.Task[None]"] = {}
-        self._repeats = 0
-        self._cancelled = 0
-        self._overloaded = 0
-        self._repeats_dropped = 0
+        # Handler tasks by run number, for cancellations.
+        self._runs: Dict[int, "asyncio.Task[None]"] = {}
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> "Responder":
@@ -203,7 +191,7 @@ class Responder:
         loop = asyncio.get_running_loop()
         self._ready = asyncio.Event()
         self._turns = asyncio.Semaphore(self._max_concurrency)
-        self._serving = self._core.serve(loop, self._on_request, self._ready.set)
+        self._serving = self._core.serve(loop, self._on_request, self._on_cancel, self._ready.set)
         ready: "asyncio.Future[Any]" = asyncio.ensure_future(self._ready.wait())
         serving: "asyncio.Future[Any]" = self._serving
         await asyncio.wait({ready, serving}, return_when=asyncio.FIRST_COMPLETED)
@@ -251,107 +239,40 @@ class Responder:
         await self.close()
 
     def stats(self) -> Dict[str, int]:
-        """Requests and notifications received, malformed ones dropped, answers sent."""
+        """Requests and notifications received, malformed ones dropped, repeats answered
+        without a second run, requests refused as overloaded, answers sent."""
         if self._core is None:
             return {}
-        return {
-            **self._core.stats(),
-            "handlers_running_or_waiting": len(self._tasks),
-            "repeats_answered_from_cache": self._repeats,
-            "handlers_cancelled": self._cancelled,
-            "requests_overloaded": self._overloaded,
-            "repeats_dropped": self._repeats_dropped,
-        }
+        return {**self._core.stats(), "handlers_running_or_waiting": len(self._tasks)}
 
-    def _on_request(self, index: int, topic: str, body: Dict[str, Any], reply: Optional[_core.ReplyHandle]) -> None:
-        if body.get("cancel") is True:
-            # The caller gave up on this request: stop its handler; nobody waits for an answer.
-            handler_task = self._handler_tasks.get(str(body.get("request_id")))
-            if handler_task is not None:
-                self._cancelled += 1
-                handler_task.cancel()
-            return
-        request_id = body.get("request_id") if reply is not None and self._cache_size else None
-        if isinstance(request_id, str) and reply is not None:
-            cached = self._answers.get(request_id)
-            if cached is not None and cached[0] > time.monotonic():
-                # A repeat of an answered request (a retry): the same answer, no second run.
-                self._repeats += 1
-                _send(reply, cached[1])
-                return
-            running = self._running.get(request_id)
-            if running is not None:
-                # A repeat while the first copy runs: it gets that run's answer (a bounded
-                # number of repeats do; a flood of them is dropped and counted).
-                if len(running) < MAX_REPEATS_WAITING:
-                    self._repeats += 1
-                    running.append(reply)
-                else:
-                    self._repeats_dropped += 1
-                return
-            self._running[request_id] = []
-        else:
-            request_id = None
-        # Counted from the moment a request is taken, not from when its task first runs:
-        # requests arrive in batches of up to a thousand per loop turn, and a whole batch
-        # would pass a check that only counts tasks already running.
-        if self._waiting >= self._max_queued + self._max_concurrency - self._busy:
-            self._overloaded += 1
-            if request_id is not None:
-                self._running.pop(request_id, None)
-            if reply is not None:
-                reply.send_error(OVERLOADED, "the responder is overloaded: try again later")
-            return
-        turn = _Turn()
-        self._waiting += 1
-        task = asyncio.ensure_future(self._run(self._handlers[index], body, reply, request_id, turn))
+    def _on_request(self, index: int, topic: str, body: Dict[str, Any], reply: _core.ReplyHandle) -> None:
+        # The core admitted it: a run within max_concurrency + max_queued, not a repeat.
+        task = asyncio.ensure_future(self._run(self._handlers[index], body, reply))
+        number = reply.number
         self._tasks.add(task)
+        self._runs[number] = task
         task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(lambda _: self._leave_queue(turn))
-        handler_id = body.get("request_id")
-        if isinstance(handler_id, str):
-            self._handler_tasks[handler_id] = task
-            task.add_done_callback(lambda _: self._handler_tasks.pop(handler_id, None))
+        task.add_done_callback(lambda _: self._runs.pop(number, None))
+        # A task cancelled before it first ran never reached its own ending: end the run
+        # here (after an answer this does nothing).
+        task.add_done_callback(lambda _: reply.abandon())
 
-    def _leave_queue(self, turn: "_Turn") -> None:
-        # Once per request: when it gets its turn, or when it ends without one (cancelled).
-        if turn.queued:
-            turn.queued = False
-            self._waiting -= 1
+    def _on_cancel(self, number: int) -> None:
+        # The caller gave up on this run: stop its handler; nobody waits for an answer.
+        task = self._runs.get(number)
+        if task is not None:
+            task.cancel()
 
-    async def _run(
-        self,
-        handler: Handler,
-        request: Dict[str, Any],
-        reply: Optional[_core.ReplyHandle],
-        request_id: Optional[str],
-        turn: "_Turn",
-    ) -> None:
-        try:
-            answer = await self._answer(handler, request, reply, turn)
-        finally:
-            # Cancelled or not, this run is over: repeats waiting for it go with it.
-            repeats = self._running.pop(request_id, []) if request_id is not None else []
-        if request_id is not None:
-            self._remember(request_id, answer)
-        for handle in [reply, *repeats]:
-            if handle is not None:
-                _send(handle, answer)
+    async def _run(self, handler: Handler, request: Dict[str, Any], reply: _core.ReplyHandle) -> None:
+        answer = await self._answer(handler, request, reply)
+        if answer[0] == "result":
+            reply.send_result(answer[1])
+        else:
+            reply.send_error(answer[1], answer[2], answer[3])
 
-    def _remember(self, request_id: str, answer: "Answer") -> None:
-        self._answers[request_id] = (time.monotonic() + self._cache_ttl, answer)
-        self._answers.move_to_end(request_id)
-        while len(self._answers) > self._cache_size:
-            self._answers.popitem(last=False)
-
-    async def _answer(
-        self, handler: Handler, request: Dict[str, Any], reply: Optional[_core.ReplyHandle], turn: "_Turn"
-    ) -> "Answer":
+    async def _answer(self, handler: Handler, request: Dict[str, Any], reply: _core.ReplyHandle) -> "Answer":
         assert self._turns is not None
-        await self._turns.acquire()
-        self._leave_queue(turn)
-        self._busy += 1
-        try:
+        async with self._turns:
             arguments: Tuple[Any, ...] = (request,)
             if _takes_report(handler):
                 arguments = (request, _reporter(reply))
@@ -363,26 +284,14 @@ class Responder:
                     result = await asyncio.get_running_loop().run_in_executor(None, handler, *arguments)
                     if inspect.isawaitable(result):
                         result = await result
-            finally:
-                self._busy -= 1
-                self._turns.release()
-            return ("result", json.dumps(result))
-        except RpcHandlerError as error:
-            data = None if error.data is None else json.dumps(error.data, default=str)
-            return ("error", error.code, error.message, data)
-        except Exception as error:  # the handler's failure becomes the caller's RemoteError
-            # A bug in the application: logged with its traceback, not hidden at DEBUG.
-            logger.error("handler for request %s failed", request.get("request_id"), exc_info=True)
-            return ("error", INTERNAL_ERROR, f"{type(error).__name__}: {error}", None)
-
-
-class _Turn:
-    """One request's place in the wait for a handler slot."""
-
-    __slots__ = ("queued",)
-
-    def __init__(self) -> None:
-        self.queued = True
+                return ("result", json.dumps(result))
+            except RpcHandlerError as error:
+                data = None if error.data is None else json.dumps(error.data, default=str)
+                return ("error", error.code, error.message, data)
+            except Exception as error:  # the handler's failure becomes the caller's RemoteError
+                # A bug in the application: logged with its traceback, not hidden at DEBUG.
+                logger.error("handler for request %s failed", request.get("request_id"), exc_info=True)
+                return ("error", INTERNAL_ERROR, f"{type(error).__name__}: {error}", None)
 
 
 #: A handler's outcome, ready to send: ("result", json) or ("error", code, message, data json).
@@ -400,16 +309,8 @@ def _takes_report(handler: Handler) -> bool:
     return len(required) >= 2
 
 
-def _reporter(reply: Optional[_core.ReplyHandle]) -> Callable[[Any], None]:
+def _reporter(reply: _core.ReplyHandle) -> Callable[[Any], None]:
     def report(progress: Any) -> None:
-        if reply is not None:
-            reply.send_progress(json.dumps(progress, default=str))
+        reply.send_progress(json.dumps(progress, default=str))
 
     return report
-
-
-def _send(reply: _core.ReplyHandle, answer: Answer) -> None:
-    if answer[0] == "result":
-        reply.send_result(answer[1])
-    else:
-        reply.send_error(answer[1], answer[2], answer[3])

@@ -15,6 +15,11 @@
 //!   `ignore_first`: stay silent the first time a request_id is seen, answer its repeat
 //!                   (the answer's result then carries `seen`, the times it arrived)
 //!
+//! It behaves as any device built on the library's `Responder`: a repeated request (same
+//! `request_id`) gets the first run's answer without running again, a `cancel` message
+//! stops a delayed answer, and past its limits it answers "overloaded" (the answers it
+//! holds, delayed ones included, count against `--max-concurrency` + `--max-queued`).
+//!
 //! With `--mqtt5-only` it behaves like a plain MQTT 5 device: it answers only requests
 //! that carry a Response Topic, echoes their Correlation Data, and ignores `request_id`.
 //!
@@ -32,17 +37,21 @@
 use mqtt_rpc::link::{ConnectionOptions, Protocol};
 use mqtt_rpc::protocol::{self, RemoteError};
 use mqtt_rpc::responder::{
-    progress_body, reply_body, IncomingRequest, Replier, ReplyRoute, Responder, ResponderOptions,
+    reply_body, Incoming, IncomingRequest, PendingAnswer, Replier, ReplyRoute, RequestLimits,
+    Responder, ResponderOptions,
 };
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::future::Future;
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
 const USAGE: &str = "usage: mqtt-rpc-responder [--host H] [--port P] [--protocol 3.1.1|5] \
 [--qos 0|1] [--client-id ID] [--session-expiry SECONDS] [--username U --password P] \
-[--share-group NAME] [--mqtt5-only] FILTER...";
+[--share-group NAME] [--mqtt5-only] [--max-concurrency N] [--max-queued N] FILTER...";
 
 struct Args {
     host: String,
@@ -55,6 +64,7 @@ struct Args {
     username: Option<String>,
     password: Option<String>,
     share_group: Option<String>,
+    limits: RequestLimits,
     filters: Vec<String>,
 }
 
@@ -70,6 +80,7 @@ fn parse_args() -> Result<Args, String> {
         username: None,
         password: None,
         share_group: None,
+        limits: RequestLimits::default(),
         filters: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -101,6 +112,16 @@ fn parse_args() -> Result<Args, String> {
             "--password" => args.password = Some(value("--password")?),
             "--share-group" => args.share_group = Some(value("--share-group")?),
             "--mqtt5-only" => args.mqtt5_only = true,
+            "--max-concurrency" => {
+                args.limits.max_concurrency = value("--max-concurrency")?
+                    .parse()
+                    .map_err(|e| format!("--max-concurrency: {e}"))?
+            }
+            "--max-queued" => {
+                args.limits.max_queued = value("--max-queued")?
+                    .parse()
+                    .map_err(|e| format!("--max-queued: {e}"))?
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             filter if !filter.starts_with("--") => {
                 protocol::validate_filter(filter).map_err(|e| e.to_string())?;
@@ -150,11 +171,15 @@ fn answer(
 
 fn send(replier: &Replier, route: &ReplyRoute, body: Vec<u8>) {
     if replier.send(route, body).is_err() {
-        eprintln!(
-            "mqtt-rpc-responder: reply to {} dropped: queue full",
-            route.topic
-        );
+        report_unsent(route);
     }
+}
+
+fn report_unsent(route: &ReplyRoute) {
+    eprintln!(
+        "mqtt-rpc-responder: reply to {} dropped: queue full",
+        route.topic
+    );
 }
 
 /// How many times each request id was seen, for `ignore_first` (bounded: a test tool that
@@ -175,27 +200,71 @@ impl SeenIds {
     }
 }
 
-fn handle(args: &Args, replier: &Replier, seen_ids: &mut SeenIds, incoming: IncomingRequest) {
+/// An answer waiting for its delay, taken by whichever comes first: the delay's end or a
+/// cancellation.
+type Waiting = Arc<Mutex<Option<PendingAnswer>>>;
+
+/// Delayed answers under way, by run number, so that a cancellation stops its run (bounded:
+/// finished ones are let go as new ones start, and the ledger holds only so many runs).
+#[derive(Default)]
+struct Delayed {
+    runs: HashMap<u64, (tokio::task::AbortHandle, Waiting)>,
+}
+
+impl Delayed {
+    fn start(
+        &mut self,
+        number: u64,
+        waiting: Waiting,
+        run: impl Future<Output = ()> + Send + 'static,
+    ) {
+        if self.runs.len() >= 1_024 {
+            self.runs.retain(|_, (run, _)| !run.is_finished());
+        }
+        self.runs
+            .insert(number, (tokio::spawn(run).abort_handle(), waiting));
+    }
+
+    /// Stops a run and ends it unanswered at once, so that its place is free for the very
+    /// next request (an aborted task is dropped later).
+    fn cancel(&mut self, number: u64) {
+        if let Some((run, waiting)) = self.runs.remove(&number) {
+            run.abort();
+            if let Some(pending) = take(&waiting) {
+                pending.abandon();
+            }
+        }
+    }
+}
+
+fn take(waiting: &Waiting) -> Option<PendingAnswer> {
+    waiting
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take()
+}
+
+fn handle(args: &Args, seen_ids: &mut SeenIds, delayed: &mut Delayed, incoming: Incoming) {
+    let request = match incoming {
+        Incoming::Request(request) => request,
+        Incoming::Cancel(number) => return delayed.cancel(number),
+    };
     let IncomingRequest {
         topic,
         body: request,
         payload,
-        route,
+        answer: pending,
         ..
-    } = incoming;
-    let Some(route) = route else {
+    } = *request;
+    let Some(route) = pending.route().cloned() else {
         // No request id and no reply topic: a one-way notification. Say so, answer nothing.
         println!("NOTIFICATION {topic} {}", String::from_utf8_lossy(&payload));
         let _ = std::io::stdout().flush();
-        return;
+        return pending.abandon();
     };
-    if protocol::is_cancellation(&request) {
-        // This test device finishes nothing late enough to stop: a cancellation is not a request.
-        return;
-    }
     let steer = request.get("_responder").cloned().unwrap_or(Value::Null);
     if steer.get("silent").and_then(Value::as_bool) == Some(true) {
-        return;
+        return pending.abandon();
     }
     let seen = match (
         steer.get("ignore_first").and_then(Value::as_bool),
@@ -205,9 +274,9 @@ fn handle(args: &Args, replier: &Replier, seen_ids: &mut SeenIds, incoming: Inco
         _ => None,
     };
     if seen == Some(1) {
-        return;
+        return pending.abandon();
     }
-    let body = reply_body(&route, answer(args, &topic, &request, seen));
+    let outcome = answer(args, &topic, &request, seen);
     let twice = steer.get("twice").and_then(Value::as_bool) == Some(true);
     let garbage_first = steer.get("garbage_first").and_then(Value::as_bool) == Some(true);
     let delay = steer.get("delay_ms").and_then(Value::as_u64).unwrap_or(0);
@@ -215,10 +284,13 @@ fn handle(args: &Args, replier: &Replier, seen_ids: &mut SeenIds, incoming: Inco
         .get("progress_steps")
         .and_then(Value::as_u64)
         .unwrap_or(0);
-    let replier = replier.clone();
-    let reply = move || {
+    let number = pending.number();
+    let reply = move |pending: PendingAnswer| {
+        let replier = pending.replier().clone();
         for step in 1..=progress_steps {
-            send(&replier, &route, progress_body(&route, Value::from(step)));
+            if pending.progress(Value::from(step)).is_err() {
+                report_unsent(&route);
+            }
         }
         if garbage_first {
             let other_id = json!({ "request_id": protocol::new_request_id(), "result": {} });
@@ -230,17 +302,23 @@ fn handle(args: &Args, replier: &Replier, seen_ids: &mut SeenIds, incoming: Inco
                 send(&replier, &route, junk);
             }
         }
-        send(&replier, &route, body.clone());
-        if twice {
-            send(&replier, &route, body);
+        let copy = twice.then(|| reply_body(&route, outcome.clone()));
+        if pending.answer(outcome).is_err() {
+            report_unsent(&route);
+        }
+        if let Some(copy) = copy {
+            send(&replier, &route, copy);
         }
     };
     if delay == 0 {
-        reply();
+        reply(pending);
     } else {
-        tokio::spawn(async move {
+        let waiting: Waiting = Arc::new(Mutex::new(Some(pending)));
+        delayed.start(number, waiting.clone(), async move {
             tokio::time::sleep(Duration::from_millis(delay)).await;
-            reply();
+            if let Some(pending) = take(&waiting) {
+                reply(pending);
+            }
         });
     }
 }
@@ -272,6 +350,7 @@ async fn main() -> ExitCode {
         filters: args.filters.clone(),
         share_group: args.share_group.clone(),
         mqtt5_only: args.mqtt5_only,
+        limits: args.limits.clone(),
     };
     let responder = match Responder::new(options) {
         Ok(responder) => responder,
@@ -280,13 +359,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let replier = responder.replier();
     let mut seen_ids = SeenIds::default();
+    let mut delayed = Delayed::default();
     // Runs until the process is stopped.
     let (_stop, stop_requested) = watch::channel(false);
     let served = responder
         .serve(
-            |request| handle(&args, &replier, &mut seen_ids, request),
+            |incoming| handle(&args, &mut seen_ids, &mut delayed, incoming),
             || {
                 println!("READY");
                 let _ = std::io::stdout().flush();

@@ -1,15 +1,15 @@
 //! The one options object across the boundary: `MqttRpcClient` and `Responder` pass a dict
 //! of the options their caller chose (by name), and this module reads it into the core's
 //! option structs, whose `Default`s are the only defaults; each value is checked here with
-//! an error that names it. `client_defaults()` shows those defaults to Python, whose
-//! documented signatures are tested against them.
+//! an error that names it. `client_defaults()` and `responder_defaults()` show those
+//! defaults to Python, whose documented signatures are tested against them.
 
 use super::arguments::{parse_protocol, seconds};
 use super::errors::value_error;
 use crate::client::ClientOptions;
 use crate::link::{self, ConnectionOptions, Protocol};
 use crate::quota::Quotas;
-use crate::responder::ResponderOptions;
+use crate::responder::{RequestLimits, ResponderOptions};
 use crate::tls::TlsOptions;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
@@ -182,13 +182,34 @@ pub fn responder_options(
     let connection = connection_options(&mut reader)?;
     let qos = check_qos(reader.take::<u8>("qos")?.unwrap_or(0))?;
     let share_group = reader.take("share_group")?;
+    let mut limits = RequestLimits::default();
+    for (name, limit) in [
+        ("max_concurrency", &mut limits.max_concurrency),
+        ("max_queued", &mut limits.max_queued),
+        ("reply_cache_size", &mut limits.reply_cache_size),
+    ] {
+        if let Some(value) = reader.take::<usize>(name)? {
+            *limit = value;
+        }
+    }
+    if let Some(ttl) = reader.take::<f64>("reply_cache_ttl")? {
+        // A ttl of zero (or less) turns the cache off, as a size of zero does.
+        limits.reply_cache_ttl = match ttl > 0.0 {
+            true => seconds("reply_cache_ttl", ttl)?,
+            false => Duration::ZERO,
+        };
+    }
     reader.finish()?;
+    if limits.max_concurrency == 0 {
+        return Err(value_error("max_concurrency must be at least 1"));
+    }
     Ok(ResponderOptions {
         connection,
         qos,
         filters,
         share_group,
         mqtt5_only: false,
+        limits,
     })
 }
 
@@ -211,6 +232,18 @@ pub fn client_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     defaults.set_item("aws_topic_rules", o.aws_topic_rules)?;
     defaults.set_item("cancel_on_abandon", o.cancel_on_abandon)?;
     defaults.set_item("inbox_prefix", crate::client::DEFAULT_INBOX_PREFIX)?;
+    Ok(defaults)
+}
+
+/// The core's defaults of the options only `Responder` takes, by name.
+#[pyfunction]
+pub fn responder_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let limits = RequestLimits::default();
+    let defaults = PyDict::new(py);
+    defaults.set_item("max_concurrency", limits.max_concurrency)?;
+    defaults.set_item("max_queued", limits.max_queued)?;
+    defaults.set_item("reply_cache_size", limits.reply_cache_size)?;
+    defaults.set_item("reply_cache_ttl", limits.reply_cache_ttl.as_secs_f64())?;
     Ok(defaults)
 }
 

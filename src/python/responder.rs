@@ -11,7 +11,7 @@ use crate::client::CallError;
 use crate::link::LinkErrorKind;
 use crate::protocol::RemoteError;
 use crate::responder::{
-    progress_body, Replier, ReplyRoute, Responder, ResponderCounters, OVERLOADED,
+    Incoming, IncomingRequest, Outcome, PendingAnswer, Replier, Responder, ResponderCounters,
 };
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -30,15 +30,22 @@ pub struct CoreResponder {
     bridge: Mutex<Option<Py<LoopBridge>>>,
 }
 
-/// Where one request's answer goes; `send_result` or `send_error` publishes it.
+/// The one answer a request owes: `send_result`, `send_error` or `abandon` ends it (later
+/// calls do nothing); a handle let go unanswered ends it as `abandon` does.
 #[pyclass(frozen, module = "mqtt_rpc._core")]
 pub struct ReplyHandle {
-    replier: Replier,
-    route: ReplyRoute,
+    number: u64,
+    pending: Mutex<Option<PendingAnswer>>,
 }
 
 #[pymethods]
 impl ReplyHandle {
+    /// The run's number, which a cancellation names.
+    #[getter]
+    fn number(&self) -> u64 {
+        self.number
+    }
+
     /// Answers with `{"request_id", "result": <result_json>}`.
     fn send_result(&self, result_json: &str) -> PyResult<()> {
         let result: serde_json::Value = serde_json::from_str(result_json)
@@ -50,13 +57,13 @@ impl ReplyHandle {
     fn send_progress(&self, progress_json: &str) -> PyResult<()> {
         let progress: serde_json::Value = serde_json::from_str(progress_json)
             .map_err(|e| value_error(format!("the progress is not JSON: {e}")))?;
-        self.replier
-            .send(&self.route, progress_body(&self.route, progress))
-            .map_err(|_| {
-                PyRuntimeError::new_err(
-                    "the progress could not be queued: the connection is closed",
-                )
-            })
+        let pending = self.pending()?;
+        let Some(pending) = pending.as_ref() else {
+            return Ok(());
+        };
+        pending.progress(progress).map_err(|_| {
+            PyRuntimeError::new_err("the progress could not be queued: the connection is closed")
+        })
     }
 
     /// Answers with `{"request_id", "error": {"code", "message", "data"}}`.
@@ -73,56 +80,81 @@ impl ReplyHandle {
             data,
         }))
     }
+
+    /// Ends the run without an answer (its handler was cancelled).
+    fn abandon(&self) -> PyResult<()> {
+        if let Some(pending) = self.pending()?.take() {
+            pending.abandon();
+        }
+        Ok(())
+    }
 }
 
 impl ReplyHandle {
-    fn send(&self, outcome: Result<serde_json::Value, RemoteError>) -> PyResult<()> {
-        self.replier.answer(&self.route, outcome).map_err(|_| {
+    fn pending(&self) -> PyResult<std::sync::MutexGuard<'_, Option<PendingAnswer>>> {
+        self.pending
+            .lock()
+            .map_err(|_| PyRuntimeError::new_err("poisoned"))
+    }
+
+    fn send(&self, outcome: Outcome) -> PyResult<()> {
+        let Some(pending) = self.pending()?.take() else {
+            return Ok(());
+        };
+        pending.answer(outcome).map_err(|_| {
             PyRuntimeError::new_err("the answer could not be queued: the connection is closed")
         })
     }
 }
 
-/// A Python request handed to the loop: the dispatcher and what it is called with.
+/// A request handed to the loop: the dispatcher and what it is called with.
 struct PyRequest {
-    pub dispatcher: Arc<Py<PyAny>>,
-    pub request: crate::responder::IncomingRequest,
-    pub replier: Replier,
+    dispatcher: Arc<Py<PyAny>>,
+    request: Box<IncomingRequest>,
 }
 
 impl QueuedRequest for PyRequest {
-    /// Answers "overloaded" (the code the Python responder uses past `max_queued`) without
-    /// running a handler, and counts it.
+    /// Answers "overloaded" without running a handler, and counts it.
     fn refuse(self: Box<Self>) {
-        let counters = self.replier.counters();
+        let counters = self.request.answer.replier().counters();
         counters.dropped_overloaded.fetch_add(1, Ordering::Relaxed);
-        if let Some(route) = &self.request.route {
-            let error = RemoteError {
-                code: OVERLOADED,
-                message: "the responder is overloaded: try again later".into(),
-                data: serde_json::Value::Null,
-            };
-            let _ = self.replier.answer(route, Err(error));
-        }
+        self.request.answer.refuse();
     }
 
-    /// Calls `dispatcher(filter_index, topic, body, reply_handle_or_None)` on the loop.
+    /// Calls `dispatcher(filter_index, topic, body, reply_handle)` on the loop.
     fn deliver(self: Box<Self>, py: Python<'_>) -> PyResult<()> {
-        let body = super::convert::object_to_py(py, &self.request.body)?;
-        let handle = match self.request.route {
-            Some(route) => Some(Py::new(
-                py,
-                ReplyHandle {
-                    replier: self.replier,
-                    route,
-                },
-            )?),
-            None => None,
-        };
-        self.dispatcher.call1(
+        let request = self.request;
+        let body = super::convert::object_to_py(py, &request.body)?;
+        let handle = Py::new(
             py,
-            (self.request.filter_index, self.request.topic, body, handle),
+            ReplyHandle {
+                number: request.answer.number(),
+                pending: Mutex::new(Some(request.answer)),
+            },
         )?;
+        self.dispatcher
+            .call1(py, (request.filter_index, request.topic, body, handle))?;
+        Ok(())
+    }
+}
+
+/// A cancellation handed to the loop: `dispatcher(number)`.
+struct PyCancel {
+    dispatcher: Arc<Py<PyAny>>,
+    number: u64,
+    counters: Arc<ResponderCounters>,
+}
+
+impl QueuedRequest for PyCancel {
+    /// The loop is too far behind to take it: the run goes on, and its answer is sent.
+    fn refuse(self: Box<Self>) {
+        self.counters
+            .dropped_overloaded
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn deliver(self: Box<Self>, py: Python<'_>) -> PyResult<()> {
+        self.dispatcher.call1(py, (self.number,))?;
         Ok(())
     }
 }
@@ -145,13 +177,15 @@ impl CoreResponder {
     }
 
     /// Serves on `event_loop`: `on_request(filter_index, topic, body, reply_handle)` for each
-    /// request (`reply_handle` is None for a notification), `on_ready()` each time the
-    /// filters are subscribed. The returned future resolves when serving stops (`close`),
-    /// or fails if the first connection does.
+    /// request to run (a notification's handle answers nowhere), `on_cancel(number)` when a
+    /// caller gives up on the run with that `reply_handle.number`, `on_ready()` each time
+    /// the filters are subscribed. The returned future resolves when serving stops
+    /// (`close`), or fails if the first connection does.
     fn serve(
         &self,
         event_loop: &Bound<'_, PyAny>,
         on_request: Py<PyAny>,
+        on_cancel: Py<PyAny>,
         on_ready: Py<PyAny>,
     ) -> PyResult<Py<PyAny>> {
         let py = event_loop.py();
@@ -172,23 +206,32 @@ impl CoreResponder {
             .lock()
             .map_err(|_| PyRuntimeError::new_err("poisoned"))? = Some(bridge);
         let done = future.clone_ref(py);
-        let (on_request, on_ready) = (Arc::new(on_request), Arc::new(on_ready));
-        let replier = self.replier.clone();
+        let (on_request, on_cancel) = (Arc::new(on_request), Arc::new(on_cancel));
+        let on_ready = Arc::new(on_ready);
+        let counters = self.counters.clone();
         let stop = self.stop.subscribe();
         runtime.spawn(async move {
             let requests = queue.clone();
             let ready = queue.clone();
             let served = responder
                 .serve(
-                    move |request| {
-                        let offered = requests.offer(Completion::Request(Box::new(PyRequest {
-                            dispatcher: on_request.clone(),
-                            request,
-                            replier: replier.clone(),
-                        })));
+                    move |incoming| {
+                        let queued: Box<dyn QueuedRequest> = match incoming {
+                            Incoming::Request(request) => Box::new(PyRequest {
+                                dispatcher: on_request.clone(),
+                                request,
+                            }),
+                            Incoming::Cancel(number) => Box::new(PyCancel {
+                                dispatcher: on_cancel.clone(),
+                                number,
+                                counters: counters.clone(),
+                            }),
+                        };
                         // The loop is far behind: answer at once rather than queue without
                         // bound (a notification is dropped); counted either way.
-                        if let Err(Completion::Request(refused)) = offered {
+                        if let Err(Completion::Request(refused)) =
+                            requests.offer(Completion::Request(queued))
+                        {
                             refused.refuse();
                         }
                     },
@@ -250,19 +293,9 @@ impl CoreResponder {
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let c = &self.counters;
         let dict = PyDict::new(py);
-        for (name, counter) in [
-            ("requests", &c.requests),
-            ("notifications", &c.notifications),
-            ("dropped_malformed", &c.dropped_malformed),
-            ("dropped_oversized", &c.dropped_oversized),
-            ("dropped_overloaded", &c.dropped_overloaded),
-            ("answers_queued", &c.answers_queued),
-            ("answers_sent", &c.answers_sent),
-            ("answers_unsent", &c.answers_unsent),
-        ] {
-            dict.set_item(name, counter.load(Ordering::Relaxed))?;
+        for (name, value) in self.counters.counts() {
+            dict.set_item(name, value)?;
         }
         Ok(dict)
     }

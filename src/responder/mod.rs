@@ -1,23 +1,40 @@
 //! The device side: subscribes request filters (optionally as an MQTT 5 shared-subscription
-//! group, so that a pool of responders splits the requests), turns each request into an
-//! `IncomingRequest` that knows where its answer goes, and publishes answers.
+//! group, so that a pool of responders splits the requests), and serves: each request goes
+//! through the request ledger (repeats, overload, cancellation), and what must run reaches
+//! the application as an `IncomingRequest` holding the one answer it owes. Used by the
+//! Python `Responder` and by the `mqtt-rpc-responder` binary, so both behave alike.
 //!
-//! Where an answer goes (DESIGN.md): the request's MQTT 5 Response Topic with its
-//! Correlation Data; else the body's `reply_to`; else the seed topic
-//! `{request_topic}/response/{request_id}`. A request with none of these is a one-way
-//! notification. Used by the Python `Responder` and by the `mqtt-rpc-responder` binary.
+//! Rooms: `route` (where an answer goes, and its body), `ledger` (the decisions, no I/O),
+//! `answer` (publishing answers); this file holds the connection and the serve loop.
 
-use crate::link::{self, ConnectionOptions, Inbound, LinkError, LinkErrorKind, Outbox, Unsent};
-use crate::protocol::{self, RemoteError, REQUEST_ID_MEMBER};
+mod answer;
+mod ledger;
+mod route;
+
+pub use answer::{PendingAnswer, Replier};
+pub use ledger::{Admission, Outcome, RequestLedger, RequestLimits, Ticket};
+pub use route::{progress_body, reply_body, route, ReplyRoute};
+
+use crate::link::{self, ConnectionOptions, Inbound, LinkError, LinkErrorKind};
+use crate::protocol::{self, RemoteError};
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// The error code of the answer to a request refused because the responder is overloaded.
 pub const OVERLOADED: i64 = -32000;
+
+/// The answer to a request refused because the responder is overloaded.
+pub fn overloaded() -> RemoteError {
+    RemoteError {
+        code: OVERLOADED,
+        message: "the responder is overloaded: try again later".into(),
+        data: Value::Null,
+    }
+}
 
 /// Reconnect attempts back off from the first delay to the second, doubling, with jitter.
 const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(100);
@@ -35,6 +52,8 @@ pub struct ResponderOptions {
     /// Behave as a plain MQTT 5 device: answer only through the Response Topic, and put no
     /// `request_id` in the answer.
     pub mqtt5_only: bool,
+    /// How many requests it holds, and how long it remembers answers for repeats.
+    pub limits: RequestLimits,
 }
 
 /// Why a responder with a share group cannot serve on this broker.
@@ -48,100 +67,6 @@ fn no_shared_subscriptions(group: &str, why: &str) -> LinkError {
     }
 }
 
-/// Where and how to answer one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplyRoute {
-    pub topic: String,
-    pub correlation_data: Option<Bytes>,
-    /// The id to put in the answer's body (`None` for a plain MQTT 5 answer).
-    pub request_id: Option<String>,
-    /// The name to put in the answer's `responder` member: set for a scatter-gather
-    /// request, whose caller counts each device's answer once.
-    pub responder: Option<String>,
-}
-
-/// Decides where the answer to a request goes; `None`: nowhere (a notification).
-pub fn route(
-    mqtt5_only: bool,
-    topic: &str,
-    body: &Map<String, Value>,
-    response_topic: Option<String>,
-    correlation_data: Option<Bytes>,
-) -> Option<ReplyRoute> {
-    let body_id = body
-        .get(REQUEST_ID_MEMBER)
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    if mqtt5_only {
-        return response_topic.map(|topic| ReplyRoute {
-            topic,
-            correlation_data,
-            request_id: None,
-            responder: None,
-        });
-    }
-    if let Some(topic) = response_topic {
-        return Some(ReplyRoute {
-            topic,
-            correlation_data,
-            request_id: body_id,
-            responder: None,
-        });
-    }
-    let id = body_id?;
-    let topic = match body.get(protocol::REPLY_TO_MEMBER).and_then(Value::as_str) {
-        Some(reply_to) => reply_to.to_owned(),
-        None => protocol::reply_topic(topic, &id),
-    };
-    Some(ReplyRoute {
-        topic,
-        correlation_data: None,
-        request_id: Some(id),
-        responder: None,
-    })
-}
-
-/// The answer's body: `{"request_id", "result"}` or `{"request_id", "error": {"code",
-/// "message", "data"}}`.
-pub fn reply_body(route: &ReplyRoute, outcome: Result<Value, RemoteError>) -> Vec<u8> {
-    let mut reply = Map::new();
-    if let Some(id) = &route.request_id {
-        reply.insert(REQUEST_ID_MEMBER.into(), Value::from(id.as_str()));
-    }
-    if let Some(name) = &route.responder {
-        reply.insert(
-            protocol::RESPONDER_MEMBER.into(),
-            Value::from(name.as_str()),
-        );
-    }
-    match outcome {
-        Ok(result) => {
-            reply.insert("result".into(), result);
-        }
-        Err(error) => {
-            let mut object = Map::new();
-            object.insert("code".into(), Value::from(error.code));
-            object.insert("message".into(), Value::from(error.message));
-            if !error.data.is_null() {
-                object.insert("data".into(), error.data);
-            }
-            reply.insert("error".into(), Value::Object(object));
-        }
-    }
-    // Serialising a map of JSON values cannot fail.
-    serde_json::to_vec(&reply).unwrap_or_default()
-}
-
-/// An interim message before the answer: `{"request_id", "progress": <value>}`.
-pub fn progress_body(route: &ReplyRoute, progress: Value) -> Vec<u8> {
-    let mut message = Map::new();
-    if let Some(id) = &route.request_id {
-        message.insert(REQUEST_ID_MEMBER.into(), Value::from(id.as_str()));
-    }
-    message.insert(protocol::PROGRESS_MEMBER.into(), progress);
-    serde_json::to_vec(&message).unwrap_or_default()
-}
-
 /// One request, ready for a handler.
 #[derive(Debug)]
 pub struct IncomingRequest {
@@ -151,8 +76,18 @@ pub struct IncomingRequest {
     pub body: Map<String, Value>,
     /// The request exactly as it arrived.
     pub payload: Bytes,
-    /// Where its answer goes; `None` for a notification.
-    pub route: Option<ReplyRoute>,
+    /// The answer it owes (to nowhere, for a notification).
+    pub answer: PendingAnswer,
+}
+
+/// What serving hands to the application.
+#[derive(Debug)]
+pub enum Incoming {
+    /// Run a handler for this request.
+    Request(Box<IncomingRequest>),
+    /// The caller gave up on the run with this number (`PendingAnswer::number`): stop it if
+    /// you can; nobody waits for its answer.
+    Cancel(u64),
 }
 
 /// Counters of what a responder received and did with it.
@@ -163,9 +98,17 @@ pub struct ResponderCounters {
     pub dropped_malformed: AtomicU64,
     /// Requests larger than the connection's `max_packet_size`, dropped unread.
     pub dropped_oversized: AtomicU64,
-    /// Requests refused as "overloaded" before reaching a handler (the loop was too far
-    /// behind), and notifications dropped for the same reason.
+    /// Requests refused as "overloaded" because the application's loop was too far behind
+    /// to take them (the Python binding's bounded queue), and notifications dropped so.
     pub dropped_overloaded: AtomicU64,
+    /// Requests refused as "overloaded" because `max_concurrency + max_queued` were held.
+    pub requests_overloaded: AtomicU64,
+    /// Repeats of a request answered without running it again (from the cache of answers,
+    /// or by the run under way), and repeats dropped because too many waited for one run.
+    pub repeats_answered_from_cache: AtomicU64,
+    pub repeats_dropped: AtomicU64,
+    /// Cancellations that found their run under way.
+    pub handlers_cancelled: AtomicU64,
     /// Answers (and progress messages) handed to the connection, written to it, and
     /// refused by it (its queue was full).
     pub answers_queued: AtomicU64,
@@ -173,42 +116,40 @@ pub struct ResponderCounters {
     pub answers_unsent: AtomicU64,
 }
 
-/// Publishes answers; cheap to clone, usable from any thread.
-#[derive(Clone)]
-pub struct Replier {
-    outbox: Outbox,
-    qos: u8,
-    counters: Arc<ResponderCounters>,
+impl ResponderCounters {
+    /// Every counter by the name `Responder.stats()` gives it: the one list of names.
+    pub fn counts(&self) -> [(&'static str, u64); 12] {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        [
+            ("requests", read(&self.requests)),
+            ("notifications", read(&self.notifications)),
+            ("dropped_malformed", read(&self.dropped_malformed)),
+            ("dropped_oversized", read(&self.dropped_oversized)),
+            ("dropped_overloaded", read(&self.dropped_overloaded)),
+            ("requests_overloaded", read(&self.requests_overloaded)),
+            (
+                "repeats_answered_from_cache",
+                read(&self.repeats_answered_from_cache),
+            ),
+            ("repeats_dropped", read(&self.repeats_dropped)),
+            ("handlers_cancelled", read(&self.handlers_cancelled)),
+            ("answers_queued", read(&self.answers_queued)),
+            ("answers_sent", read(&self.answers_sent)),
+            ("answers_unsent", read(&self.answers_unsent)),
+        ]
+    }
 }
 
-impl Replier {
-    pub fn counters(&self) -> &ResponderCounters {
-        &self.counters
-    }
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
 
-    pub fn send(&self, route: &ReplyRoute, body: Vec<u8>) -> Result<(), Unsent> {
-        let sent = self.outbox.publish(
-            &route.topic,
-            self.qos,
-            body,
-            None,
-            route.correlation_data.clone(),
-        );
-        let counter = match sent {
-            Ok(()) => &self.counters.answers_queued,
-            Err(_) => &self.counters.answers_unsent,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        sent
-    }
-
-    pub fn answer(
-        &self,
-        route: &ReplyRoute,
-        outcome: Result<Value, RemoteError>,
-    ) -> Result<(), Unsent> {
-        self.send(route, reply_body(route, outcome))
-    }
+/// A request or other message as it arrived on a request filter.
+struct Message {
+    topic: String,
+    payload: Bytes,
+    correlation_data: Option<Bytes>,
+    response_topic: Option<String>,
 }
 
 /// A responder's connection, ready to `serve`.
@@ -255,6 +196,7 @@ impl Responder {
             outbox,
             qos: options.qos,
             counters: Arc::new(ResponderCounters::default()),
+            ledger: Arc::new(Mutex::new(RequestLedger::new(options.limits.clone()))),
         };
         Ok(Responder {
             options,
@@ -278,11 +220,10 @@ impl Responder {
     /// broker refuses a filter (a responder that cannot receive its requests must say so).
     pub async fn serve(
         mut self,
-        mut on_request: impl FnMut(IncomingRequest),
+        mut on_request: impl FnMut(Incoming),
         mut on_ready: impl FnMut(),
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), LinkError> {
-        let counters = self.replier.counters.clone();
         let mut unacknowledged = self.options.filters.len();
         let mut ever_connected = false;
         let mut ever_ready = false;
@@ -337,47 +278,18 @@ impl Responder {
                     correlation_data,
                     response_topic,
                 }) => {
-                    if payload.len() > self.options.connection.max_packet_size {
-                        counters.dropped_oversized.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&payload) else {
-                        counters.dropped_malformed.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    };
-                    let filter_index = self
-                        .options
-                        .filters
-                        .iter()
-                        .position(|f| protocol::topic_matches(f, &topic))
-                        .unwrap_or(0);
-                    let mut route = route(
-                        self.options.mqtt5_only,
-                        &topic,
-                        &body,
-                        response_topic,
-                        correlation_data,
-                    );
-                    if let Some(route) = route.as_mut() {
-                        if route.request_id.is_some() && protocol::is_gather(&body) {
-                            route.responder = Some(self.options.connection.client_id.clone());
-                        }
-                    }
-                    let counter = match route {
-                        Some(_) => &counters.requests,
-                        None => &counters.notifications,
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    on_request(IncomingRequest {
-                        filter_index,
+                    let message = Message {
                         topic,
-                        body,
                         payload,
-                        route,
-                    });
+                        correlation_data,
+                        response_topic,
+                    };
+                    if let Some(incoming) = self.take(message) {
+                        on_request(incoming);
+                    }
                 }
                 Ok(Inbound::PublishWritten(_)) => {
-                    counters.answers_sent.fetch_add(1, Ordering::Relaxed);
+                    count(&self.replier.counters.answers_sent);
                 }
                 Ok(Inbound::DisconnectSent) => break,
                 Ok(_) => {}
@@ -407,6 +319,78 @@ impl Responder {
         Ok(())
     }
 
+    /// Decides what a message from the network becomes: dropped (oversized, not a JSON
+    /// object: counted), answered here (a repeat, or "overloaded"), a cancellation of a run
+    /// under way, or a request to run.
+    fn take(&self, message: Message) -> Option<Incoming> {
+        let counters = &self.replier.counters;
+        if message.payload.len() > self.options.connection.max_packet_size {
+            count(&counters.dropped_oversized);
+            return None;
+        }
+        let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&message.payload) else {
+            count(&counters.dropped_malformed);
+            return None;
+        };
+        let mut route = route(
+            self.options.mqtt5_only,
+            &message.topic,
+            &body,
+            message.response_topic,
+            message.correlation_data,
+        );
+        if let Some(route) = route.as_mut() {
+            if route.request_id.is_some() && protocol::is_gather(&body) {
+                route.responder = Some(self.options.connection.client_id.clone());
+            }
+        }
+        if protocol::is_cancellation(&body) {
+            // A caller gave up: stop its run if one is under way; nothing is answered.
+            let id = route
+                .as_ref()
+                .and_then(|route| route.request_id.as_deref())?;
+            let number = self.replier.ledger().cancel(id)?;
+            count(&counters.handlers_cancelled);
+            return Some(Incoming::Cancel(number));
+        }
+        count(match route {
+            Some(_) => &counters.requests,
+            None => &counters.notifications,
+        });
+        let admission = self.replier.ledger().admit(route.as_ref(), Instant::now());
+        match (admission, route) {
+            (Admission::Run(ticket), route) => {
+                let filter_index = self
+                    .options
+                    .filters
+                    .iter()
+                    .position(|f| protocol::topic_matches(f, &message.topic))
+                    .unwrap_or(0);
+                return Some(Incoming::Request(Box::new(IncomingRequest {
+                    filter_index,
+                    topic: message.topic,
+                    body,
+                    payload: message.payload,
+                    answer: PendingAnswer::new(self.replier.clone(), route, ticket),
+                })));
+            }
+            (Admission::Answer(outcome), Some(route)) => {
+                count(&counters.repeats_answered_from_cache);
+                let _ = self.replier.answer(&route, outcome);
+            }
+            (Admission::Joined, _) => count(&counters.repeats_answered_from_cache),
+            (Admission::RepeatDropped, _) => count(&counters.repeats_dropped),
+            (Admission::Overloaded, route) => {
+                count(&counters.requests_overloaded);
+                if let Some(route) = route {
+                    let _ = self.replier.answer(&route, Err(overloaded()));
+                }
+            }
+            (Admission::Answer(_), None) => {}
+        }
+        None
+    }
+
     /// Queues DISCONNECT behind the answers already queued; `serve` ends once it is
     /// written. False if it could not be queued (then set `stop`).
     pub fn disconnect(replier: &Replier) -> bool {
@@ -417,80 +401,6 @@ impl Responder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    fn body(value: Value) -> Map<String, Value> {
-        match value {
-            Value::Object(map) => map,
-            _ => Map::new(),
-        }
-    }
-
-    #[test]
-    fn answers_go_to_the_response_topic_then_reply_to_then_the_seed_topic() {
-        let request = body(json!({"request_id": "r1", "reply_to": "inbox/c/r1"}));
-        let v5 = route(
-            false,
-            "d/set",
-            &request,
-            Some("rt".into()),
-            Some(Bytes::from("r1")),
-        );
-        assert_eq!(v5.unwrap().topic, "rt");
-        let inbox = route(false, "d/set", &request, None, None).unwrap();
-        assert_eq!(inbox.topic, "inbox/c/r1");
-        let seed = route(
-            false,
-            "d/set",
-            &body(json!({"request_id": "r1"})),
-            None,
-            None,
-        )
-        .unwrap();
-        assert_eq!(seed.topic, "d/set/response/r1");
-        assert_eq!(seed.request_id.as_deref(), Some("r1"));
-    }
-
-    #[test]
-    fn a_request_without_id_or_response_topic_is_a_notification() {
-        assert_eq!(
-            route(false, "d/set", &body(json!({"event": 1})), None, None),
-            None
-        );
-        assert_eq!(
-            route(true, "d/set", &body(json!({"request_id": "r"})), None, None),
-            None
-        );
-    }
-
-    #[test]
-    fn answer_bodies_follow_the_wire_protocol() {
-        let mut route = ReplyRoute {
-            topic: "t".into(),
-            correlation_data: None,
-            request_id: Some("r1".into()),
-            responder: None,
-        };
-        let ok: Value = serde_json::from_slice(&reply_body(&route, Ok(json!({"x": 1})))).unwrap();
-        assert_eq!(ok, json!({"request_id": "r1", "result": {"x": 1}}));
-        route.responder = Some("dev-7".into());
-        let named: Value = serde_json::from_slice(&reply_body(&route, Ok(json!(1)))).unwrap();
-        assert_eq!(
-            named,
-            json!({"request_id": "r1", "responder": "dev-7", "result": 1})
-        );
-        route.responder = None;
-        let error = RemoteError {
-            code: -32000,
-            message: "busy".into(),
-            data: json!([1]),
-        };
-        let failed: Value = serde_json::from_slice(&reply_body(&route, Err(error))).unwrap();
-        assert_eq!(
-            failed,
-            json!({"request_id": "r1", "error": {"code": -32000, "message": "busy", "data": [1]}})
-        );
-    }
 
     #[test]
     fn shared_subscriptions_name_their_group() {
