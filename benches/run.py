@@ -49,13 +49,20 @@ from mqtt_rpc.testing import MosquittoBroker, ResponderDevice  # noqa: E402
 
 
 def run_client(name: str, port: int, topic: str, concurrency: int, seconds: float, qos: int) -> Dict[str, float]:
+    return run_client_with(Path(sys.executable), name, port, topic, concurrency, seconds, qos)
+
+
+def run_client_with(
+    python: Path, name: str, port: int, topic: str, concurrency: int, seconds: float, qos: int
+) -> Dict[str, float]:
+    """One measurement of client `name`, its Python clients run by `python`."""
     common = ["--port", str(port), "--topic", topic, "--concurrency", str(concurrency)]
     common += ["--seconds", str(seconds), "--qos", str(qos)]
     if name == "limit":
         command = [str(LIMIT), *common]
     else:
         script, *extra = CLIENT_COMMANDS[name]
-        command = [sys.executable, str(CLIENTS / script), *extra, *common]
+        command = [str(python), str(CLIENTS / script), *extra, *common]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen(command, stdout=out, stderr=err, cwd=CLIENTS)
         try:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import textwrap
 import time
+from typing import List
 
 import pytest
 
-from mqtt_rpc import ConnectionLostError, MqttRpcClient, NotConnectedError, RpcTimeoutError
+from mqtt_rpc import ConnectionEvent, ConnectionLostError, MqttRpcClient, NotConnectedError, RpcTimeoutError
 
 from mqtt_rpc.testing import MosquittoBroker, free_port
 
@@ -157,3 +159,23 @@ def test_the_interpreter_exits_cleanly_with_calls_in_flight(broker: MosquittoBro
     for run in runs:
         _, stderr = run.communicate(timeout=60)
         assert run.returncode == 0, stderr.decode(errors="replace")
+
+
+async def test_an_on_connection_change_that_raises_is_logged_not_lost(
+    broker: MosquittoBroker, device_topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The application's callback failing must not pass unnoticed, nor stop the client.
+    caplog.set_level(logging.ERROR, logger="mqtt_rpc")
+
+    def broken(event: ConnectionEvent) -> None:
+        raise RuntimeError("a bug in the application's callback")
+
+    def logged() -> List[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "mqtt_rpc" and r.exc_info and r.exc_info[0] is RuntimeError]
+
+    async with MqttRpcClient(broker.host, broker.port, on_connection_change=broken) as client:
+        deadline = time.monotonic() + 10
+        while not logged() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert (await client.call(device_topic, {}))["result"]["topic"] == device_topic
+    assert len(logged()) == 1 and logged()[0].levelno == logging.ERROR

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import struct
 import threading
@@ -88,7 +89,10 @@ async def test_python_responder_answers_async_and_sync_handlers(served: Any, cli
     assert reply["result"] == {"thread": True}
 
 
-async def test_handler_errors_reach_the_caller_as_remote_errors(served: Any, client: MqttRpcClient) -> None:
+async def test_handler_errors_reach_the_caller_as_remote_errors(
+    served: Any, client: MqttRpcClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="mqtt_rpc")
     topic = f"cam-{uuid.uuid4().hex[:6]}/py/control/set"
     with pytest.raises(RemoteError) as raised:
         await client.call(topic, {"fail": "typed"})
@@ -96,6 +100,9 @@ async def test_handler_errors_reach_the_caller_as_remote_errors(served: Any, cli
     with pytest.raises(RemoteError) as raised:
         await client.call(topic, {"fail": "crash"})
     assert raised.value.code == -32603 and "KeyError" in raised.value.message
+    # A crash is a bug in the application: logged at ERROR with its traceback, not hidden.
+    (crash,) = [r for r in caplog.records if r.name == "mqtt_rpc" and r.levelno == logging.ERROR]
+    assert crash.exc_info is not None and crash.exc_info[0] is KeyError
 
 
 async def test_a_slow_handler_does_not_hold_up_the_others(served: Any, client: MqttRpcClient) -> None:
