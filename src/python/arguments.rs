@@ -31,7 +31,11 @@ pub fn payload_bytes<'a>(payload: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, [u8]
         return Ok(Cow::Borrowed(b.as_bytes()));
     }
     if let Ok(s) = payload.cast::<PyString>() {
-        return Ok(Cow::Owned(s.to_cow()?.into_owned().into_bytes()));
+        // Borrowed where the interpreter keeps the UTF-8 (not copied again here).
+        return Ok(match s.to_cow()? {
+            Cow::Borrowed(text) => Cow::Borrowed(text.as_bytes()),
+            Cow::Owned(text) => Cow::Owned(text.into_bytes()),
+        });
     }
     if let Ok(b) = payload.cast::<PyByteArray>() {
         return Ok(Cow::Owned(b.to_vec()));

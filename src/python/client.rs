@@ -99,12 +99,11 @@ impl CoreClient {
     fn start_future<'py>(
         &self,
         event_loop: &Bound<'py, PyAny>,
-        prepared: PoolPrepared,
+        (prepared, duration): (PoolPrepared, Duration),
         timeout: &Bound<'py, PyAny>,
         on_progress: Option<Arc<Py<PyAny>>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let py = event_loop.py();
-        let duration = timeout_seconds(timeout)?;
         let bridge = self.bridge(event_loop)?;
         let bridge = bridge.get();
         let future = bridge.new_future(py)?;
@@ -131,11 +130,9 @@ impl CoreClient {
     fn wait_blocking(
         &self,
         py: Python<'_>,
-        prepared: PoolPrepared,
-        timeout: &Bound<'_, PyAny>,
+        (prepared, duration): (PoolPrepared, Duration),
         mut on_message: impl FnMut(serde_json::Map<String, serde_json::Value>) -> PyResult<()>,
     ) -> PyResult<crate::client::Outcome> {
-        let duration = timeout_seconds(timeout)?;
         let (sender, mut receiver) = std::sync::mpsc::channel();
         let waiting = Arc::new(AtomicUsize::new(0));
         let waiter = PyWaiter::Blocking {
@@ -185,14 +182,16 @@ impl CoreClient {
         timeout: &Bound<'_, PyAny>,
         request_id: Option<&str>,
         gather: Option<Option<usize>>,
-    ) -> PyResult<PoolPrepared> {
-        timeout_seconds(timeout)?;
+    ) -> PyResult<(PoolPrepared, Duration)> {
+        // Each argument is read once: the duration goes on with the prepared request.
+        let duration = timeout_seconds(timeout)?;
         let body = payload_bytes(payload)?;
         let prepared = match gather {
             None => self.inner.prepare(topic, &body, request_id),
             Some(max_replies) => self.inner.prepare_gather(topic, &body, max_replies),
         };
-        prepared.map_err(|error| call_error(py, &error, Some(timeout)))
+        let prepared = prepared.map_err(|error| call_error(py, &error, Some(timeout)))?;
+        Ok((prepared, duration))
     }
 
     /// Runs `work` on the runtime and resolves a future of `event_loop` when it ends.
@@ -409,7 +408,7 @@ impl CoreClient {
         timeout: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
         let prepared = self.prepare(py, topic, payload, timeout, None, None)?;
-        let outcome = self.wait_blocking(py, prepared, timeout, |_| Ok(()))?;
+        let outcome = self.wait_blocking(py, prepared, |_| Ok(()))?;
         outcome_to_py(py, &outcome, timeout)
     }
 
@@ -426,7 +425,7 @@ impl CoreClient {
     ) -> PyResult<Bound<'py, PyList>> {
         let prepared = self.prepare(py, topic, payload, timeout, None, Some(max_replies))?;
         let replies = PyList::empty(py);
-        let outcome = self.wait_blocking(py, prepared, timeout, |message| {
+        let outcome = self.wait_blocking(py, prepared, |message| {
             replies.append(object_to_py(py, &message)?)
         })?;
         match outcome {
