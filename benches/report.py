@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["ours", "ours-many", "ours-gather", "limit", "best", "seed"]
+ORDER = ["ours", "ours-many", "ours-gather", "limit", "best", "seed", "nats", "faststream"]
 NAMES = {
     "ours": "ours (MqttRpcClient.call)",
     "ours-many": "ours, call_many in waves",
@@ -22,6 +22,8 @@ NAMES = {
     "limit": "limit (Rust core, no Python)",
     "best": "best Python (paho-mqtt)",
     "seed": "seed (hand-written, awscrt)",
+    "nats": "nats-py request (NATS)",
+    "faststream": "FastStream MQTT request",
 }
 PLOT = ROOT / "benches" / "calls_per_second.png"
 
@@ -85,6 +87,26 @@ def ratio_table(runs: Runs, qos: int) -> List[str]:
         cells.append(spread(paired_ratios(runs, qos, concurrency, "ours", "limit", "p50_ms"), ".2f"))
         for a, b in (("ours-many", "limit"), ("ours-many", "ours-gather")):
             cells.append(spread(paired_ratios(runs, qos, concurrency, a, b, "calls_per_second"), ".2f"))
+        lines.append(f"| {concurrency} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def cpu_table(runs: Runs, qos: int) -> List[str]:
+    """Client CPU per 1,000 calls, ours beside the alternatives, and ours's paired ratio to each."""
+    others = [c for c in ("limit", "nats", "faststream", "best") if select(runs, qos=qos, client=c)]
+    lines = [
+        "| concurrency | ours | " + " | ".join(NAMES[c] for c in others) + " | "
+        + " | ".join(f"ours/{c}" for c in others) + " |",
+        "|---:|---:|" + "---:|" * (2 * len(others)),
+    ]
+    for concurrency in sorted({r["concurrency"] for r in select(runs, qos=qos)}):
+        cells = [
+            spread([r["cpu_per_1000_calls"] for r in select(runs, qos=qos, concurrency=concurrency, client=c)], ".4f")
+            for c in ["ours", *others]
+        ]
+        cells += [
+            spread(paired_ratios(runs, qos, concurrency, "ours", c, "cpu_per_1000_calls"), ".2f") for c in others
+        ]
         lines.append(f"| {concurrency} | " + " | ".join(cells) + " |")
     return lines
 
@@ -189,6 +211,10 @@ def main() -> None:
         "  subscription made at connect, a dict of futures (`benches/clients/best_paho.py`).",
         "- **seed**: the hand-written client of the original post on awscrt: subscribe per call and",
         "  wait for the SUBACK, publish, `wait_for`, unsubscribe (`benches/clients/seed_awscrt.py`).",
+        "- **nats-py request**: the NATS alternative, `await nc.request(subject, payload)` against",
+        "  nats-server, answered by two nats-py devices in a queue group (`benches/clients/nats_request.py`).",
+        "- **FastStream MQTT request**: `await broker.request(payload, topic)` with MQTT 5 (a Response",
+        "  Topic per request), against Rust devices serving MQTT 5 (`benches/clients/faststream_mqtt.py`).",
         "",
         "## Targets",
         "",
@@ -198,7 +224,8 @@ def main() -> None:
     if drew:
         out += ["![calls per second against concurrency](benches/calls_per_second.png)", ""]
     for qos in sorted({r["qos"] for r in runs}):
-        out += [f"## QoS {qos}", "", "### Ratios", "", *ratio_table(runs, qos), "", "### Results", ""]
+        out += [f"## QoS {qos}", "", "### Ratios", "", *ratio_table(runs, qos), ""]
+        out += ["### Client CPU seconds per 1,000 calls", "", *cpu_table(runs, qos), "", "### Results", ""]
         out += [*results_table(runs, qos), ""]
     if soak:
         out += [

@@ -11,6 +11,10 @@ Clients (benches/clients/, and src/bin/bench_limit.rs):
   seed         the hand-written client this project replaces (per-call subscribe, awscrt)
   best         a careful paho-mqtt client: one wildcard subscription, a dict of futures
   limit        the Rust core with no Python: what the broker and device allow
+  faststream   FastStream's MQTT broker, `broker.request()` with MQTT 5 (a Response Topic
+               per request), against Rust devices serving MQTT 5
+  nats         nats-py's `request()` against nats-server, answered by two nats-py devices
+               (benches/clients/nats_device.py) in a queue group: the NATS alternative
 
 Each measurement is one fresh process of one client at one concurrency: a warm-up, then
 `--seconds` of `concurrency` callers calling in a loop. Repetitions alternate the clients
@@ -31,7 +35,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional
+import contextlib
+import socket
+import time
+from typing import Dict, Iterator, List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = ROOT / "benches" / "clients"
@@ -42,10 +49,54 @@ CLIENT_COMMANDS = {
     "ours-many": ["ours_waves.py", "--mode", "many"],
     "seed": ["seed_awscrt.py"],
     "best": ["best_paho.py"],
+    "faststream": ["faststream_mqtt.py"],
+    "nats": ["nats_request.py"],
 }
+#: Clients whose requests need an MQTT 5 device (a Response Topic to answer through).
+MQTT5_CLIENTS = {"faststream"}
+
+
+def topic_for(name: str, qos: int) -> str:
+    """The request topic a client calls: each QoS and protocol has its own device."""
+    return f"bench/{'v5' if name in MQTT5_CLIENTS else ''}qos{qos}/control/set"
 
 sys.path.insert(0, str(ROOT / "python"))
-from mqtt_rpc.testing import MosquittoBroker, ResponderDevice  # noqa: E402
+from mqtt_rpc.testing import MosquittoBroker, ResponderDevice, free_port  # noqa: E402
+
+
+@contextlib.contextmanager
+def nats_service(devices: int = 2) -> Iterator[int]:
+    """nats-server on a free loopback port with `devices` nats-py devices answering
+    `bench.>` in a queue group; yields the port."""
+    port = free_port()
+    server = subprocess.Popen(
+        ["nats-server", "-a", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    answering: List[subprocess.Popen[str]] = []
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("nats-server did not start") from None
+                time.sleep(0.05)
+        for _ in range(devices):
+            device = subprocess.Popen(
+                [sys.executable, str(CLIENTS / "nats_device.py"), "--port", str(port)],
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=CLIENTS,
+            )
+            answering.append(device)
+            assert device.stdout is not None and device.stdout.readline().strip() == "READY"
+        yield port
+    finally:
+        for process in [*answering, server]:
+            process.kill()
+            process.wait()
 
 
 def run_client(name: str, port: int, topic: str, concurrency: int, seconds: float, qos: int) -> Dict[str, float]:
@@ -118,7 +169,7 @@ def machine() -> Dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", default="ours,ours-gather,ours-many,seed,best,limit")
+    parser.add_argument("--clients", default="ours,ours-gather,ours-many,seed,best,limit,faststream,nats")
     parser.add_argument("--concurrency", default="1,16,256,1024")
     parser.add_argument("--qos", default="0,1")
     parser.add_argument("--repetitions", type=int, default=3)
@@ -135,18 +186,26 @@ def main() -> None:
 
     runs: List[Dict[str, object]] = []
     soak_samples: Optional[List[Dict[str, float]]] = None
-    print("starting mosquitto and two responders (QoS 0 and QoS 1)...", flush=True)
-    with MosquittoBroker.start() as broker, ResponderDevice.start(
-        broker, "+/qos0/control/set"
-    ), ResponderDevice.start(broker, "+/qos1/control/set", options=["--qos", "1"]):
+    print("starting mosquitto and three responders (QoS 0, QoS 1, MQTT 5)...", flush=True)
+    with contextlib.ExitStack() as services:
+        broker = services.enter_context(MosquittoBroker.start())
+        services.enter_context(ResponderDevice.start(broker, "+/qos0/control/set"))
+        services.enter_context(ResponderDevice.start(broker, "+/qos1/control/set", options=["--qos", "1"]))
+        if MQTT5_CLIENTS & set(clients):
+            for qos in qos_levels:
+                v5 = ["--protocol", "5", "--qos", str(qos)]
+                services.enter_context(ResponderDevice.start(broker, f"+/v5qos{qos}/control/set", options=v5))
+        ports = {name: broker.port for name in clients}
+        if "nats" in clients:
+            ports["nats"] = services.enter_context(nats_service())
         for qos in qos_levels:
-            topic = f"bench/qos{qos}/control/set"
             for repetition in range(args.repetitions):
                 for concurrency in levels:
                     # Rotate the order each repetition so no client always runs first or last.
                     shift = (repetition + levels.index(concurrency)) % len(clients)
                     for name in clients[shift:] + clients[:shift]:
-                        result = run_client(name, broker.port, topic, concurrency, args.seconds, qos)
+                        topic = topic_for(name, qos)
+                        result = run_client(name, ports[name], topic, concurrency, args.seconds, qos)
                         runs.append(
                             {"client": name, "qos": qos, "concurrency": concurrency, "repetition": repetition, **result}
                         )
