@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+
+import pytest
 
 from mqtt_rpc import MqttRpcClient, RpcTimeoutError
 
@@ -39,6 +42,22 @@ async def test_garbage_and_wrong_id_replies_are_dropped_and_the_real_answer_wins
     stats = client.stats()
     assert stats["replies_dropped_malformed"] == 3
     assert stats["calls_succeeded"] == 1
+
+
+async def test_each_kind_of_dropped_reply_is_logged_once(
+    broker: MosquittoBroker, device_topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Counted, not raised, and not silent either: one WARNING per kind, then only the count.
+    caplog.set_level(logging.WARNING, logger="mqtt_rpc")
+    async with MqttRpcClient(broker.host, broker.port) as client:
+        for n in range(3):
+            await client.call(device_topic, {"n": n, "_responder": {"garbage_first": True, "twice": True}})
+        await client.call(device_topic, {"n": "barrier"})  # the last duplicate came before this answer
+        stats = client.stats()
+    assert (stats["replies_dropped_malformed"], stats["replies_dropped_duplicate"]) == (9, 3)
+    for counter in ("replies_dropped_malformed", "replies_dropped_duplicate"):
+        (record,) = [r for r in caplog.records if counter in r.getMessage()]
+        assert record.levelno == logging.WARNING and client.client_id in record.getMessage()
 
 
 async def test_duplicate_replies_are_dropped(client: MqttRpcClient, device_topic: str) -> None:

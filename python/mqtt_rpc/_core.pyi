@@ -20,7 +20,7 @@ class CoreClient:
     def __new__(
         cls,
         options: Dict[str, Any],
-        event_handler: Optional[Callable[[bool, bool, bool, str, str], None]] = None,
+        event_handler: Optional[Callable[[str, bool, bool, str, str], None]] = None,
     ) -> "CoreClient":
         """``options``: the options the caller chose, by name (``host``, ``port``,
         ``client_id``, ``protocol``, ``qos``, ... as `MqttRpcClient` takes them, with

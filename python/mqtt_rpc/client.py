@@ -408,11 +408,21 @@ class MqttRpcClient(_ClientState):
             self._closing = False
 
     def _on_connection_event(
-        self, connected: bool, reconnect: bool, session_present: bool, reason: str, client_id: str
+        self, kind: str, reconnect: bool, session_present: bool, detail: str, client_id: str
     ) -> None:
-        event = ConnectionEvent(connected, reconnect, session_present, reason, client_id)
+        if kind == "dropped":
+            # Counted, not raised: said once per kind, the counter says how many followed.
+            logger.warning(
+                "client %s dropped %s; later ones are counted in stats()[%r], not logged",
+                client_id,
+                DROPPED.get(detail, detail),
+                detail,
+            )
+            return
+        connected = kind == "connected"
+        event = ConnectionEvent(connected, reconnect, session_present, detail, client_id)
         if not connected:
-            logger.warning("connection %s to %s lost (%s); reconnecting", client_id, self._address, reason)
+            logger.warning("connection %s to %s lost (%s); reconnecting", client_id, self._address, detail)
         elif reconnect:
             kept = "kept" if session_present else "not kept: subscribing again"
             logger.info("reconnected %s to %s (session %s)", client_id, self._address, kept)
@@ -864,14 +874,24 @@ def _checked(settings: Dict[str, Any], chosen: FrozenSet[str]) -> Tuple[Dict[str
     return settings, chosen
 
 
-def _weak_handler(client: MqttRpcClient) -> Callable[[bool, bool, bool, str, str], None]:
+#: What each kind of dropped message is, for the one log line it gets.
+DROPPED = {
+    "replies_dropped_stray": "a reply that matched no pending call (late after its timeout, or not ours)",
+    "replies_dropped_duplicate": "a second answer to a call already answered (a retry's, or a device answering twice)",
+    "replies_dropped_malformed": "a message on a reply topic that is not a JSON object or names another request id",
+    "replies_dropped_oversized": "a reply larger than max_packet_size",
+    "messages_dropped": "a notification or cancellation: the publish-rate queue was full",
+}
+
+
+def _weak_handler(client: MqttRpcClient) -> Callable[[str, bool, bool, str, str], None]:
     # The core holds its event handler where Python's garbage collector cannot see it: a
     # strong reference back to the client would keep an unclosed client alive for ever.
     method = weakref.WeakMethod(client._on_connection_event)
 
-    def handler(connected: bool, reconnect: bool, session_present: bool, reason: str, client_id: str) -> None:
+    def handler(kind: str, reconnect: bool, session_present: bool, detail: str, client_id: str) -> None:
         bound = method()
         if bound is not None:
-            bound(connected, reconnect, session_present, reason, client_id)
+            bound(kind, reconnect, session_present, detail, client_id)
 
     return handler

@@ -50,7 +50,9 @@ impl Waiter for oneshot::Sender<Outcome> {
     }
 }
 
-/// A change of the connection, reported to the sink given to `set_event_sink`.
+/// A change of the connection, reported to the sink given to `set_event_sink`; and the first
+/// message of each kind that the client dropped rather than raised, so that it can be said
+/// once (its counter in `Stats` says how many followed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectionEvent {
     Connected {
@@ -61,6 +63,10 @@ pub enum ConnectionEvent {
     },
     Disconnected {
         reason: String,
+    },
+    FirstDrop {
+        /// The `Stats` counter of the kind, for example `replies_dropped_malformed`.
+        counter: &'static str,
     },
 }
 

@@ -449,16 +449,17 @@ fn deliver(py: Python<'_>, completion: Completion) {
             client_id,
             event,
         } => {
-            let (connected, reconnect, session_present, reason) = match event {
+            let (kind, reconnect, session_present, detail) = match event {
                 ConnectionEvent::Connected {
                     reconnect,
                     session_present,
-                } => (true, reconnect, session_present, String::new()),
-                ConnectionEvent::Disconnected { reason } => (false, false, false, reason),
+                } => ("connected", reconnect, session_present, String::new()),
+                ConnectionEvent::Disconnected { reason } => ("disconnected", false, false, reason),
+                ConnectionEvent::FirstDrop { counter } => ("dropped", false, false, counter.into()),
             };
             // The handler logs and calls the user's callback, catching what it raises: an
             // error here is ours, reported by Python's unraisable hook rather than lost.
-            let args = (connected, reconnect, session_present, reason, &*client_id);
+            let args = (kind, reconnect, session_present, detail, &*client_id);
             if let Err(error) = handler.call1(py, args) {
                 error.write_unraisable(py, None);
             }

@@ -14,6 +14,43 @@
 
 mod network;
 
+/// What the engine drops and counts rather than raising.
+#[derive(Debug, Clone, Copy)]
+enum Dropped {
+    /// A reply that matches no call.
+    Stray,
+    /// A second answer to a call already answered.
+    Duplicate,
+    /// Not a JSON object, or naming another request id than the one it matched.
+    Malformed,
+    /// Larger than `max_packet_size`.
+    Oversized,
+    /// A notification or cancellation the publish-rate queue had no room for.
+    Message,
+}
+
+impl Dropped {
+    #[cfg(test)]
+    const ALL: [Dropped; 5] = [
+        Dropped::Stray,
+        Dropped::Duplicate,
+        Dropped::Malformed,
+        Dropped::Oversized,
+        Dropped::Message,
+    ];
+
+    /// The name of its counter in `Stats`.
+    fn counter(self) -> &'static str {
+        match self {
+            Dropped::Stray => "replies_dropped_stray",
+            Dropped::Duplicate => "replies_dropped_duplicate",
+            Dropped::Malformed => "replies_dropped_malformed",
+            Dropped::Oversized => "replies_dropped_oversized",
+            Dropped::Message => "messages_dropped",
+        }
+    }
+}
+
 use super::errors::{CallError, Outcome};
 use super::stats::Stats;
 use super::{ConnectionEvent, Load, Waiter};
@@ -173,6 +210,24 @@ impl<W: Waiter> Engine<W> {
 
     pub fn take_events(&mut self) -> Vec<ConnectionEvent> {
         std::mem::take(&mut self.events)
+    }
+
+    /// Counts a message dropped rather than raised; the first of its kind is also an event,
+    /// so that it is said once (and the counter says how many followed).
+    fn dropped(&mut self, kind: Dropped) {
+        let counts = &mut self.counts;
+        let counter = match kind {
+            Dropped::Stray => &mut counts.replies_dropped_stray,
+            Dropped::Duplicate => &mut counts.replies_dropped_duplicate,
+            Dropped::Malformed => &mut counts.replies_dropped_malformed,
+            Dropped::Oversized => &mut counts.replies_dropped_oversized,
+            Dropped::Message => &mut counts.messages_dropped,
+        };
+        *counter += 1;
+        if *counter == 1 {
+            let counter = kind.counter();
+            self.events.push(ConnectionEvent::FirstDrop { counter });
+        }
     }
 
     pub fn take_ready(&mut self) -> Option<Result<(), CallError>> {
@@ -512,7 +567,7 @@ impl<W: Waiter> Engine<W> {
             }),
             Ok(None) => {}
             // The queue is full: the device is not told; counted.
-            Err(_) => self.counts.messages_dropped += 1,
+            Err(_) => self.dropped(Dropped::Message),
         }
     }
 
@@ -548,6 +603,19 @@ impl<W: Waiter> Engine<W> {
         if let Some(call) = self.take_call(request_id, now) {
             self.counts.calls_failed += 1;
             self.wakeups.push((call.waiter, Err(error)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_of_drop_names_a_stats_counter() {
+        let names: Vec<&str> = Stats::default().counts().iter().map(|(n, _)| *n).collect();
+        for kind in Dropped::ALL {
+            assert!(names.contains(&kind.counter()), "{kind:?}");
         }
     }
 }

@@ -3,7 +3,7 @@
 //! scatter-gather answers, junk). The engine itself, its outputs and its inputs from
 //! callers and time are in `mod.rs`.
 
-use super::{CallError, Engine, Transmit, Unsent};
+use super::{CallError, Dropped, Engine, Transmit, Unsent};
 use crate::acks::{PubAckReason, Sent};
 use crate::client::{ConnectionEvent, Waiter};
 use crate::protocol::{self, Reply, ReplyOutcome};
@@ -131,7 +131,7 @@ impl<W: Waiter> Engine<W> {
             }
             // A notification that waited for the rate limit, or a cancellation: nobody
             // waits for it; counted.
-            Unsent::Message => self.counts.messages_dropped += 1,
+            Unsent::Message => self.dropped(Dropped::Message),
             Unsent::Subscribe(key) => {
                 // Its key leaves the SUBACK queue with it, so later SUBACKs stay matched.
                 for id in self.subscriptions.subscribe_failed(&key) {
@@ -153,12 +153,12 @@ impl<W: Waiter> Engine<W> {
 
     /// A message on a reply filter that is not a JSON object: dropped and counted.
     pub fn on_malformed_reply(&mut self) {
-        self.counts.replies_dropped_malformed += 1;
+        self.dropped(Dropped::Malformed);
     }
 
     /// A message on a reply filter larger than `max_packet_size`: dropped unread, counted.
     pub fn on_oversized_reply(&mut self) {
-        self.counts.replies_dropped_oversized += 1;
+        self.dropped(Dropped::Oversized);
     }
 
     /// A reply. Correlation: the MQTT 5 Correlation Data when present, else the topic's
@@ -190,7 +190,7 @@ impl<W: Waiter> Engine<W> {
             .map(|call| call.gather.is_some());
         let id = match (request_id, gathers) {
             (Some(id), Some(_)) if !reply.may_answer(&id) => {
-                self.counts.replies_dropped_malformed += 1;
+                self.dropped(Dropped::Malformed);
                 return;
             }
             (Some(id), Some(gathers)) => {
@@ -209,11 +209,11 @@ impl<W: Waiter> Engine<W> {
                 id
             }
             (Some(id), None) if self.recent.contains(&id) => {
-                self.counts.replies_dropped_duplicate += 1;
+                self.dropped(Dropped::Duplicate);
                 return;
             }
             _ => {
-                self.counts.replies_dropped_stray += 1;
+                self.dropped(Dropped::Stray);
                 return;
             }
         };
@@ -249,7 +249,7 @@ impl<W: Waiter> Engine<W> {
         };
         let responder = body.get(protocol::RESPONDER_MEMBER).and_then(Value::as_str);
         if !gather.accept(responder) {
-            self.counts.replies_dropped_duplicate += 1;
+            self.dropped(Dropped::Duplicate);
             return;
         }
         self.counts.replies_gathered += 1;
