@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import queue
 import time
 import uuid
@@ -121,3 +122,29 @@ async def test_repeats_waiting_for_one_run_are_bounded(broker: MosquittoBroker) 
             assert responder.stats()["answers_queued"] == 17
     finally:
         listener.close()
+
+
+async def test_each_kind_of_dropped_request_is_logged_once(
+    broker: MosquittoBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="mqtt_rpc")
+    responder = Responder(broker.host, broker.port)
+
+    @responder.handle("junk/+/set")
+    async def echo(request: dict) -> dict:
+        return {"n": request["n"]}
+
+    listener = Listener(broker, "junk/+/set/response/#")
+    try:
+        async with responder:
+            for junk in ("not json", "[1, 2]", '"text"'):
+                listener.client.publish("junk/d/set", junk)
+            # Same connection, so after the junk: once it is answered, the junk was taken.
+            listener.client.publish("junk/d/set", json.dumps({"request_id": uuid.uuid4().hex, "n": 1}))
+            answer = await asyncio.get_running_loop().run_in_executor(None, listener.next)
+            assert answer["result"] == {"n": 1}
+            assert responder.stats()["dropped_malformed"] == 3
+    finally:
+        listener.close()
+    (record,) = [r for r in caplog.records if "dropped_malformed" in r.getMessage()]
+    assert record.levelno == logging.WARNING

@@ -139,10 +139,12 @@ class CoreResponder:
         event_loop: asyncio.AbstractEventLoop,
         on_request: Callable[[int, str, Dict[str, Any], ReplyHandle], None],
         on_cancel: Callable[[int], None],
+        on_drop: Callable[[str], None],
         on_ready: Callable[[], None],
     ) -> "asyncio.Future[None]":
         """Serves on the loop until `close`: `on_request` for each request to run,
-        `on_cancel(number)` when its caller gives up on the run with that number; fails if
+        `on_cancel(number)` when its caller gives up on the run with that number,
+        `on_drop(counter)` for the first request of each kind dropped or refused; fails if
         the first connection does."""
     def close(self, flush_timeout: float) -> None:
         """Disconnects once the answers already queued are written (or after

@@ -191,7 +191,7 @@ class Responder:
         loop = asyncio.get_running_loop()
         self._ready = asyncio.Event()
         self._turns = asyncio.Semaphore(self._max_concurrency)
-        self._serving = self._core.serve(loop, self._on_request, self._on_cancel, self._ready.set)
+        self._serving = self._core.serve(loop, self._on_request, self._on_cancel, self._on_drop, self._ready.set)
         ready: "asyncio.Future[Any]" = asyncio.ensure_future(self._ready.wait())
         serving: "asyncio.Future[Any]" = self._serving
         await asyncio.wait({ready, serving}, return_when=asyncio.FIRST_COMPLETED)
@@ -257,6 +257,14 @@ class Responder:
         # here (after an answer this does nothing).
         task.add_done_callback(lambda _: reply.abandon())
 
+    def _on_drop(self, counter: str) -> None:
+        # Counted, not raised: said once per kind, the counter says how many followed.
+        logger.warning(
+            "responder dropped %s; later ones are counted in stats()[%r], not logged",
+            _DROPPED.get(counter, "a request"),
+            counter,
+        )
+
     def _on_cancel(self, number: int) -> None:
         # The caller gave up on this run: stop its handler; nobody waits for an answer.
         task = self._runs.get(number)
@@ -293,6 +301,15 @@ class Responder:
                 logger.error("handler for request %s failed", request.get("request_id"), exc_info=True)
                 return ("error", INTERNAL_ERROR, f"{type(error).__name__}: {error}", None)
 
+
+#: What each kind of dropped or refused request is, for the one log line it gets.
+_DROPPED = {
+    "dropped_malformed": "a request that is not a JSON object",
+    "dropped_oversized": "a request larger than max_packet_size",
+    "dropped_overloaded": "a request its event loop was too far behind to take (answered 'overloaded')",
+    "requests_overloaded": "a request beyond max_concurrency + max_queued (answered 'overloaded')",
+    "repeats_dropped": "a repeat of a running request that already had 16 repeats waiting",
+}
 
 #: A handler's outcome, ready to send: ("result", json) or ("error", code, message, data json).
 Answer = Tuple[Any, ...]

@@ -248,6 +248,12 @@ fn handle(args: &Args, seen_ids: &mut SeenIds, delayed: &mut Delayed, incoming: 
     let request = match incoming {
         Incoming::Request(request) => request,
         Incoming::Cancel(number) => return delayed.cancel(number),
+        Incoming::FirstDrop(counter) => {
+            // Said once per kind, on stderr (stdout is for READY and NOTIFICATION lines).
+            return eprintln!(
+                "mqtt-rpc-responder: dropped a request ({counter}); later ones are not reported"
+            );
+        }
     };
     let IncomingRequest {
         topic,

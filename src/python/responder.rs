@@ -138,6 +138,22 @@ impl QueuedRequest for PyRequest {
     }
 }
 
+/// The first request of a kind dropped or refused, told to the loop: `dispatcher(counter)`.
+struct PyDrop {
+    dispatcher: Arc<Py<PyAny>>,
+    counter: &'static str,
+}
+
+impl QueuedRequest for PyDrop {
+    /// Never offered, only pushed (once per kind): nothing to refuse.
+    fn refuse(self: Box<Self>) {}
+
+    fn deliver(self: Box<Self>, py: Python<'_>) -> PyResult<()> {
+        self.dispatcher.call1(py, (self.counter,))?;
+        Ok(())
+    }
+}
+
 /// A cancellation handed to the loop: `dispatcher(number)`.
 struct PyCancel {
     dispatcher: Arc<Py<PyAny>>,
@@ -178,14 +194,16 @@ impl CoreResponder {
 
     /// Serves on `event_loop`: `on_request(filter_index, topic, body, reply_handle)` for each
     /// request to run (a notification's handle answers nowhere), `on_cancel(number)` when a
-    /// caller gives up on the run with that `reply_handle.number`, `on_ready()` each time
-    /// the filters are subscribed. The returned future resolves when serving stops
-    /// (`close`), or fails if the first connection does.
+    /// caller gives up on the run with that `reply_handle.number`, `on_drop(counter)` for the
+    /// first request of each kind dropped or refused, `on_ready()` each time the filters are
+    /// subscribed. The returned future resolves when serving stops (`close`), or fails if
+    /// the first connection does.
     fn serve(
         &self,
         event_loop: &Bound<'_, PyAny>,
         on_request: Py<PyAny>,
         on_cancel: Py<PyAny>,
+        on_drop: Py<PyAny>,
         on_ready: Py<PyAny>,
     ) -> PyResult<Py<PyAny>> {
         let py = event_loop.py();
@@ -207,6 +225,7 @@ impl CoreResponder {
             .map_err(|_| PyRuntimeError::new_err("poisoned"))? = Some(bridge);
         let done = future.clone_ref(py);
         let (on_request, on_cancel) = (Arc::new(on_request), Arc::new(on_cancel));
+        let on_drop = Arc::new(on_drop);
         let on_ready = Arc::new(on_ready);
         let counters = self.counters.clone();
         let stop = self.stop.subscribe();
@@ -216,6 +235,14 @@ impl CoreResponder {
             let served = responder
                 .serve(
                     move |incoming| {
+                        let told = |counter| {
+                            let dispatcher = on_drop.clone();
+                            let drop = Box::new(PyDrop {
+                                dispatcher,
+                                counter,
+                            });
+                            requests.push(Completion::Request(drop));
+                        };
                         let queued: Box<dyn QueuedRequest> = match incoming {
                             Incoming::Request(request) => Box::new(PyRequest {
                                 dispatcher: on_request.clone(),
@@ -226,13 +253,18 @@ impl CoreResponder {
                                 number,
                                 counters: counters.clone(),
                             }),
+                            Incoming::FirstDrop(counter) => return told(counter),
                         };
                         // The loop is far behind: answer at once rather than queue without
-                        // bound (a notification is dropped); counted either way.
+                        // bound (a notification is dropped); counted either way, and the
+                        // first one told (only this task counts these).
                         if let Err(Completion::Request(refused)) =
                             requests.offer(Completion::Request(queued))
                         {
                             refused.refuse();
+                            if counters.dropped_overloaded.load(Ordering::Relaxed) == 1 {
+                                told("dropped_overloaded");
+                            }
                         }
                     },
                     move || ready.push(Completion::Ready(on_ready.clone())),

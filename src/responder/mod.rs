@@ -88,6 +88,9 @@ pub enum Incoming {
     /// The caller gave up on the run with this number (`PendingAnswer::number`): stop it if
     /// you can; nobody waits for its answer.
     Cancel(u64),
+    /// The first request of a kind the responder dropped or refused rather than ran (its
+    /// counter's name): say it once; the counter says how many followed.
+    FirstDrop(&'static str),
 }
 
 /// Counters of what a responder received and did with it.
@@ -142,6 +145,14 @@ impl ResponderCounters {
 
 fn count(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counts a dropped or refused request; the first of its kind is also told
+/// (`Incoming::FirstDrop`).
+fn count_drop(counter: &AtomicU64, name: &'static str, told: &mut Vec<Incoming>) {
+    if counter.fetch_add(1, Ordering::Relaxed) == 0 {
+        told.push(Incoming::FirstDrop(name));
+    }
 }
 
 /// A request or other message as it arrived on a request filter.
@@ -284,7 +295,9 @@ impl Responder {
                         correlation_data,
                         response_topic,
                     };
-                    if let Some(incoming) = self.take(message) {
+                    let mut told = Vec::new();
+                    self.take(message, &mut told);
+                    for incoming in told {
                         on_request(incoming);
                     }
                 }
@@ -321,16 +334,14 @@ impl Responder {
 
     /// Decides what a message from the network becomes: dropped (oversized, not a JSON
     /// object: counted), answered here (a repeat, or "overloaded"), a cancellation of a run
-    /// under way, or a request to run.
-    fn take(&self, message: Message) -> Option<Incoming> {
+    /// under way, or a request to run; what the application must hear goes into `told`.
+    fn take(&self, message: Message, told: &mut Vec<Incoming>) {
         let counters = &self.replier.counters;
         if message.payload.len() > self.options.connection.max_packet_size {
-            count(&counters.dropped_oversized);
-            return None;
+            return count_drop(&counters.dropped_oversized, "dropped_oversized", told);
         }
         let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&message.payload) else {
-            count(&counters.dropped_malformed);
-            return None;
+            return count_drop(&counters.dropped_malformed, "dropped_malformed", told);
         };
         let mut route = route(
             self.options.mqtt5_only,
@@ -346,12 +357,12 @@ impl Responder {
         }
         if protocol::is_cancellation(&body) {
             // A caller gave up: stop its run if one is under way; nothing is answered.
-            let id = route
-                .as_ref()
-                .and_then(|route| route.request_id.as_deref())?;
-            let number = self.replier.ledger().cancel(id)?;
-            count(&counters.handlers_cancelled);
-            return Some(Incoming::Cancel(number));
+            let id = route.as_ref().and_then(|route| route.request_id.as_deref());
+            if let Some(number) = id.and_then(|id| self.replier.ledger().cancel(id)) {
+                count(&counters.handlers_cancelled);
+                told.push(Incoming::Cancel(number));
+            }
+            return;
         }
         count(match route {
             Some(_) => &counters.requests,
@@ -366,7 +377,7 @@ impl Responder {
                     .iter()
                     .position(|f| protocol::topic_matches(f, &message.topic))
                     .unwrap_or(0);
-                return Some(Incoming::Request(Box::new(IncomingRequest {
+                told.push(Incoming::Request(Box::new(IncomingRequest {
                     filter_index,
                     topic: message.topic,
                     body,
@@ -379,16 +390,17 @@ impl Responder {
                 let _ = self.replier.answer(&route, outcome);
             }
             (Admission::Joined, _) => count(&counters.repeats_answered_from_cache),
-            (Admission::RepeatDropped, _) => count(&counters.repeats_dropped),
+            (Admission::RepeatDropped, _) => {
+                count_drop(&counters.repeats_dropped, "repeats_dropped", told)
+            }
             (Admission::Overloaded, route) => {
-                count(&counters.requests_overloaded);
+                count_drop(&counters.requests_overloaded, "requests_overloaded", told);
                 if let Some(route) = route {
                     let _ = self.replier.answer(&route, Err(overloaded()));
                 }
             }
             (Admission::Answer(_), None) => {}
         }
-        None
     }
 
     /// Queues DISCONNECT behind the answers already queued; `serve` ends once it is
