@@ -6,6 +6,7 @@ outcome is never among what is dropped."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 
@@ -30,8 +31,9 @@ def topic() -> str:
 
 
 async def test_a_progress_flood_while_the_loop_is_blocked_is_bounded(
-    broker: MosquittoBroker, seed_device: ResponderDevice
+    broker: MosquittoBroker, seed_device: ResponderDevice, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="mqtt_rpc")
     async with MqttRpcClient(broker.host, broker.port) as client:
         before = resident_bytes()
         stream = client.stream(topic(), {"_responder": {"progress_steps": FLOOD}}, timeout=60)
@@ -50,6 +52,8 @@ async def test_a_progress_flood_while_the_loop_is_blocked_is_bounded(
         assert "result" in messages[-1]
         assert len(messages) - 1 + stream.dropped == MAX_QUEUED_INTERIM
         assert client.pending == 0
+    # Hundreds of thousands dropped, one line said.
+    assert len([r for r in caplog.records if "interim_dropped" in r.getMessage()]) == 1
 
 
 async def test_a_consumer_that_lags_keeps_the_newest_messages_and_the_answer(

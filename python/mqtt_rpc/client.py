@@ -881,6 +881,7 @@ DROPPED = {
     "replies_dropped_malformed": "a message on a reply topic that is not a JSON object or names another request id",
     "replies_dropped_oversized": "a reply larger than max_packet_size",
     "messages_dropped": "a notification or cancellation: the publish-rate queue was full",
+    "interim_dropped": "a progress message or scatter-gather answer: too many waited for the event loop",
 }
 
 

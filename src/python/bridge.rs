@@ -74,6 +74,8 @@ pub struct CompletionQueue {
     /// Interim messages dropped because `MAX_QUEUED_INTERIM` were waiting (shared with the
     /// client, whose `stats()` reports it).
     dropped: Arc<AtomicU64>,
+    /// Whom to tell of the first such drop (the client's event handler and id), if anyone.
+    first_drop: Option<(Arc<Py<PyAny>>, Arc<str>)>,
 }
 
 #[derive(Default)]
@@ -113,6 +115,21 @@ impl CompletionQueue {
             self.wake();
         }
         Ok(())
+    }
+
+    /// Counts an interim message dropped; the first one is also told (said once).
+    fn count_dropped(&self) {
+        if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+            if let Some((handler, client_id)) = &self.first_drop {
+                self.push(Completion::Event {
+                    handler: handler.clone(),
+                    client_id: client_id.clone(),
+                    event: ConnectionEvent::FirstDrop {
+                        counter: "interim_dropped",
+                    },
+                });
+            }
+        }
     }
 
     fn wake(&self) {
@@ -173,7 +190,7 @@ impl Waiter for PyWaiter {
                     message,
                 });
                 if offered.is_err() {
-                    queue.dropped.fetch_add(1, Ordering::Relaxed);
+                    queue.count_dropped();
                 }
             }
             PyWaiter::Blocking {
@@ -293,9 +310,12 @@ pub struct LoopBridge {
 impl LoopBridge {
     /// Creates the bridge for `event_loop` and registers it with `add_reader`; must be
     /// called on that loop's thread.
+    /// `dropped` counts interim messages dropped; `first_drop` (a client's event handler and
+    /// id) is told of the first one.
     pub fn attach(
         event_loop: &Bound<'_, PyAny>,
         dropped: Arc<AtomicU64>,
+        first_drop: Option<(Arc<Py<PyAny>>, Arc<str>)>,
     ) -> PyResult<Py<LoopBridge>> {
         let py = event_loop.py();
         let (wake_reader, wake_writer) = UnixStream::pair()?;
@@ -311,6 +331,7 @@ impl LoopBridge {
                     items: Mutex::new(Queued::default()),
                     wake_writer,
                     dropped,
+                    first_drop,
                 }),
                 wake_reader,
             },

@@ -83,7 +83,11 @@ impl CoreClient {
                 closed.push(bridge.get().queue.clone());
             }
         }
-        let bridge = LoopBridge::attach(event_loop, self.interim_dropped.clone())?;
+        let first_drop = self
+            .event_handler
+            .as_ref()
+            .map(|handler| (handler.clone(), Arc::from(self.client_id.as_str())));
+        let bridge = LoopBridge::attach(event_loop, self.interim_dropped.clone(), first_drop)?;
         lock(&self.bridges).retain(|b| !closed.iter().any(|q| Arc::ptr_eq(q, &b.get().queue)));
         lock(&self.bridges).push(bridge.clone_ref(py));
         let mut target = lock(&self.event_target);

@@ -216,7 +216,7 @@ impl CoreResponder {
             return Err(value_error("serve() was already called on this responder"));
         };
         let runtime = runtime().map_err(PyRuntimeError::new_err)?;
-        let bridge = LoopBridge::attach(event_loop, Default::default())?;
+        let bridge = LoopBridge::attach(event_loop, Default::default(), None)?;
         let queue = bridge.get().queue.clone();
         let future = bridge.get().new_future(py)?;
         *self
