@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["ours", "ours-many", "ours-gather", "limit", "best", "seed", "nats", "faststream"]
+ORDER = ["ours", "ours-many", "ours-gather", "limit", "best", "seed", "nats", "faststream", "aws"]
 NAMES = {
     "ours": "ours (MqttRpcClient.call)",
     "ours-many": "ours, call_many in waves",
@@ -24,6 +24,7 @@ NAMES = {
     "seed": "seed (hand-written, awscrt)",
     "nats": "nats-py request (NATS)",
     "faststream": "FastStream MQTT request",
+    "aws": "AWS request-response (awscrt)",
 }
 PLOT = ROOT / "benches" / "calls_per_second.png"
 
@@ -93,7 +94,7 @@ def ratio_table(runs: Runs, qos: int) -> List[str]:
 
 def cpu_table(runs: Runs, qos: int) -> List[str]:
     """Client CPU per 1,000 calls, ours beside the alternatives, and ours's paired ratio to each."""
-    others = [c for c in ("limit", "nats", "faststream", "best") if select(runs, qos=qos, client=c)]
+    others = [c for c in ("limit", "nats", "faststream", "aws", "best") if select(runs, qos=qos, client=c)]
     lines = [
         "| concurrency | ours | " + " | ".join(NAMES[c] for c in others) + " | "
         + " | ".join(f"ours/{c}" for c in others) + " |",
@@ -215,6 +216,8 @@ def main() -> None:
         "  nats-server, answered by two nats-py devices in a queue group (`benches/clients/nats_request.py`).",
         "- **FastStream MQTT request**: `await broker.request(payload, topic)` with MQTT 5 (a Response",
         "  Topic per request), against Rust devices serving MQTT 5 (`benches/clients/faststream_mqtt.py`).",
+        "- **AWS request-response**: `awscrt.mqtt_request_response`, the client the AWS IoT SDKs use",
+        "  for shadows and jobs, on an awscrt 3.1.1 connection (`benches/clients/aws_request_response.py`).",
         "",
         "## Targets",
         "",

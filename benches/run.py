@@ -15,6 +15,8 @@ Clients (benches/clients/, and src/bin/bench_limit.rs):
                per request), against Rust devices serving MQTT 5
   nats         nats-py's `request()` against nats-server, answered by two nats-py devices
                (benches/clients/nats_device.py) in a queue group: the NATS alternative
+  aws          AWS's request-response client (awscrt.mqtt_request_response), as the AWS
+               IoT SDKs use it, on an awscrt MQTT 3.1.1 connection
 
 Each measurement is one fresh process of one client at one concurrency: a warm-up, then
 `--seconds` of `concurrency` callers calling in a loop. Repetitions alternate the clients
@@ -51,6 +53,7 @@ CLIENT_COMMANDS = {
     "best": ["best_paho.py"],
     "faststream": ["faststream_mqtt.py"],
     "nats": ["nats_request.py"],
+    "aws": ["aws_request_response.py"],
 }
 #: Clients whose requests need an MQTT 5 device (a Response Topic to answer through).
 MQTT5_CLIENTS = {"faststream"}
@@ -169,7 +172,7 @@ def machine() -> Dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", default="ours,ours-gather,ours-many,seed,best,limit,faststream,nats")
+    parser.add_argument("--clients", default="ours,ours-gather,ours-many,seed,best,limit,faststream,nats,aws")
     parser.add_argument("--concurrency", default="1,16,256,1024")
     parser.add_argument("--qos", default="0,1")
     parser.add_argument("--repetitions", type=int, default=3)
