@@ -35,6 +35,11 @@ pub struct Call<W> {
     seq: u64,
 }
 
+/// The answers a scatter-gather call without `max_replies` takes at most: the names it
+/// remembers to count each device once must stay bounded whatever devices (or a flood of
+/// made-up names) send. A call that needs more says so with `max_replies`.
+pub const DEFAULT_MAX_REPLIES: usize = 100_000;
+
 /// What a scatter-gather call has collected so far.
 #[derive(Debug, Default)]
 pub struct Gather {
@@ -47,7 +52,7 @@ pub struct Gather {
 impl Gather {
     pub fn new(max_replies: Option<usize>) -> Self {
         Gather {
-            max_replies,
+            max_replies: Some(max_replies.unwrap_or(DEFAULT_MAX_REPLIES)),
             ..Gather::default()
         }
     }
@@ -388,5 +393,16 @@ mod tests {
         assert_eq!(table.in_flight(), 0);
         assert_eq!(table.next_deadline(), None);
         assert_eq!(table.admit_next(), None);
+    }
+
+    #[test]
+    fn a_gather_without_max_replies_ends_at_the_default_bound() {
+        let mut gather = Gather::new(None);
+        for n in 0..DEFAULT_MAX_REPLIES {
+            assert!(!gather.is_full());
+            assert!(gather.accept(Some(&format!("device-{n}"))));
+        }
+        assert!(gather.is_full());
+        assert_eq!(gather.responders.len(), DEFAULT_MAX_REPLIES);
     }
 }

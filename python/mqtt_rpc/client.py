@@ -591,8 +591,9 @@ class MqttRpcClient(_ClientState):
     ) -> "CallStream":
         """Scatter-gather: publishes one request to ``topic`` (typically a group topic that
         many devices subscribe to) and yields every device's answer as it arrives, until
-        ``timeout`` seconds have passed or ``max_replies`` answers have come. Reaching the
-        deadline is the normal end, not an error.
+        ``timeout`` seconds have passed or ``max_replies`` answers have come (100,000 when not
+        given: the devices counted must stay bounded). Reaching the deadline is the normal
+        end, not an error.
 
         The request carries ``"gather": true``; a device names itself in its answer's
         ``responder`` member (a `Responder` does so with its client id), and each device's

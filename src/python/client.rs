@@ -135,9 +135,10 @@ impl CoreClient {
         &self,
         py: Python<'_>,
         (prepared, duration): (PoolPrepared, Duration),
-        mut on_message: impl FnMut(serde_json::Map<String, serde_json::Value>) -> PyResult<()>,
+        on_message: impl FnMut(serde_json::Map<String, serde_json::Value>) -> PyResult<()>,
     ) -> PyResult<crate::client::Outcome> {
-        let (sender, mut receiver) = std::sync::mpsc::channel();
+        let dropped_before = self.interim_dropped.load(Ordering::Relaxed);
+        let (sender, receiver) = std::sync::mpsc::channel();
         let waiting = Arc::new(AtomicUsize::new(0));
         let waiter = PyWaiter::Blocking {
             sender,
@@ -145,6 +146,20 @@ impl CoreClient {
             dropped: self.interim_dropped.clone(),
         };
         let request_id = self.inner.start(prepared, duration, waiter);
+        let outcome = self.wait_on(py, receiver, &waiting, &request_id, on_message);
+        self.tell_first_blocking_drop(py, dropped_before);
+        outcome
+    }
+
+    /// `wait_blocking`'s wait: the outcome, with the interim messages handed on meanwhile.
+    fn wait_on(
+        &self,
+        py: Python<'_>,
+        mut receiver: std::sync::mpsc::Receiver<Blocked>,
+        waiting: &AtomicUsize,
+        request_id: &str,
+        mut on_message: impl FnMut(serde_json::Map<String, serde_json::Value>) -> PyResult<()>,
+    ) -> PyResult<crate::client::Outcome> {
         loop {
             // The receiver goes to the GIL-free closure and comes back (Send, not Sync).
             let (back, received) = py.detach(move || {
@@ -157,13 +172,13 @@ impl CoreClient {
                 Ok(Blocked::Message(message)) => {
                     waiting.fetch_sub(1, Ordering::AcqRel);
                     if let Err(error) = on_message(message) {
-                        self.inner.forget(&request_id);
+                        self.inner.forget(request_id);
                         return Err(error);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     if let Err(interrupted) = py.check_signals() {
-                        self.inner.forget(&request_id);
+                        self.inner.forget(request_id);
                         return Err(interrupted);
                     }
                 }
@@ -172,6 +187,20 @@ impl CoreClient {
                         "the client was dropped".into(),
                     )))
                 }
+            }
+        }
+    }
+
+    /// A blocked thread has no loop to be told on: the first interim message dropped while
+    /// it waited is told here, on its own thread, as the loop would have been.
+    fn tell_first_blocking_drop(&self, py: Python<'_>, dropped_before: u64) {
+        if dropped_before > 0 || self.interim_dropped.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        if let Some(handler) = &self.event_handler {
+            let args = ("dropped", false, false, "interim_dropped", &*self.client_id);
+            if let Err(error) = handler.call1(py, args) {
+                error.write_unraisable(py, None);
             }
         }
     }
