@@ -1,6 +1,7 @@
 //! `Stats`: what a client counts (calls by outcome, replies dropped by kind) and the gauges
 //! read from its tables. The engine keeps the counters in a `Stats` of its own; the names
-//! the Python binding shows come from `Stats::counts`, the one list of them.
+//! the Python binding shows come from `Stats::counts`, the one list of them (`Dropped`
+//! names the counter of each kind of drop, checked against that list).
 
 use std::time::Duration;
 
@@ -98,5 +99,55 @@ impl Stats {
         self.reconnects += other.reconnects;
         self.pending += other.pending;
         self.reply_subscriptions += other.reply_subscriptions;
+    }
+}
+
+/// What the engine drops and counts rather than raising.
+#[derive(Debug, Clone, Copy)]
+pub enum Dropped {
+    /// A reply that matches no call.
+    Stray,
+    /// A second answer to a call already answered.
+    Duplicate,
+    /// Not a JSON object, or naming another request id than the one it matched.
+    Malformed,
+    /// Larger than `max_packet_size`.
+    Oversized,
+    /// A notification or cancellation the publish-rate queue had no room for.
+    Message,
+}
+
+impl Dropped {
+    #[cfg(test)]
+    const ALL: [Dropped; 5] = [
+        Dropped::Stray,
+        Dropped::Duplicate,
+        Dropped::Malformed,
+        Dropped::Oversized,
+        Dropped::Message,
+    ];
+
+    /// The name of its counter in `Stats`.
+    pub fn counter(self) -> &'static str {
+        match self {
+            Dropped::Stray => "replies_dropped_stray",
+            Dropped::Duplicate => "replies_dropped_duplicate",
+            Dropped::Malformed => "replies_dropped_malformed",
+            Dropped::Oversized => "replies_dropped_oversized",
+            Dropped::Message => "messages_dropped",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_of_drop_names_a_stats_counter() {
+        let names: Vec<&str> = Stats::default().counts().iter().map(|(n, _)| *n).collect();
+        for kind in Dropped::ALL {
+            assert!(names.contains(&kind.counter()), "{kind:?}");
+        }
     }
 }

@@ -14,45 +14,8 @@
 
 mod network;
 
-/// What the engine drops and counts rather than raising.
-#[derive(Debug, Clone, Copy)]
-enum Dropped {
-    /// A reply that matches no call.
-    Stray,
-    /// A second answer to a call already answered.
-    Duplicate,
-    /// Not a JSON object, or naming another request id than the one it matched.
-    Malformed,
-    /// Larger than `max_packet_size`.
-    Oversized,
-    /// A notification or cancellation the publish-rate queue had no room for.
-    Message,
-}
-
-impl Dropped {
-    #[cfg(test)]
-    const ALL: [Dropped; 5] = [
-        Dropped::Stray,
-        Dropped::Duplicate,
-        Dropped::Malformed,
-        Dropped::Oversized,
-        Dropped::Message,
-    ];
-
-    /// The name of its counter in `Stats`.
-    fn counter(self) -> &'static str {
-        match self {
-            Dropped::Stray => "replies_dropped_stray",
-            Dropped::Duplicate => "replies_dropped_duplicate",
-            Dropped::Malformed => "replies_dropped_malformed",
-            Dropped::Oversized => "replies_dropped_oversized",
-            Dropped::Message => "messages_dropped",
-        }
-    }
-}
-
 use super::errors::{CallError, Outcome};
-use super::stats::Stats;
+use super::stats::{Dropped, Stats};
 use super::{ConnectionEvent, Load, Waiter};
 use crate::acks::Sent;
 use crate::link::Protocol;
@@ -603,19 +566,6 @@ impl<W: Waiter> Engine<W> {
         if let Some(call) = self.take_call(request_id, now) {
             self.counts.calls_failed += 1;
             self.wakeups.push((call.waiter, Err(error)));
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_kind_of_drop_names_a_stats_counter() {
-        let names: Vec<&str> = Stats::default().counts().iter().map(|(n, _)| *n).collect();
-        for kind in Dropped::ALL {
-            assert!(names.contains(&kind.counter()), "{kind:?}");
         }
     }
 }
