@@ -251,11 +251,15 @@ class Responder:
         number = reply.number
         self._tasks.add(task)
         self._runs[number] = task
-        task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(lambda _: self._runs.pop(number, None))
-        # A task cancelled before it first ran never reached its own ending: end the run
-        # here (after an answer this does nothing).
-        task.add_done_callback(lambda _: reply.abandon())
+
+        def finished(task: "asyncio.Task[None]") -> None:
+            self._tasks.discard(task)
+            self._runs.pop(number, None)
+            # A task cancelled before it first ran never reached its own ending: end the run
+            # here (after an answer this does nothing).
+            reply.abandon()
+
+        task.add_done_callback(finished)
 
     def _on_drop(self, counter: str) -> None:
         # Counted, not raised: said once per kind, the counter says how many followed.

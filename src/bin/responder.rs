@@ -308,7 +308,7 @@ fn handle(args: &Args, seen_ids: &mut SeenIds, delayed: &mut Delayed, incoming: 
                 send(&replier, &route, junk);
             }
         }
-        let copy = twice.then(|| reply_body(&route, outcome.clone()));
+        let copy = twice.then(|| reply_body(&route, &outcome));
         if pending.answer(outcome).is_err() {
             report_unsent(&route);
         }

@@ -44,7 +44,7 @@ impl Replier {
         sent
     }
 
-    pub fn answer(&self, route: &ReplyRoute, outcome: Outcome) -> Result<(), Unsent> {
+    pub fn answer(&self, route: &ReplyRoute, outcome: &Outcome) -> Result<(), Unsent> {
         self.send(route, reply_body(route, outcome))
     }
 
@@ -115,9 +115,9 @@ impl PendingAnswer {
             return Ok(());
         };
         for repeat in &repeats {
-            let _ = self.replier.answer(repeat, outcome.clone());
+            let _ = self.replier.answer(repeat, &outcome);
         }
-        self.replier.answer(&route, outcome)
+        self.replier.answer(&route, &outcome)
     }
 
     /// Answers "overloaded" without running a handler (the loop was too far behind); the
@@ -125,7 +125,7 @@ impl PendingAnswer {
     pub fn refuse(mut self) {
         self.end(None);
         if let Some(route) = self.route.take() {
-            let _ = self.replier.answer(&route, Err(overloaded()));
+            let _ = self.replier.answer(&route, &Err(overloaded()));
         }
     }
 

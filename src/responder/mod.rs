@@ -149,9 +149,9 @@ fn count(counter: &AtomicU64) {
 
 /// Counts a dropped or refused request; the first of its kind is also told
 /// (`Incoming::FirstDrop`).
-fn count_drop(counter: &AtomicU64, name: &'static str, told: &mut Vec<Incoming>) {
+fn count_drop(counter: &AtomicU64, name: &'static str, tell: &mut impl FnMut(Incoming)) {
     if counter.fetch_add(1, Ordering::Relaxed) == 0 {
-        told.push(Incoming::FirstDrop(name));
+        tell(Incoming::FirstDrop(name));
     }
 }
 
@@ -295,11 +295,7 @@ impl Responder {
                         correlation_data,
                         response_topic,
                     };
-                    let mut told = Vec::new();
-                    self.take(message, &mut told);
-                    for incoming in told {
-                        on_request(incoming);
-                    }
+                    self.take(message, &mut on_request);
                 }
                 Ok(Inbound::PublishWritten(_)) => {
                     count(&self.replier.counters.answers_sent);
@@ -334,14 +330,14 @@ impl Responder {
 
     /// Decides what a message from the network becomes: dropped (oversized, not a JSON
     /// object: counted), answered here (a repeat, or "overloaded"), a cancellation of a run
-    /// under way, or a request to run; what the application must hear goes into `told`.
-    fn take(&self, message: Message, told: &mut Vec<Incoming>) {
+    /// under way, or a request to run; what the application must hear goes to `tell`.
+    fn take(&self, message: Message, tell: &mut impl FnMut(Incoming)) {
         let counters = &self.replier.counters;
         if message.payload.len() > self.options.connection.max_packet_size {
-            return count_drop(&counters.dropped_oversized, "dropped_oversized", told);
+            return count_drop(&counters.dropped_oversized, "dropped_oversized", tell);
         }
         let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&message.payload) else {
-            return count_drop(&counters.dropped_malformed, "dropped_malformed", told);
+            return count_drop(&counters.dropped_malformed, "dropped_malformed", tell);
         };
         let mut route = route(
             self.options.mqtt5_only,
@@ -360,7 +356,7 @@ impl Responder {
             let id = route.as_ref().and_then(|route| route.request_id.as_deref());
             if let Some(number) = id.and_then(|id| self.replier.ledger().cancel(id)) {
                 count(&counters.handlers_cancelled);
-                told.push(Incoming::Cancel(number));
+                tell(Incoming::Cancel(number));
             }
             return;
         }
@@ -377,7 +373,7 @@ impl Responder {
                     .iter()
                     .position(|f| protocol::topic_matches(f, &message.topic))
                     .unwrap_or(0);
-                told.push(Incoming::Request(Box::new(IncomingRequest {
+                tell(Incoming::Request(Box::new(IncomingRequest {
                     filter_index,
                     topic: message.topic,
                     body,
@@ -387,16 +383,16 @@ impl Responder {
             }
             (Admission::Answer(outcome), Some(route)) => {
                 count(&counters.repeats_answered_from_cache);
-                let _ = self.replier.answer(&route, outcome);
+                let _ = self.replier.answer(&route, &outcome);
             }
             (Admission::Joined, _) => count(&counters.repeats_answered_from_cache),
             (Admission::RepeatDropped, _) => {
-                count_drop(&counters.repeats_dropped, "repeats_dropped", told)
+                count_drop(&counters.repeats_dropped, "repeats_dropped", tell)
             }
             (Admission::Overloaded, route) => {
-                count_drop(&counters.requests_overloaded, "requests_overloaded", told);
+                count_drop(&counters.requests_overloaded, "requests_overloaded", tell);
                 if let Some(route) = route {
-                    let _ = self.replier.answer(&route, Err(overloaded()));
+                    let _ = self.replier.answer(&route, &Err(overloaded()));
                 }
             }
             (Admission::Answer(_), None) => {}

@@ -5,6 +5,7 @@
 
 use crate::protocol::{self, RemoteError, REQUEST_ID_MEMBER};
 use bytes::Bytes;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
 /// Where and how to answer one request.
@@ -62,33 +63,46 @@ pub fn route(
 
 /// The answer's body: `{"request_id", "result"}` or `{"request_id", "error": {"code",
 /// "message", "data"}}`.
-pub fn reply_body(route: &ReplyRoute, outcome: Result<Value, RemoteError>) -> Vec<u8> {
-    let mut reply = Map::new();
-    if let Some(id) = &route.request_id {
-        reply.insert(REQUEST_ID_MEMBER.into(), Value::from(id.as_str()));
-    }
-    if let Some(name) = &route.responder {
-        reply.insert(
-            protocol::RESPONDER_MEMBER.into(),
-            Value::from(name.as_str()),
-        );
-    }
-    match outcome {
-        Ok(result) => {
-            reply.insert("result".into(), result);
+pub fn reply_body(route: &ReplyRoute, outcome: &Result<Value, RemoteError>) -> Vec<u8> {
+    // Written straight from the borrowed parts: no map of owned copies is built per answer.
+    serde_json::to_vec(&ReplyBody { route, outcome }).unwrap_or_default()
+}
+
+struct ReplyBody<'a> {
+    route: &'a ReplyRoute,
+    outcome: &'a Result<Value, RemoteError>,
+}
+
+impl Serialize for ReplyBody<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut reply = serializer.serialize_map(None)?;
+        if let Some(id) = &self.route.request_id {
+            reply.serialize_entry(REQUEST_ID_MEMBER, id)?;
         }
-        Err(error) => {
-            let mut object = Map::new();
-            object.insert("code".into(), Value::from(error.code));
-            object.insert("message".into(), Value::from(error.message));
-            if !error.data.is_null() {
-                object.insert("data".into(), error.data);
-            }
-            reply.insert("error".into(), Value::Object(object));
+        if let Some(name) = &self.route.responder {
+            reply.serialize_entry(protocol::RESPONDER_MEMBER, name)?;
         }
+        match self.outcome {
+            Ok(result) => reply.serialize_entry("result", result)?,
+            Err(error) => reply.serialize_entry("error", &ErrorBody(error))?,
+        }
+        reply.end()
     }
-    // Serialising a map of JSON values cannot fail.
-    serde_json::to_vec(&reply).unwrap_or_default()
+}
+
+/// `{"code", "message", "data"}`, `data` only when there is some.
+struct ErrorBody<'a>(&'a RemoteError);
+
+impl Serialize for ErrorBody<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut error = serializer.serialize_map(None)?;
+        error.serialize_entry("code", &self.0.code)?;
+        error.serialize_entry("message", &self.0.message)?;
+        if !self.0.data.is_null() {
+            error.serialize_entry("data", &self.0.data)?;
+        }
+        error.end()
+    }
 }
 
 /// An interim message before the answer: `{"request_id", "progress": <value>}`.
@@ -158,10 +172,10 @@ mod tests {
             request_id: Some("r1".into()),
             responder: None,
         };
-        let ok: Value = serde_json::from_slice(&reply_body(&route, Ok(json!({"x": 1})))).unwrap();
+        let ok: Value = serde_json::from_slice(&reply_body(&route, &Ok(json!({"x": 1})))).unwrap();
         assert_eq!(ok, json!({"request_id": "r1", "result": {"x": 1}}));
         route.responder = Some("dev-7".into());
-        let named: Value = serde_json::from_slice(&reply_body(&route, Ok(json!(1)))).unwrap();
+        let named: Value = serde_json::from_slice(&reply_body(&route, &Ok(json!(1)))).unwrap();
         assert_eq!(
             named,
             json!({"request_id": "r1", "responder": "dev-7", "result": 1})
@@ -172,7 +186,7 @@ mod tests {
             message: "busy".into(),
             data: json!([1]),
         };
-        let failed: Value = serde_json::from_slice(&reply_body(&route, Err(error))).unwrap();
+        let failed: Value = serde_json::from_slice(&reply_body(&route, &Err(error))).unwrap();
         assert_eq!(
             failed,
             json!({"request_id": "r1", "error": {"code": -32000, "message": "busy", "data": [1]}})
