@@ -1,0 +1,205 @@
+//! MQTT 5 for the connection: rumqttc's MQTT 5 codec and state machine, the CONNECT
+//! properties we ask for, and its events (with Response Topic and Correlation Data)
+//! turned into `Inbound`.
+
+use super::connection::{Accepted, RequestKind, Wire};
+use super::{ConnectionOptions, Inbound, LinkError, LinkErrorKind};
+use bytes::BytesMut;
+use rumqttc::v5::mqttbytes::v5::{
+    ConnectProperties, ConnectReturnCode, Login, Packet, PubAckReason, SubscribeReasonCode,
+};
+use rumqttc::v5::mqttbytes::Error as CodecError;
+use rumqttc::v5::{Event, MqttState, Request, StateError};
+
+pub struct V5;
+
+impl Wire for V5 {
+    type State = MqttState;
+    type Request = Request;
+    type Packet = Packet;
+
+    fn new_state(max_inflight: u16) -> MqttState {
+        MqttState::new(max_inflight, false)
+    }
+
+    fn connect_packet(options: &ConnectionOptions) -> Packet {
+        let mut properties = ConnectProperties::new();
+        properties.max_packet_size =
+            Some(u32::try_from(options.max_packet_size).unwrap_or(u32::MAX));
+        if !options.session_expiry.is_zero() {
+            let seconds = u32::try_from(options.session_expiry.as_secs()).unwrap_or(u32::MAX);
+            properties.session_expiry_interval = Some(seconds);
+        }
+        let connect = rumqttc::v5::mqttbytes::v5::Connect {
+            client_id: options.client_id.clone(),
+            keep_alive: u16::try_from(options.keepalive.as_secs()).unwrap_or(u16::MAX),
+            clean_start: options.session_expiry.is_zero(),
+            properties: Some(properties),
+        };
+        let login = options
+            .username
+            .as_ref()
+            .map(|user| Login::new(user.as_str(), options.password.clone().unwrap_or_default()));
+        Packet::Connect(connect, None, login)
+    }
+
+    fn read_limit(options: &ConnectionOptions) -> usize {
+        // The broker knows our limit from CONNECT and drops what exceeds it.
+        options.max_packet_size
+    }
+
+    fn read(buffer: &mut BytesMut, limit: usize) -> Result<Option<Packet>, LinkError> {
+        match Packet::read(buffer, Some(u32::try_from(limit).unwrap_or(u32::MAX))) {
+            Ok(packet) => Ok(Some(packet)),
+            Err(CodecError::InsufficientBytes(_)) => Ok(None),
+            Err(e) => Err(LinkError::other(format!(
+                "a bad packet from the broker: {e}"
+            ))),
+        }
+    }
+
+    fn write(packet: &Packet, buffer: &mut BytesMut, limit: usize) -> Result<(), LinkError> {
+        let limit = u32::try_from(limit).ok();
+        packet
+            .write(buffer, limit)
+            .map(drop)
+            .map_err(|e| LinkError::other(format!("cannot encode a packet: {e}")))
+    }
+
+    fn accept(state: &mut MqttState, packet: Packet) -> Result<Accepted, LinkError> {
+        let Packet::ConnAck(ack) = packet else {
+            return Err(LinkError::other(format!(
+                "the broker answered CONNECT with {packet:?}"
+            )));
+        };
+        if ack.code != ConnectReturnCode::Success {
+            return Err(LinkError::of(
+                LinkErrorKind::Refused,
+                format!("the broker refused the connection: {:?}", ack.code),
+            ));
+        }
+        let properties = ack.properties.as_ref();
+        let accepted = Accepted {
+            session_present: ack.session_present,
+            receive_maximum: properties.and_then(|p| p.receive_max),
+            max_packet_size: properties.and_then(|p| p.max_packet_size),
+        };
+        // The state machine learns the broker's limits, and queues the CONNACK's event.
+        state
+            .handle_incoming_packet(Packet::ConnAck(ack))
+            .map_err(state_error)?;
+        Ok(accepted)
+    }
+
+    fn incoming(state: &mut MqttState, packet: Packet) -> Result<Option<Packet>, LinkError> {
+        state.handle_incoming_packet(packet).map_err(state_error)
+    }
+
+    fn outgoing(state: &mut MqttState, request: Request) -> Result<Option<Packet>, LinkError> {
+        match request {
+            Request::Publish(_)
+            | Request::Subscribe(_)
+            | Request::Unsubscribe(_)
+            | Request::Disconnect
+            | Request::PubAck(_) => state.handle_outgoing_packet(request).map_err(state_error),
+            other => Err(LinkError::other(format!("cannot send {other:?}"))),
+        }
+    }
+
+    fn ping(state: &mut MqttState) -> Result<Option<Packet>, LinkError> {
+        state
+            .handle_outgoing_packet(Request::PingReq)
+            .map_err(state_error)
+    }
+
+    fn clean(state: &mut MqttState) -> Vec<Request> {
+        state.clean()
+    }
+
+    fn next_event(state: &mut MqttState) -> Option<Inbound> {
+        let event = state.events.pop_front()?;
+        Some(match event {
+            Event::Incoming(packet) => match packet {
+                Packet::ConnAck(ack) => {
+                    let properties = ack.properties.as_ref();
+                    Inbound::Connected {
+                        session_present: ack.session_present,
+                        max_packet_size: properties.and_then(|p| p.max_packet_size),
+                        shared_subscriptions: properties
+                            .and_then(|p| p.shared_subscription_available)
+                            .map(|available| available != 0),
+                    }
+                }
+                Packet::Publish(publish) => {
+                    let (correlation_data, response_topic) = match publish.properties {
+                        Some(p) => (p.correlation_data, p.response_topic),
+                        None => (None, None),
+                    };
+                    Inbound::Message {
+                        topic: String::from_utf8_lossy(&publish.topic).into_owned(),
+                        payload: publish.payload,
+                        correlation_data,
+                        response_topic,
+                    }
+                }
+                Packet::PubAck(ack) => Inbound::PubAck {
+                    packet_id: ack.pkid,
+                    reason: puback_code(ack.reason),
+                },
+                Packet::SubAck(ack) => Inbound::SubAck {
+                    packet_id: ack.pkid,
+                    granted: ack
+                        .return_codes
+                        .iter()
+                        .all(|c| matches!(c, SubscribeReasonCode::Success(_))),
+                },
+                _ => Inbound::Other,
+            },
+            Event::Outgoing(outgoing) => super::outgoing_event(outgoing),
+        })
+    }
+
+    fn inflight(state: &MqttState) -> u16 {
+        state.inflight()
+    }
+
+    fn collision(state: &MqttState) -> bool {
+        state.collision.is_some()
+    }
+
+    fn kind(request: &Request) -> RequestKind {
+        match request {
+            Request::Publish(publish) => {
+                RequestKind::Publish((publish.pkid != 0).then_some(publish.pkid))
+            }
+            Request::Subscribe(_) | Request::Unsubscribe(_) => RequestKind::Subscription,
+            Request::PubAck(_) => RequestKind::Ack,
+            Request::Disconnect => RequestKind::Disconnect,
+            _ => RequestKind::Other,
+        }
+    }
+}
+
+fn puback_code(reason: PubAckReason) -> u8 {
+    use PubAckReason as R;
+    match reason {
+        R::Success => 0,
+        R::NoMatchingSubscribers => 16,
+        R::UnspecifiedError => 128,
+        R::ImplementationSpecificError => 131,
+        R::NotAuthorized => 135,
+        R::TopicNameInvalid => 144,
+        R::PacketIdentifierInUse => 145,
+        R::QuotaExceeded => 151,
+        R::PayloadFormatInvalid => 153,
+    }
+}
+
+fn state_error(error: StateError) -> LinkError {
+    match &error {
+        StateError::Io(io) | StateError::Deserialization(CodecError::Io(io)) => {
+            super::classify_io(io, error.to_string())
+        }
+        _ => LinkError::other(error.to_string()),
+    }
+}
