@@ -7,6 +7,11 @@
 //! place in the slot queue and its slot, so nothing outlives the call.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+/// The hasher of the tables every call and every reply touches: foldhash (randomly seeded,
+/// as serde_json's maps are) costs a fraction of the default SipHash on request ids, which
+/// our own uuids insert and a reply can only look up.
+type IdHasher = foldhash::fast::RandomState;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -89,7 +94,7 @@ pub enum Admission {
 
 #[derive(Debug)]
 pub struct PendingTable<W> {
-    calls: HashMap<String, Call<W>>,
+    calls: HashMap<String, Call<W>, IdHasher>,
     deadlines: BTreeMap<(Instant, u64), String>,
     slot_queue: VecDeque<String>,
     in_flight: usize,
@@ -100,7 +105,7 @@ pub struct PendingTable<W> {
 impl<W> PendingTable<W> {
     pub fn new(max_in_flight: usize) -> Self {
         PendingTable {
-            calls: HashMap::new(),
+            calls: HashMap::default(),
             deadlines: BTreeMap::new(),
             slot_queue: VecDeque::new(),
             in_flight: 0,
@@ -235,7 +240,7 @@ impl<W> PendingTable<W> {
 #[derive(Debug, Default)]
 pub struct RecentlyAnswered {
     order: VecDeque<String>,
-    ids: std::collections::HashSet<String>,
+    ids: HashSet<String, IdHasher>,
 }
 
 impl RecentlyAnswered {
