@@ -76,7 +76,6 @@ pub type EventSink = Box<dyn Fn(ConnectionEvent) + Send + Sync>;
 /// What a connection reports to a pool to be picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Load {
-    pub connected: bool,
     /// Its publish-rate quota is used up for now (calls would wait for it).
     pub throttled: bool,
     pub pending: usize,

@@ -266,7 +266,6 @@ impl<W: Waiter> Engine<W> {
     pub fn load(&self, topic: &str, now: Instant) -> Load {
         let key = self.pinned.as_deref().unwrap_or(topic);
         Load {
-            connected: self.connected,
             throttled: !self.publishes.has_place(now),
             pending: self.calls.len(),
             holds_reply_filter: self.subscriptions.is_active(key),
