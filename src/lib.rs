@@ -10,7 +10,6 @@ pub mod pending;
 pub mod pool;
 pub mod protocol;
 pub mod quota;
-pub mod reply;
 pub mod responder;
 pub mod subscriptions;
 pub mod tls;

@@ -1,6 +1,5 @@
 //! The wire protocol of mqtt-rpc, with no I/O: request-topic rules, the request envelope
-//! (the caller's JSON object plus `request_id`), reply topics and filters (replies are read
-//! in reply.rs).
+//! (the caller's JSON object plus `request_id`), reply topics and filters, and reply parsing.
 //!
 //! Everything here is pure so that the rules devices depend on are unit-tested without a
 //! broker, and so that each rule is decided in exactly one place.
@@ -401,6 +400,88 @@ pub struct RemoteError {
     pub data: Value,
 }
 
+/// What a well-formed reply means for its call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplyOutcome {
+    /// The decoded reply object, exactly as the device sent it.
+    Answer(Map<String, Value>),
+    /// The device answered with an error object and no result.
+    Remote(RemoteError),
+}
+
+/// Why a message on a reply topic cannot be anyone's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MalformedReply {
+    NotJson,
+    NotAnObject,
+}
+
+/// A reply body that parsed as a JSON object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub body: Map<String, Value>,
+}
+
+impl Reply {
+    pub fn parse(payload: &[u8]) -> Result<Reply, MalformedReply> {
+        match serde_json::from_slice::<Value>(payload) {
+            Ok(Value::Object(body)) => Ok(Reply { body }),
+            Ok(_) => Err(MalformedReply::NotAnObject),
+            Err(_) => Err(MalformedReply::NotJson),
+        }
+    }
+
+    /// The body's `request_id`, if it has a string one.
+    pub fn request_id(&self) -> Option<&str> {
+        self.body.get(REQUEST_ID_MEMBER).and_then(Value::as_str)
+    }
+
+    /// Whether this reply may answer the call `request_id`: a body that names another id is
+    /// not its answer (a body with no id is, when the topic or correlation data matched).
+    pub fn may_answer(&self, request_id: &str) -> bool {
+        match self.body.get(REQUEST_ID_MEMBER) {
+            None => true,
+            Some(Value::String(id)) => id == request_id,
+            Some(_) => false,
+        }
+    }
+
+    /// An interim message (`{"request_id", "progress": ...}`, no `result` or `error`): the
+    /// call goes on waiting for its answer.
+    pub fn is_progress(&self) -> bool {
+        self.body.contains_key(PROGRESS_MEMBER)
+            && !self.body.contains_key("result")
+            && !self.body.contains_key("error")
+    }
+
+    /// An `error` member without a `result` makes a remote error; anything else is the answer.
+    pub fn into_outcome(self) -> ReplyOutcome {
+        if self.body.contains_key("result") {
+            return ReplyOutcome::Answer(self.body);
+        }
+        match self.body.get("error") {
+            Some(Value::Object(error)) => ReplyOutcome::Remote(RemoteError {
+                code: error.get("code").and_then(Value::as_i64).unwrap_or(0),
+                message: match error.get("message") {
+                    Some(Value::String(m)) => m.clone(),
+                    Some(other) => other.to_string(),
+                    None => String::new(),
+                },
+                data: error.get("data").cloned().unwrap_or(Value::Null),
+            }),
+            Some(other) => ReplyOutcome::Remote(RemoteError {
+                code: 0,
+                message: match other {
+                    Value::String(m) => m.clone(),
+                    other => other.to_string(),
+                },
+                data: Value::Null,
+            }),
+            None => ReplyOutcome::Answer(self.body),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,5 +661,64 @@ mod tests {
             build_request(b"\xff", ID, None, false),
             Err(InputError::NotJson(_))
         ));
+    }
+
+    #[test]
+    fn replies_parse_into_answers_and_remote_errors() {
+        let reply = Reply::parse(br#"{"request_id": "x", "result": {"ok": true}}"#).unwrap();
+        assert_eq!(reply.request_id(), Some("x"));
+        assert!(reply.may_answer("x"));
+        assert!(!reply.may_answer("y"));
+        match reply.into_outcome() {
+            ReplyOutcome::Answer(body) => assert_eq!(body["result"]["ok"], true),
+            other => panic!("expected an answer, got {other:?}"),
+        }
+        let reply = Reply::parse(
+            br#"{"request_id": "x", "error": {"code": -32000, "message": "busy", "data": [1]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            reply.into_outcome(),
+            ReplyOutcome::Remote(RemoteError {
+                code: -32000,
+                message: "busy".into(),
+                data: serde_json::json!([1]),
+            })
+        );
+        let reply = Reply::parse(br#"{"error": "plain text"}"#).unwrap();
+        assert!(reply.may_answer("anything"));
+        assert!(
+            matches!(reply.into_outcome(), ReplyOutcome::Remote(e) if e.message == "plain text")
+        );
+    }
+
+    #[test]
+    fn progress_messages_are_not_answers() {
+        assert!(Reply::parse(br#"{"request_id": "x", "progress": 50}"#)
+            .unwrap()
+            .is_progress());
+        assert!(
+            !Reply::parse(br#"{"request_id": "x", "progress": 50, "result": 1}"#)
+                .unwrap()
+                .is_progress()
+        );
+        assert!(!Reply::parse(br#"{"request_id": "x", "result": 1}"#)
+            .unwrap()
+            .is_progress());
+    }
+
+    #[test]
+    fn malformed_replies_are_recognised() {
+        assert_eq!(Reply::parse(b"garbage"), Err(MalformedReply::NotJson));
+        assert_eq!(Reply::parse(b"[1]"), Err(MalformedReply::NotAnObject));
+        let reply = Reply::parse(br#"{"request_id": 7}"#).unwrap();
+        assert!(!reply.may_answer("7"));
+    }
+
+    #[test]
+    fn reply_keeps_key_order() {
+        let reply = Reply::parse(br#"{"z": 1, "a": 2, "request_id": "x"}"#).unwrap();
+        let keys: Vec<&String> = reply.body.keys().collect();
+        assert_eq!(keys, ["z", "a", "request_id"]);
     }
 }

@@ -4,9 +4,8 @@
 
 use mqtt_rpc::protocol::{
     build_request, last_level, new_request_id, reply_filter_for, reply_topic, topic_matches,
-    validate_filter, validate_request_topic,
+    validate_filter, validate_request_topic, Reply,
 };
-use mqtt_rpc::reply::Reply;
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
@@ -36,7 +35,7 @@ proptest! {
 
     #[test]
     fn reply_parsing_takes_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
-        let parsed = Reply::parse(bytes.clone().into());
+        let parsed = Reply::parse(&bytes);
         let is_object = matches!(serde_json::from_slice::<Value>(&bytes), Ok(Value::Object(_)));
         prop_assert_eq!(parsed.is_ok(), is_object);
     }

@@ -9,7 +9,7 @@ use super::engine::{Engine, Transmit, Unsent};
 use super::{lock, CallError, Shared, Waiter};
 use crate::acks::{AckLedger, PubAckReason, Sent};
 use crate::link::{self, Events, Inbound, LinkError, LinkErrorKind};
-use crate::reply::Reply;
+use crate::protocol::Reply;
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
@@ -72,7 +72,7 @@ fn on_inbound<W: Waiter>(shared: &Shared<W>, inbound: Inbound) {
                 return shared.run(|engine, _| engine.on_oversized_reply());
             }
             // Parsed before the engine is locked: callers starting calls never wait on it.
-            match Reply::parse(payload) {
+            match Reply::parse(&payload) {
                 Ok(reply) => shared.run(|engine, now| {
                     engine.on_reply(&topic, reply, correlation_data.as_deref(), now)
                 }),

@@ -2,12 +2,12 @@
 
 use crate::acks;
 use crate::protocol::{InputError, RemoteError};
-use crate::reply::ReplyBody;
+use serde_json::{Map, Value};
 use std::fmt;
 use std::sync::Arc;
 
 /// A call's single result: the device's reply object, or why there is none.
-pub type Outcome = Result<ReplyBody, CallError>;
+pub type Outcome = Result<Map<String, Value>, CallError>;
 
 /// Why a call did not get an answer.
 #[derive(Debug, Clone, PartialEq)]

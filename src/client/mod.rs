@@ -24,8 +24,8 @@ use crate::acks::AckLedger;
 use crate::link::{self, Events, LinkErrorKind, Outbox, Protocol};
 use crate::metrics::LatencyHistogram;
 use crate::protocol::{self, InputError};
-use crate::reply::ReplyBody;
 use engine::{Engine, EngineConfig};
+use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -40,7 +40,7 @@ pub trait Waiter: Send + 'static {
     /// An interim message for the call (a progress message, or a scatter-gather answer),
     /// before its outcome. Called with the client's lock held: it must only hand the
     /// message on. Most waiters ignore it.
-    fn progress(&self, _message: ReplyBody) {}
+    fn progress(&self, _message: Map<String, Value>) {}
 }
 
 impl Waiter for oneshot::Sender<Outcome> {

@@ -116,7 +116,7 @@ impl Wire for V4 {
                 },
                 Packet::Publish(publish) => Inbound::Message {
                     topic: publish.topic,
-                    payload: super::detached(publish.payload),
+                    payload: publish.payload,
                     correlation_data: None,
                     response_topic: None,
                 },

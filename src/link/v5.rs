@@ -132,12 +132,12 @@ impl Wire for V5 {
                 }
                 Packet::Publish(publish) => {
                     let (correlation_data, response_topic) = match publish.properties {
-                        Some(p) => (p.correlation_data.map(super::detached), p.response_topic),
+                        Some(p) => (p.correlation_data, p.response_topic),
                         None => (None, None),
                     };
                     Inbound::Message {
                         topic: String::from_utf8_lossy(&publish.topic).into_owned(),
-                        payload: super::detached(publish.payload),
+                        payload: publish.payload,
                         correlation_data,
                         response_topic,
                     }

@@ -6,13 +6,12 @@ use super::arguments::{payload_bytes, seconds, timeout_seconds};
 use super::bridge::{
     outcome_to_py, Batch, Blocked, Completion, CompletionQueue, LoopBridge, PyWaiter,
 };
-use super::convert::reply_to_py;
+use super::convert::object_to_py;
 use super::errors::{call_error, value_error};
 use super::options::client_options;
 use super::runtime::runtime;
 use crate::client::{CallError, Stats};
 use crate::pool::{PoolPrepared, RpcPool};
-use crate::reply::ReplyBody;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -136,7 +135,7 @@ impl CoreClient {
         &self,
         py: Python<'_>,
         (prepared, duration): (PoolPrepared, Duration),
-        on_message: impl FnMut(ReplyBody) -> PyResult<()>,
+        on_message: impl FnMut(serde_json::Map<String, serde_json::Value>) -> PyResult<()>,
     ) -> PyResult<crate::client::Outcome> {
         let dropped_before = self.interim_dropped.load(Ordering::Relaxed);
         let (sender, receiver) = std::sync::mpsc::channel();
@@ -159,7 +158,7 @@ impl CoreClient {
         mut receiver: std::sync::mpsc::Receiver<Blocked>,
         waiting: &AtomicUsize,
         request_id: &str,
-        mut on_message: impl FnMut(ReplyBody) -> PyResult<()>,
+        mut on_message: impl FnMut(serde_json::Map<String, serde_json::Value>) -> PyResult<()>,
     ) -> PyResult<crate::client::Outcome> {
         loop {
             // The receiver goes to the GIL-free closure and comes back (Send, not Sync).
@@ -460,7 +459,7 @@ impl CoreClient {
         let prepared = self.prepare(py, topic, payload, timeout, None, Some(max_replies))?;
         let replies = PyList::empty(py);
         let outcome = self.wait_blocking(py, prepared, |message| {
-            replies.append(reply_to_py(py, &message)?)
+            replies.append(object_to_py(py, &message)?)
         })?;
         match outcome {
             Ok(_) | Err(CallError::NoResponders { .. }) => Ok(replies),

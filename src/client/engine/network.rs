@@ -6,9 +6,9 @@
 use super::{CallError, Dropped, Engine, Transmit, Unsent};
 use crate::acks::{PubAckReason, Sent};
 use crate::client::{ConnectionEvent, Waiter};
-use crate::protocol;
-use crate::reply::{Reply, ReplyBody, ReplyOutcome};
+use crate::protocol::{self, Reply, ReplyOutcome};
 use crate::subscriptions::Settled;
+use serde_json::{Map, Value};
 use std::time::Instant;
 
 impl<W: Waiter> Engine<W> {
@@ -198,12 +198,12 @@ impl<W: Waiter> Engine<W> {
                     // An interim message: the call goes on waiting for its answer.
                     self.counts.progress_received += 1;
                     if let (Some(call), false) = (self.calls.get_mut(&id), gathers) {
-                        call.waiter.progress(reply.into_body());
+                        call.waiter.progress(reply.body);
                     }
                     return;
                 }
                 if gathers {
-                    self.gathered(&id, reply, now);
+                    self.gathered(&id, reply.body, now);
                     return;
                 }
                 id
@@ -240,20 +240,21 @@ impl<W: Waiter> Engine<W> {
 
     /// An answer to a scatter-gather call: handed on unless its device already answered;
     /// the call ends once it has `max_replies`.
-    fn gathered(&mut self, request_id: &str, reply: Reply, now: Instant) {
+    fn gathered(&mut self, request_id: &str, body: Map<String, Value>, now: Instant) {
         let Some(call) = self.calls.get_mut(request_id) else {
             return;
         };
         let Some(gather) = call.gather.as_mut() else {
             return;
         };
-        if !gather.accept(reply.responder()) {
+        let responder = body.get(protocol::RESPONDER_MEMBER).and_then(Value::as_str);
+        if !gather.accept(responder) {
             self.dropped(Dropped::Duplicate);
             return;
         }
         self.counts.replies_gathered += 1;
         let full = gather.is_full();
-        call.waiter.progress(reply.into_body());
+        call.waiter.progress(body);
         if full {
             if let Some(call) = self.take_call(request_id, now) {
                 self.gather_ended(request_id.to_owned(), call.waiter);
@@ -266,6 +267,6 @@ impl<W: Waiter> Engine<W> {
     pub(super) fn gather_ended(&mut self, request_id: String, waiter: W) {
         self.counts.calls_succeeded += 1;
         self.recent.remember(request_id);
-        self.wakeups.push((waiter, Ok(ReplyBody::empty())));
+        self.wakeups.push((waiter, Ok(Map::new())));
     }
 }
