@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 
@@ -111,3 +112,20 @@ async def test_many_device_topics_at_once(client: MqttRpcClient, seed_device: ob
     assert [(r["result"]["topic"], r["result"]["request"]["k"]) for r in replies] == [
         (t, k) for k in range(10) for t in topics
     ]
+
+
+async def test_a_reply_reaches_python_exactly_as_the_device_wrote_it(client: MqttRpcClient, device_topic: str) -> None:
+    # The reply's dict is built straight from its JSON text: every JSON type, integers
+    # beyond 64 bits signed, escapes, non-ASCII keys and the device's key order must come
+    # through as Python's own json module reads them.
+    sent = (
+        '{"z": 1, "a": [true, false, null, -7, 18446744073709551615, -9223372036854775808, 1.5e300, 0.1],'
+        ' "\\u00e9t\\u00e9": "\\u2603 \\ud83d\\ude00 \\"quoted\\" \\\\ \\n", "nested": {"deep": [[[{}]]], "empty": {}}}'
+    )
+    reply = await client.call(device_topic, sent)
+    echoed = dict(reply["result"]["request"])
+    del echoed["request_id"]
+    expected = json.loads(sent)
+    assert echoed == expected and list(echoed) == list(expected)
+    assert [type(v) for v in echoed["a"]] == [type(v) for v in expected["a"]]  # True stays a bool
+    assert list(reply) == ["request_id", "result"] and isinstance(reply["request_id"], str)

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 pub(super) async fn drive_events<W: Waiter>(shared: Arc<Shared<W>>, mut events: Events) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut failed_attempts = 0u32;
+    let mut replies = Vec::new();
     loop {
         let next = tokio::select! {
             biased;
@@ -28,13 +29,30 @@ pub(super) async fn drive_events<W: Waiter>(shared: Arc<Shared<W>>, mut events: 
             next = events.next() => next,
         };
         match next {
-            // Only close() queues a DISCONNECT: once it is written the work is done.
-            Ok(Inbound::DisconnectSent) => break,
             Ok(inbound) => {
                 if matches!(inbound, Inbound::Connected { .. }) {
                     failed_attempts = 0;
                 }
-                on_inbound(&shared, inbound)
+                // What one read brought is handled in one go: its replies under one lock
+                // of the engine, the other events in their order between them.
+                let mut next = Some(inbound);
+                while let Some(inbound) = next.take() {
+                    match inbound {
+                        Inbound::Message { .. } => {
+                            replies.push(inbound);
+                            next = events.buffered();
+                            if !matches!(next, Some(Inbound::Message { .. })) {
+                                on_replies(&shared, &mut replies);
+                            }
+                        }
+                        // Only close() queues a DISCONNECT: once written, the work is done.
+                        Inbound::DisconnectSent => return,
+                        other => {
+                            on_inbound(&shared, other);
+                            next = events.buffered();
+                        }
+                    }
+                }
             }
             Err(why) => {
                 if !on_connection_lost(&shared, &why) {
@@ -60,25 +78,66 @@ pub(super) async fn drive_events<W: Waiter>(shared: Arc<Shared<W>>, mut events: 
     }
 }
 
-fn on_inbound<W: Waiter>(shared: &Shared<W>, inbound: Inbound) {
-    match inbound {
-        Inbound::Message {
-            topic,
-            payload,
-            correlation_data,
-            ..
-        } => {
-            if payload.len() > shared.options.connection.max_packet_size {
-                return shared.run(|engine, _| engine.on_oversized_reply());
+/// A message on a reply filter, parsed.
+struct Arrived {
+    topic: String,
+    reply: Reply,
+    correlation_data: Option<Bytes>,
+}
+
+/// Why a message on a reply filter is no one's answer.
+enum Unreadable {
+    Oversized,
+    Malformed,
+}
+
+/// Messages on the reply filters, read together: each is parsed before the engine is
+/// locked (callers starting calls never wait on it), then all go to the engine in one run.
+/// `messages` is left empty, its capacity kept for the next read (it holds at most what one
+/// read brought).
+fn on_replies<W: Waiter>(shared: &Shared<W>, messages: &mut Vec<Inbound>) {
+    let max_packet_size = shared.options.connection.max_packet_size;
+    let arrived: Vec<Result<Arrived, Unreadable>> = messages
+        .drain(..)
+        .filter_map(|message| match message {
+            Inbound::Message { payload, .. } if payload.len() > max_packet_size => {
+                Some(Err(Unreadable::Oversized))
             }
-            // Parsed before the engine is locked: callers starting calls never wait on it.
-            match Reply::parse(&payload) {
-                Ok(reply) => shared.run(|engine, now| {
-                    engine.on_reply(&topic, reply, correlation_data.as_deref(), now)
+            Inbound::Message {
+                topic,
+                payload,
+                correlation_data,
+                ..
+            } => Some(match Reply::parse(&payload) {
+                Ok(reply) => Ok(Arrived {
+                    topic,
+                    reply,
+                    correlation_data,
                 }),
-                Err(_) => shared.run(|engine, _| engine.on_malformed_reply()),
+                Err(_) => Err(Unreadable::Malformed),
+            }),
+            _ => None,
+        })
+        .collect();
+    shared.run(|engine, now| {
+        for message in arrived {
+            match message {
+                Ok(Arrived {
+                    topic,
+                    reply,
+                    correlation_data,
+                }) => engine.on_reply(&topic, reply, correlation_data.as_deref(), now),
+                Err(Unreadable::Oversized) => engine.on_oversized_reply(),
+                Err(Unreadable::Malformed) => engine.on_malformed_reply(),
             }
         }
+    });
+}
+
+fn on_inbound<W: Waiter>(shared: &Shared<W>, inbound: Inbound) {
+    match inbound {
+        // Handled by `drive_events` (replies in batches; the end of the loop).
+        Inbound::Message { .. } | Inbound::DisconnectSent => {}
         Inbound::SubscribeSent(packet_id) => {
             shared.run(|engine, _| engine.on_subscribe_sent(packet_id))
         }
@@ -103,7 +162,7 @@ fn on_inbound<W: Waiter>(shared: &Shared<W>, inbound: Inbound) {
             shared.with_ledger(|l| l.reconnected(session_present));
             shared.run(|engine, now| engine.on_connected(session_present, now));
         }
-        Inbound::DisconnectSent | Inbound::Other => {}
+        Inbound::Other => {}
     }
 }
 

@@ -175,6 +175,12 @@ impl<W: Wire> Connection<W> {
         }
     }
 
+    /// An event already read or produced, without any I/O: what the last read brought
+    /// is handed out in a loop, without a select per event.
+    pub fn buffered(&mut self) -> Option<Inbound> {
+        W::next_event(&mut self.state)
+    }
+
     /// Opens the socket and has the broker accept our CONNECT.
     async fn connect(&mut self) -> Result<(), LinkError> {
         let (host, port) = (self.options.host.as_str(), self.options.port);

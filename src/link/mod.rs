@@ -93,6 +93,8 @@ pub enum Inbound {
         /// MQTT 5: whether the broker has shared subscriptions, when it says so.
         shared_subscriptions: Option<bool>,
     },
+    /// Its payload and correlation data are slices of the buffer they were read into: what
+    /// keeps them beyond the moment copies them (see `detached`).
     Message {
         topic: String,
         payload: Bytes,
@@ -115,6 +117,13 @@ pub enum Inbound {
     },
     DisconnectSent,
     Other,
+}
+
+/// A copy of bytes parsed out of the read buffer, for what is kept. A slice would keep the
+/// whole buffer (64 KiB) alive for as long as the message waits: a responder's queued
+/// requests (and their MQTT 5 correlation data) would hold thousands of read buffers.
+pub fn detached(bytes: Bytes) -> Bytes {
+    Bytes::copy_from_slice(&bytes)
 }
 
 /// Why the connection failed or dropped.
@@ -302,6 +311,14 @@ impl Events {
         match self {
             Events::V311(connection) => connection.next().await,
             Events::V5(connection) => connection.next().await,
+        }
+    }
+
+    /// The next event already buffered, if any (no I/O, never waits).
+    pub fn buffered(&mut self) -> Option<Inbound> {
+        match self {
+            Events::V311(connection) => connection.buffered(),
+            Events::V5(connection) => connection.buffered(),
         }
     }
 

@@ -344,7 +344,8 @@ impl Responder {
             &message.topic,
             &body,
             message.response_topic,
-            message.correlation_data,
+            // Kept with the run (and its repeats): its own allocation, not the read buffer.
+            message.correlation_data.map(link::detached),
         );
         if let Some(route) = route.as_mut() {
             if route.request_id.is_some() && protocol::is_gather(&body) {
@@ -377,7 +378,7 @@ impl Responder {
                     filter_index,
                     topic: message.topic,
                     body,
-                    payload: message.payload,
+                    payload: link::detached(message.payload),
                     answer: PendingAnswer::new(self.replier.clone(), route, ticket),
                 })));
             }
