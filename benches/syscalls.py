@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "benches"))
 from mqtt_rpc.testing import MosquittoBroker, ResponderDevice  # noqa: E402
 from run import CLIENTS, CLIENT_COMMANDS, LIMIT  # noqa: E402
 
-SYSCALLS = ["writev", "write", "recvfrom", "read", "epoll_wait", "futex"]
+SYSCALLS = ["sendto", "writev", "write", "recvfrom", "read", "epoll_wait", "futex"]
 EVENTS = [f"syscalls:sys_enter_{name}" for name in SYSCALLS] + ["context-switches"]
 
 

@@ -256,3 +256,17 @@ async def test_with_a_kept_session_an_answer_sent_while_away_completes_the_call(
             assert await asyncio.get_running_loop().run_in_executor(None, responder.wait_until_ready)
             assert (await client.call(device_topic, {"after": True}))["result"]["request"]["after"] is True
             await client.close()
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_an_idle_client_keeps_its_connection_with_pings(
+    own_broker: MosquittoBroker, own_device: ResponderDevice, protocol: str
+) -> None:
+    # Mosquitto drops a client silent for 1.5 keep-alives: with a 1 s keep-alive, an idle
+    # client that did not ping would be gone within these 3.5 s.
+    async with MqttRpcClient(own_broker.host, own_broker.port, keepalive=1, protocol=protocol) as client:
+        dropped = own_broker.wait_for_line(lambda line: client.client_id in line and "exceeded timeout" in line, 3.5)
+        assert not dropped and client.connected
+        reply = await client.call(topic(), {"after": "idle"}, timeout=5)
+        assert reply["result"]["request"]["after"] == "idle"
+        assert client.stats()["reconnects"] == 0

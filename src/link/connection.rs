@@ -15,6 +15,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
@@ -84,6 +85,8 @@ pub struct Accepted {
     pub receive_maximum: Option<u16>,
     /// MQTT 5: the largest packet it accepts.
     pub max_packet_size: Option<u32>,
+    /// MQTT 5: the keep-alive it wants instead of ours (the client must use it).
+    pub server_keep_alive: Option<u16>,
 }
 
 trait Socket: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -104,6 +107,8 @@ pub struct Connection<W: Wire> {
     /// Written bytes a TLS stream may still hold: flushed before anything else waits.
     unflushed: bool,
     keepalive: Option<Pin<Box<Sleep>>>,
+    /// Ours, or the broker's (MQTT 5 Server Keep Alive).
+    keepalive_interval: Duration,
     /// Ours, then the lower of ours and the broker's receive maximum.
     max_inflight: u16,
     inflight_limit: u16,
@@ -142,6 +147,7 @@ impl<W: Wire> Connection<W> {
             write_buffer: BytesMut::new(),
             unflushed: false,
             keepalive: None,
+            keepalive_interval: Duration::ZERO,
             max_inflight,
             inflight_limit: max_inflight,
             write_limit: usize::MAX,
@@ -250,7 +256,12 @@ impl<W: Wire> Connection<W> {
             .max_packet_size
             .and_then(|size| usize::try_from(size).ok())
             .unwrap_or(usize::MAX);
-        let keepalive = self.options.keepalive;
+        let keepalive = accepted
+            .server_keep_alive
+            .map_or(self.options.keepalive, |seconds| {
+                Duration::from_secs(u64::from(seconds))
+            });
+        self.keepalive_interval = keepalive;
         self.keepalive = (!keepalive.is_zero()).then(|| Box::pin(tokio::time::sleep(keepalive)));
         self.socket = Some(socket);
         // Packets that came with the CONNACK.
@@ -308,7 +319,7 @@ impl<W: Wire> Connection<W> {
                 if let Some(sleep) = self.keepalive.as_mut() {
                     sleep
                         .as_mut()
-                        .reset(Instant::now() + self.options.keepalive);
+                        .reset(Instant::now() + self.keepalive_interval);
                 }
                 if let Some(packet) = W::ping(&mut self.state)? {
                     W::write(&packet, &mut self.write_buffer, self.write_limit)?;

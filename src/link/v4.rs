@@ -77,6 +77,7 @@ impl Wire for V4 {
             session_present,
             receive_maximum: None,
             max_packet_size: None,
+            server_keep_alive: None,
         })
     }
 

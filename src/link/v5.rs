@@ -83,6 +83,7 @@ impl Wire for V5 {
             session_present: ack.session_present,
             receive_maximum: properties.and_then(|p| p.receive_max),
             max_packet_size: properties.and_then(|p| p.max_packet_size),
+            server_keep_alive: properties.and_then(|p| p.server_keep_alive),
         };
         // The state machine learns the broker's limits, and queues the CONNACK's event.
         state
