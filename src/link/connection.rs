@@ -66,6 +66,44 @@ pub trait Wire {
     fn kind(request: &Self::Request) -> RequestKind;
 }
 
+/// The parts of a `Wire` whose text is the same for both versions: rumqttc's 3.1.1 and 5
+/// modules have types and methods of the same names. Expanded in `v4.rs` and `v5.rs`, where
+/// `MqttState`, `Packet`, `Request`, `StateError` and `CodecError` name that version's.
+macro_rules! same_in_both_versions {
+    () => {
+        fn new_state(max_inflight: u16) -> MqttState {
+            MqttState::new(max_inflight, false)
+        }
+
+        fn incoming(state: &mut MqttState, packet: Packet) -> Result<Option<Packet>, LinkError> {
+            state.handle_incoming_packet(packet).map_err(state_error)
+        }
+
+        fn clean(state: &mut MqttState) -> Vec<Request> {
+            state.clean()
+        }
+
+        fn inflight(state: &MqttState) -> u16 {
+            state.inflight()
+        }
+
+        fn collision(state: &MqttState) -> bool {
+            state.collision.is_some()
+        }
+    };
+    (state_error) => {
+        fn state_error(error: StateError) -> LinkError {
+            match &error {
+                StateError::Io(io) | StateError::Deserialization(CodecError::Io(io)) => {
+                    super::classify_io(io, error.to_string())
+                }
+                _ => LinkError::other(error.to_string()),
+            }
+        }
+    };
+}
+pub(super) use same_in_both_versions;
+
 /// What the connection needs to know of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestKind {

@@ -1,7 +1,7 @@
 //! MQTT 3.1.1 for the connection: rumqttc's 3.1.1 codec and state machine, and its events
 //! turned into `Inbound`.
 
-use super::connection::{Accepted, RequestKind, Wire};
+use super::connection::{same_in_both_versions, Accepted, RequestKind, Wire};
 use super::{ConnectionOptions, Inbound, LinkError, LinkErrorKind, INCOMING_READ_LIMIT};
 use bytes::BytesMut;
 use rumqttc::mqttbytes::Error as CodecError;
@@ -16,9 +16,7 @@ impl Wire for V4 {
     type Request = Request;
     type Packet = Packet;
 
-    fn new_state(max_inflight: u16) -> MqttState {
-        MqttState::new(max_inflight, false)
-    }
+    same_in_both_versions!();
 
     fn connect_packet(options: &ConnectionOptions) -> Packet {
         let mut connect = rumqttc::Connect::new(options.client_id.as_str());
@@ -81,10 +79,6 @@ impl Wire for V4 {
         })
     }
 
-    fn incoming(state: &mut MqttState, packet: Packet) -> Result<Option<Packet>, LinkError> {
-        state.handle_incoming_packet(packet).map_err(state_error)
-    }
-
     fn outgoing(state: &mut MqttState, request: Request) -> Result<Option<Packet>, LinkError> {
         match request {
             Request::Publish(_)
@@ -100,10 +94,6 @@ impl Wire for V4 {
         state
             .handle_outgoing_packet(Request::PingReq(rumqttc::PingReq))
             .map_err(state_error)
-    }
-
-    fn clean(state: &mut MqttState) -> Vec<Request> {
-        state.clean()
     }
 
     fn next_event(state: &mut MqttState) -> Option<Inbound> {
@@ -138,14 +128,6 @@ impl Wire for V4 {
         })
     }
 
-    fn inflight(state: &MqttState) -> u16 {
-        state.inflight()
-    }
-
-    fn collision(state: &MqttState) -> bool {
-        state.collision.is_some()
-    }
-
     fn kind(request: &Request) -> RequestKind {
         match request {
             Request::Publish(publish) => {
@@ -159,11 +141,4 @@ impl Wire for V4 {
     }
 }
 
-fn state_error(error: StateError) -> LinkError {
-    match &error {
-        StateError::Io(io) | StateError::Deserialization(CodecError::Io(io)) => {
-            super::classify_io(io, error.to_string())
-        }
-        _ => LinkError::other(error.to_string()),
-    }
-}
+same_in_both_versions!(state_error);

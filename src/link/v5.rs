@@ -2,7 +2,7 @@
 //! properties we ask for, and its events (with Response Topic and Correlation Data)
 //! turned into `Inbound`.
 
-use super::connection::{Accepted, RequestKind, Wire};
+use super::connection::{same_in_both_versions, Accepted, RequestKind, Wire};
 use super::{ConnectionOptions, Inbound, LinkError, LinkErrorKind};
 use bytes::BytesMut;
 use rumqttc::v5::mqttbytes::v5::{
@@ -18,9 +18,7 @@ impl Wire for V5 {
     type Request = Request;
     type Packet = Packet;
 
-    fn new_state(max_inflight: u16) -> MqttState {
-        MqttState::new(max_inflight, false)
-    }
+    same_in_both_versions!();
 
     fn connect_packet(options: &ConnectionOptions) -> Packet {
         let mut properties = ConnectProperties::new();
@@ -92,10 +90,6 @@ impl Wire for V5 {
         Ok(accepted)
     }
 
-    fn incoming(state: &mut MqttState, packet: Packet) -> Result<Option<Packet>, LinkError> {
-        state.handle_incoming_packet(packet).map_err(state_error)
-    }
-
     fn outgoing(state: &mut MqttState, request: Request) -> Result<Option<Packet>, LinkError> {
         match request {
             Request::Publish(_)
@@ -111,10 +105,6 @@ impl Wire for V5 {
         state
             .handle_outgoing_packet(Request::PingReq)
             .map_err(state_error)
-    }
-
-    fn clean(state: &mut MqttState) -> Vec<Request> {
-        state.clean()
     }
 
     fn next_event(state: &mut MqttState) -> Option<Inbound> {
@@ -160,14 +150,6 @@ impl Wire for V5 {
         })
     }
 
-    fn inflight(state: &MqttState) -> u16 {
-        state.inflight()
-    }
-
-    fn collision(state: &MqttState) -> bool {
-        state.collision.is_some()
-    }
-
     fn kind(request: &Request) -> RequestKind {
         match request {
             Request::Publish(publish) => {
@@ -196,11 +178,4 @@ fn puback_code(reason: PubAckReason) -> u8 {
     }
 }
 
-fn state_error(error: StateError) -> LinkError {
-    match &error {
-        StateError::Io(io) | StateError::Deserialization(CodecError::Io(io)) => {
-            super::classify_io(io, error.to_string())
-        }
-        _ => LinkError::other(error.to_string()),
-    }
-}
+same_in_both_versions!(state_error);
