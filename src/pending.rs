@@ -7,13 +7,13 @@
 //! place in the slot queue and its slot, so nothing outlives the call.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
 
 /// The hasher of the tables every call and every reply touches: foldhash (randomly seeded,
 /// as serde_json's maps are) costs a fraction of the default SipHash on request ids, which
 /// our own uuids insert and a reply can only look up.
 type IdHasher = foldhash::fast::RandomState;
-use std::sync::Arc;
-use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {

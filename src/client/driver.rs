@@ -37,20 +37,22 @@ pub(super) async fn drive_events<W: Waiter>(shared: Arc<Shared<W>>, mut events: 
                 // of the engine, the other events in their order between them.
                 let mut next = Some(inbound);
                 while let Some(inbound) = next.take() {
+                    next = events.buffered();
                     match inbound {
-                        Inbound::Message { .. } => {
-                            replies.push(inbound);
-                            next = events.buffered();
+                        Inbound::Message {
+                            topic,
+                            payload,
+                            correlation_data,
+                            ..
+                        } => {
+                            replies.push(arrived(&shared, topic, &payload, correlation_data));
                             if !matches!(next, Some(Inbound::Message { .. })) {
                                 on_replies(&shared, &mut replies);
                             }
                         }
                         // Only close() queues a DISCONNECT: once written, the work is done.
                         Inbound::DisconnectSent => return,
-                        other => {
-                            on_inbound(&shared, other);
-                            next = events.buffered();
-                        }
+                        other => on_inbound(&shared, other),
                     }
                 }
             }
@@ -91,37 +93,31 @@ enum Unreadable {
     Malformed,
 }
 
-/// Messages on the reply filters, read together: each is parsed before the engine is
-/// locked (callers starting calls never wait on it), then all go to the engine in one run.
-/// `messages` is left empty, its capacity kept for the next read (it holds at most what one
-/// read brought).
-fn on_replies<W: Waiter>(shared: &Shared<W>, messages: &mut Vec<Inbound>) {
-    let max_packet_size = shared.options.connection.max_packet_size;
-    let arrived: Vec<Result<Arrived, Unreadable>> = messages
-        .drain(..)
-        .filter_map(|message| match message {
-            Inbound::Message { payload, .. } if payload.len() > max_packet_size => {
-                Some(Err(Unreadable::Oversized))
-            }
-            Inbound::Message {
-                topic,
-                payload,
-                correlation_data,
-                ..
-            } => Some(match Reply::parse(&payload) {
-                Ok(reply) => Ok(Arrived {
-                    topic,
-                    reply,
-                    correlation_data,
-                }),
-                Err(_) => Err(Unreadable::Malformed),
-            }),
-            _ => None,
-        })
-        .collect();
+/// A message on a reply filter, parsed before the engine is locked (callers starting
+/// calls never wait on it).
+fn arrived<W: Waiter>(
+    shared: &Shared<W>,
+    topic: String,
+    payload: &[u8],
+    correlation_data: Option<Bytes>,
+) -> Result<Arrived, Unreadable> {
+    if payload.len() > shared.options.connection.max_packet_size {
+        return Err(Unreadable::Oversized);
+    }
+    let reply = Reply::parse(payload).map_err(|_| Unreadable::Malformed)?;
+    Ok(Arrived {
+        topic,
+        reply,
+        correlation_data,
+    })
+}
+
+/// The replies one read brought, to the engine in one run (one lock, one hand-out of
+/// wake-ups). `replies` is left empty, its capacity kept for the next read.
+fn on_replies<W: Waiter>(shared: &Shared<W>, replies: &mut Vec<Result<Arrived, Unreadable>>) {
     shared.run(|engine, now| {
-        for message in arrived {
-            match message {
+        for reply in replies.drain(..) {
+            match reply {
                 Ok(Arrived {
                     topic,
                     reply,

@@ -7,7 +7,7 @@
 //!
 //! What a version (3.1.1 or 5) adds is behind `Wire` (see `v4.rs`, `v5.rs`).
 
-use super::{classify_io, ConnectionOptions, Inbound, LinkError, LinkErrorKind};
+use super::{io_error, ConnectionOptions, Inbound, LinkError, LinkErrorKind};
 use bytes::{Buf, BytesMut};
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -150,6 +150,7 @@ pub struct Connection<W: Wire> {
     /// Ours, then the lower of ours and the broker's receive maximum.
     max_inflight: u16,
     inflight_limit: u16,
+    read_limit: usize,
     write_limit: usize,
 }
 
@@ -174,6 +175,7 @@ impl<W: Wire> Connection<W> {
         requests: flume::Receiver<W::Request>,
         max_inflight: u16,
     ) -> Self {
+        let read_limit = W::read_limit(&options);
         Connection {
             options,
             tls,
@@ -188,6 +190,7 @@ impl<W: Wire> Connection<W> {
             keepalive_interval: Duration::ZERO,
             max_inflight,
             inflight_limit: max_inflight,
+            read_limit,
             write_limit: usize::MAX,
         }
     }
@@ -228,12 +231,9 @@ impl<W: Wire> Connection<W> {
     /// Opens the socket and has the broker accept our CONNECT.
     async fn connect(&mut self) -> Result<(), LinkError> {
         let (host, port) = (self.options.host.as_str(), self.options.port);
-        let tcp = TcpStream::connect((host, port))
-            .await
-            .map_err(|e| classify_io(&e, e.to_string()))?;
+        let tcp = TcpStream::connect((host, port)).await.map_err(io_error)?;
         // Every request is one small packet: Nagle's algorithm would hold it for an ACK.
-        tcp.set_nodelay(true)
-            .map_err(|e| classify_io(&e, e.to_string()))?;
+        tcp.set_nodelay(true).map_err(io_error)?;
         let mut socket: Box<dyn Socket> = match &self.tls {
             None => Box::new(tcp),
             Some(config) => {
@@ -258,7 +258,6 @@ impl<W: Wire> Connection<W> {
             &mut self.write_buffer,
             usize::MAX,
         )?;
-        let io_error = |e: io::Error| classify_io(&e, e.to_string());
         socket
             .write_all(&self.write_buffer)
             .await
@@ -266,7 +265,7 @@ impl<W: Wire> Connection<W> {
         socket.flush().await.map_err(io_error)?;
         self.write_buffer.clear();
         let connack = loop {
-            if let Some(packet) = W::read(&mut self.read_buffer, W::read_limit(&self.options))? {
+            if let Some(packet) = W::read(&mut self.read_buffer, self.read_limit)? {
                 break packet;
             }
             self.read_buffer.reserve(READ_CHUNK);
@@ -303,16 +302,14 @@ impl<W: Wire> Connection<W> {
         self.keepalive = (!keepalive.is_zero()).then(|| Box::pin(tokio::time::sleep(keepalive)));
         self.socket = Some(socket);
         // Packets that came with the CONNACK.
-        self.parse_incoming()
+        self.parse_incoming()?;
+        self.send_queued().await
     }
 
     /// One wake-up of a live connection: whichever comes first of a read, a write that
     /// made room, a request or the keep-alive ping; then every request that may go now is
     /// encoded, and what was encoded is written at once.
     async fn exchange(&mut self) -> Result<(), LinkError> {
-        if self.queue_requests()? {
-            return self.finish_disconnect().await;
-        }
         let may_take = self.may_take_request();
         let Some(socket) = self.socket.as_mut() else {
             return Ok(());
@@ -329,7 +326,7 @@ impl<W: Wire> Connection<W> {
         let woke = tokio::select! {
             biased;
             transferred = poll_fn(|cx| transfer(socket, write_buffer, unflushed, read_buffer, cx)) => {
-                match transferred.map_err(|e| classify_io(&e, e.to_string()))? {
+                match transferred.map_err(io_error)? {
                     Transferred::Read(0) => {
                         return Err(LinkError::of(
                             LinkErrorKind::Closed,
@@ -365,7 +362,17 @@ impl<W: Wire> Connection<W> {
                 false
             }
         };
-        if disconnect || self.queue_requests()? {
+        if disconnect {
+            return self.finish_disconnect().await;
+        }
+        self.send_queued().await
+    }
+
+    /// Encodes every request that may go now and writes what the socket takes: the end of
+    /// each wake-up, and of a connect (the requests a lost connection left, and those that
+    /// waited for this one).
+    async fn send_queued(&mut self) -> Result<(), LinkError> {
+        if self.queue_requests()? {
             return self.finish_disconnect().await;
         }
         self.write_ready().await
@@ -381,7 +388,7 @@ impl<W: Wire> Connection<W> {
         poll_fn(|cx| Poll::Ready(write_some(socket, write_buffer, unflushed, cx)))
             .await
             .map(drop)
-            .map_err(|e| classify_io(&e, e.to_string()))
+            .map_err(io_error)
     }
 
     /// Whether a new request may go now: rumqttc's flow control (in-flight limit, packet
@@ -427,7 +434,6 @@ impl<W: Wire> Connection<W> {
         let Some(socket) = self.socket.as_mut() else {
             return Ok(());
         };
-        let io_error = |e: io::Error| classify_io(&e, e.to_string());
         let written = async {
             socket.write_all(&self.write_buffer).await?;
             socket.flush().await
@@ -442,8 +448,7 @@ impl<W: Wire> Connection<W> {
 
     /// Hands every complete packet read to the state machine, queueing its answers.
     fn parse_incoming(&mut self) -> Result<(), LinkError> {
-        let limit = W::read_limit(&self.options);
-        while let Some(packet) = W::read(&mut self.read_buffer, limit)? {
+        while let Some(packet) = W::read(&mut self.read_buffer, self.read_limit)? {
             if let Some(answer) = W::incoming(&mut self.state, packet)? {
                 W::write(&answer, &mut self.write_buffer, self.write_limit)?;
             }

@@ -357,6 +357,11 @@ impl Events {
     }
 }
 
+/// An I/O error of the socket, by what caused it (see `classify_io`).
+fn io_error(error: std::io::Error) -> LinkError {
+    classify_io(&error, error.to_string())
+}
+
 /// An I/O error, by what caused it. With TLS 1.3 a server that refuses the client's
 /// certificate says so in an alert that arrives after the handshake, as a read error that
 /// carries rustls's error: still a TLS failure to the user.
