@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::protocol::Outgoing;
+
 /// The hasher of the tables every call and every reply touches: foldhash (randomly seeded,
 /// as serde_json's maps are) costs a fraction of the default SipHash on request ids, which
 /// our own uuids insert and a reply can only look up.
@@ -30,7 +32,7 @@ pub enum Stage {
 pub struct Call<W> {
     pub topic: Arc<str>,
     /// The request body, kept until it is published.
-    pub request: Option<Vec<u8>>,
+    pub request: Option<Outgoing>,
     pub started: Instant,
     pub deadline: Instant,
     pub stage: Stage,
@@ -147,7 +149,7 @@ impl<W> PendingTable<W> {
         &mut self,
         request_id: String,
         topic: Arc<str>,
-        request: Vec<u8>,
+        request: Outgoing,
         (started, deadline): (Instant, Instant),
         waiter: W,
     ) -> (Admission, bool) {
@@ -278,19 +280,19 @@ mod tests {
         let later = now + Duration::from_secs(10);
         assert_eq!(
             table
-                .insert("a".into(), topic(), vec![], (now, later), ())
+                .insert("a".into(), topic(), Outgoing::default(), (now, later), ())
                 .0,
             Admission::Admitted
         );
         assert_eq!(
             table
-                .insert("b".into(), topic(), vec![], (now, later), ())
+                .insert("b".into(), topic(), Outgoing::default(), (now, later), ())
                 .0,
             Admission::Admitted
         );
         assert_eq!(
             table
-                .insert("c".into(), topic(), vec![], (now, later), ())
+                .insert("c".into(), topic(), Outgoing::default(), (now, later), ())
                 .0,
             Admission::Queued
         );
@@ -311,8 +313,8 @@ mod tests {
     fn removing_a_queued_call_frees_nothing_and_leaves_no_trace() {
         let now = Instant::now();
         let mut table = PendingTable::new(1);
-        table.insert("a".into(), topic(), vec![], (now, now), ());
-        table.insert("b".into(), topic(), vec![], (now, now), ());
+        table.insert("a".into(), topic(), Outgoing::default(), (now, now), ());
+        table.insert("b".into(), topic(), Outgoing::default(), (now, now), ());
         assert!(table.remove("b").is_some());
         assert_eq!(table.in_flight(), 1);
         assert!(table.remove("a").is_some());
@@ -326,12 +328,14 @@ mod tests {
     fn a_new_call_joins_the_queue_behind_waiting_ones() {
         let now = Instant::now();
         let mut table = PendingTable::new(1);
-        table.insert("a".into(), topic(), vec![], (now, now), ());
-        table.insert("b".into(), topic(), vec![], (now, now), ());
+        table.insert("a".into(), topic(), Outgoing::default(), (now, now), ());
+        table.insert("b".into(), topic(), Outgoing::default(), (now, now), ());
         table.remove("a");
         // A slot is free but "b" waited first: "c" must not jump the queue.
         assert_eq!(
-            table.insert("c".into(), topic(), vec![], (now, now), ()).0,
+            table
+                .insert("c".into(), topic(), Outgoing::default(), (now, now), ())
+                .0,
             Admission::Queued
         );
         assert_eq!(table.admit_next(), Some("b".to_string()));
@@ -344,7 +348,7 @@ mod tests {
         let (_, earliest) = table.insert(
             "late".into(),
             topic(),
-            vec![],
+            Outgoing::default(),
             (now, now + Duration::from_secs(5)),
             (),
         );
@@ -352,7 +356,7 @@ mod tests {
         let (_, earliest) = table.insert(
             "soon".into(),
             topic(),
-            vec![],
+            Outgoing::default(),
             (now, now + Duration::from_secs(1)),
             (),
         );
@@ -360,7 +364,7 @@ mod tests {
         let (_, earliest) = table.insert(
             "mid".into(),
             topic(),
-            vec![],
+            Outgoing::default(),
             (now, now + Duration::from_secs(3)),
             (),
         );
@@ -391,8 +395,8 @@ mod tests {
     fn drain_empties_everything() {
         let now = Instant::now();
         let mut table = PendingTable::new(1);
-        table.insert("a".into(), topic(), vec![], (now, now), ());
-        table.insert("b".into(), topic(), vec![], (now, now), ());
+        table.insert("a".into(), topic(), Outgoing::default(), (now, now), ());
+        table.insert("b".into(), topic(), Outgoing::default(), (now, now), ());
         assert_eq!(table.drain().len(), 2);
         assert!(table.is_empty());
         assert_eq!(table.in_flight(), 0);

@@ -11,8 +11,8 @@
 //! connection that sent it; each connection reconnects on its own.
 
 use crate::client::{CallError, ClientOptions, EventSink, Prepared, RpcClient, Stats, Waiter};
-use crate::metrics::{merged_percentile, LatencyHistogram};
-use crate::protocol::InputError;
+use crate::metrics::{cumulative, merged_percentile, Cumulative, LatencyHistogram};
+use crate::protocol::{Headers, InputError};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -144,9 +144,10 @@ impl<W: Waiter> RpcPool<W> {
         topic: &str,
         payload: &[u8],
         request_id: Option<&str>,
+        headers: Headers,
     ) -> Result<PoolPrepared, CallError> {
         let connection = self.pick(topic);
-        let prepared = self.clients[connection].prepare(topic, payload, request_id)?;
+        let prepared = self.clients[connection].prepare(topic, payload, request_id, headers)?;
         Ok(PoolPrepared {
             connection,
             prepared,
@@ -158,9 +159,11 @@ impl<W: Waiter> RpcPool<W> {
         topic: &str,
         payload: &[u8],
         max_replies: Option<usize>,
+        headers: Headers,
     ) -> Result<PoolPrepared, CallError> {
         let connection = self.pick(topic);
-        let prepared = self.clients[connection].prepare_gather(topic, payload, max_replies)?;
+        let prepared =
+            self.clients[connection].prepare_gather(topic, payload, max_replies, headers)?;
         Ok(PoolPrepared {
             connection,
             prepared,
@@ -172,8 +175,8 @@ impl<W: Waiter> RpcPool<W> {
         self.clients[prepared.connection].start(prepared.prepared, timeout, waiter)
     }
 
-    pub fn notify(&self, topic: &str, payload: &[u8]) -> Result<(), CallError> {
-        self.clients[self.pick(topic)].notify(topic, payload)
+    pub fn notify(&self, topic: &str, payload: &[u8], headers: Headers) -> Result<(), CallError> {
+        self.clients[self.pick(topic)].notify(topic, payload, headers)
     }
 
     /// The caller gave up on a call, whichever connection holds it.
@@ -210,5 +213,12 @@ impl<W: Waiter> RpcPool<W> {
         total.latency_p90 = merged_percentile(&histograms, 0.90);
         total.latency_p99 = merged_percentile(&histograms, 0.99);
         PoolStats { total, connections }
+    }
+
+    /// The latencies of every connection's answered calls, read against `bounds`.
+    pub fn latency(&self, bounds: &[Duration]) -> Cumulative {
+        let histograms: Vec<&LatencyHistogram> =
+            self.clients.iter().map(|c| c.latency_histogram()).collect();
+        cumulative(&histograms, bounds)
     }
 }

@@ -227,8 +227,31 @@ pub fn is_gather(body: &Map<String, Value>) -> bool {
     body.get(GATHER_MEMBER) == Some(&Value::Bool(true))
 }
 
+/// Name/value pairs a request carries beside its body, such as W3C trace context
+/// (`traceparent`, `tracestate`): MQTT 5 user properties, or, as MQTT 3.1.1 has no
+/// properties, members of the JSON body.
+pub type Headers = Vec<(String, String)>;
+
+/// A request or notification as it goes out: its body and, on MQTT 5, the headers that
+/// travel as user properties (on 3.1.1 they are already members of the body).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outgoing {
+    pub body: Vec<u8>,
+    pub user_properties: Headers,
+}
+
+impl From<Vec<u8>> for Outgoing {
+    fn from(body: Vec<u8>) -> Outgoing {
+        Outgoing {
+            body,
+            user_properties: Vec::new(),
+        }
+    }
+}
+
 /// Builds the request body: the caller's JSON object with `"request_id"` added (and, in
-/// inbox reply mode, `"reply_to"`: the topic to answer on).
+/// inbox reply mode, `"reply_to"`: the topic to answer on), then each of `members` (the
+/// headers of a 3.1.1 request).
 ///
 /// The caller's bytes are kept as they are and the members are appended before the closing
 /// brace with Python's `json.dumps` separators, so a payload made by `json.dumps` or
@@ -239,11 +262,13 @@ pub fn build_request(
     request_id: &str,
     reply_to: Option<&str>,
     gather: bool,
+    members: &[(String, String)],
 ) -> Result<Vec<u8>, InputError> {
     let scan: ObjectScan = serde_json::from_slice(payload).map_err(|e| classify_json_error(&e))?;
     if scan.has_request_id
         || (reply_to.is_some() && scan.has_reply_to)
         || (gather && scan.has_gather)
+        || may_have_member(payload, members)
     {
         let mut object: Map<String, Value> =
             serde_json::from_slice(payload).map_err(|e| classify_json_error(&e))?;
@@ -254,23 +279,10 @@ pub fn build_request(
         if gather {
             object.insert(GATHER_MEMBER.to_owned(), Value::Bool(true));
         }
+        insert_members(&mut object, members);
         return serde_json::to_vec(&object).map_err(|e| InputError::NotJson(e.to_string()));
     }
-    // The scan proved this is a JSON object, so after trimming it ends with '}'.
-    let end = payload
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .ok_or(InputError::NotAnObject)?;
-    let content_end = payload[..end]
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .ok_or(InputError::NotAnObject)?;
-    let is_empty_object = payload[content_end] == b'{';
-    let mut out = Vec::with_capacity(payload.len() + 56);
-    out.extend_from_slice(&payload[..=content_end]);
-    if !is_empty_object {
-        out.extend_from_slice(b", ");
-    }
+    let (mut out, tail) = open_object(payload, 56)?;
     out.extend_from_slice(b"\"request_id\": \"");
     out.extend_from_slice(request_id.as_bytes());
     out.push(b'"');
@@ -282,8 +294,80 @@ pub fn build_request(
     if gather {
         out.extend_from_slice(b", \"gather\": true");
     }
-    out.extend_from_slice(&payload[content_end + 1..]);
+    append_members(&mut out, members, false);
+    out.extend_from_slice(tail);
     Ok(out)
+}
+
+/// A notification's body: the caller's JSON object as it is, with `members` (the headers of
+/// a 3.1.1 notification) appended as `build_request` appends them.
+pub fn notification_body(
+    payload: &[u8],
+    members: &[(String, String)],
+) -> Result<Vec<u8>, InputError> {
+    check_object(payload)?;
+    if members.is_empty() {
+        return Ok(payload.to_vec());
+    }
+    if may_have_member(payload, members) {
+        let mut object: Map<String, Value> =
+            serde_json::from_slice(payload).map_err(|e| classify_json_error(&e))?;
+        insert_members(&mut object, members);
+        return serde_json::to_vec(&object).map_err(|e| InputError::NotJson(e.to_string()));
+    }
+    let (mut out, tail) = open_object(payload, 64)?;
+    append_members(&mut out, members, true);
+    out.extend_from_slice(tail);
+    Ok(out)
+}
+
+/// The object's bytes up to its last member, ready for `, "name": value` to follow (no
+/// comma needed when it is empty), and the closing brace with what follows it. The caller
+/// has checked that `payload` is a JSON object, so after trimming it ends with '}'.
+fn open_object(payload: &[u8], room: usize) -> Result<(Vec<u8>, &[u8]), InputError> {
+    let end = payload
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .ok_or(InputError::NotAnObject)?;
+    let content_end = payload[..end]
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .ok_or(InputError::NotAnObject)?;
+    let mut out = Vec::with_capacity(payload.len() + room);
+    out.extend_from_slice(&payload[..=content_end]);
+    if payload[content_end] != b'{' {
+        out.extend_from_slice(b", ");
+    }
+    Ok((out, &payload[content_end + 1..]))
+}
+
+/// Appends `"name": "value"` pairs, escaped, after what `open_object` wrote.
+fn append_members(out: &mut Vec<u8>, members: &[(String, String)], first: bool) {
+    for (index, (name, value)) in members.iter().enumerate() {
+        if index > 0 || !first {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(Value::from(name.as_str()).to_string().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(Value::from(value.as_str()).to_string().as_bytes());
+    }
+}
+
+fn insert_members(object: &mut Map<String, Value>, members: &[(String, String)]) {
+    for (name, value) in members {
+        object.insert(name.clone(), Value::from(value.as_str()));
+    }
+}
+
+/// Whether the payload may already have one of these members: its quoted name appears in
+/// the text (then the slow path parses it and replaces the member, never duplicating it).
+fn may_have_member(payload: &[u8], members: &[(String, String)]) -> bool {
+    members.iter().any(|(name, _)| {
+        let quoted = Value::from(name.as_str()).to_string();
+        payload
+            .windows(quoted.len())
+            .any(|window| window == quoted.as_bytes())
+    })
 }
 
 /// The message that tells a device a call was abandoned: `{"request_id": ..., "cancel": true}`.
@@ -490,12 +574,12 @@ mod tests {
 
     #[test]
     fn a_gather_request_says_so_once() {
-        let out = build_request(br#"{"a": 1}"#, ID, None, true).unwrap();
+        let out = build_request(br#"{"a": 1}"#, ID, None, true, &[]).unwrap();
         assert_eq!(
             out,
             format!(r#"{{"a": 1, "request_id": "{ID}", "gather": true}}"#).into_bytes()
         );
-        let out = build_request(br#"{"gather": "no", "a": 1}"#, ID, None, true).unwrap();
+        let out = build_request(br#"{"gather": "no", "a": 1}"#, ID, None, true, &[]).unwrap();
         let body: Map<String, Value> = serde_json::from_slice(&out).unwrap();
         assert!(is_gather(&body) && body.len() == 3);
     }
@@ -587,17 +671,18 @@ mod tests {
 
     #[test]
     fn request_matches_pythons_json_dumps() {
-        let out = build_request(br#"{"action": "GET_HEALTH_CHECK"}"#, ID, None, false).unwrap();
+        let out =
+            build_request(br#"{"action": "GET_HEALTH_CHECK"}"#, ID, None, false, &[]).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             format!(r#"{{"action": "GET_HEALTH_CHECK", "request_id": "{ID}"}}"#)
         );
-        let out = build_request(b" {} \n", ID, None, false).unwrap();
+        let out = build_request(b" {} \n", ID, None, false, &[]).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             format!(" {{\"request_id\": \"{ID}\"}} \n")
         );
-        let out = build_request(b"{\n  \"a\": [1, {\"b\": 2}]\n}", ID, None, false).unwrap();
+        let out = build_request(b"{\n  \"a\": [1, {\"b\": 2}]\n}", ID, None, false, &[]).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["request_id"], ID);
         assert_eq!(v["a"][1]["b"], 2);
@@ -605,7 +690,7 @@ mod tests {
 
     #[test]
     fn inbox_mode_adds_an_escaped_reply_to() {
-        let out = build_request(br#"{"a": 1}"#, ID, Some("inbox/c\"1/x"), false).unwrap();
+        let out = build_request(br#"{"a": 1}"#, ID, Some("inbox/c\"1/x"), false, &[]).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["reply_to"], "inbox/c\"1/x");
         assert_eq!(v["request_id"], ID);
@@ -614,6 +699,7 @@ mod tests {
             ID,
             Some("inbox/x"),
             false,
+            &[],
         )
         .unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
@@ -622,9 +708,59 @@ mod tests {
         assert!(check_object(br#"{"a": 1}"#).is_ok());
     }
 
+    fn trace_context() -> Headers {
+        vec![
+            (
+                "traceparent".into(),
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            ),
+            ("tracestate".into(), "vendor=\"quoted\"".into()),
+        ]
+    }
+
+    #[test]
+    fn headers_become_escaped_members_of_a_3_1_1_request() {
+        let out = build_request(br#"{"a": 1}"#, ID, None, false, &trace_context()).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!(
+                r#"{{"a": 1, "request_id": "{ID}", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "tracestate": "vendor=\"quoted\""}}"#
+            )
+        );
+        // A member of that name already there is replaced, never repeated.
+        let out = build_request(
+            br#"{"traceparent": "old"}"#,
+            ID,
+            None,
+            false,
+            &trace_context(),
+        )
+        .unwrap();
+        let v: Map<String, Value> = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v.len(), 3);
+        assert_eq!(v["traceparent"], trace_context()[0].1.as_str());
+    }
+
+    #[test]
+    fn a_notification_gets_its_headers_and_nothing_else() {
+        assert_eq!(
+            notification_body(br#"{"a": 1}"#, &[]).unwrap(),
+            br#"{"a": 1}"#
+        );
+        let out = notification_body(b"{}", &trace_context()[..1]).unwrap();
+        assert_eq!(
+            out,
+            br#"{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}"#
+        );
+        assert_eq!(
+            notification_body(b"[]", &trace_context()),
+            Err(InputError::NotAnObject)
+        );
+    }
+
     #[test]
     fn an_existing_request_id_is_replaced_in_place() {
-        let out = build_request(br#"{"request_id": "old", "x": 1}"#, ID, None, false).unwrap();
+        let out = build_request(br#"{"request_id": "old", "x": 1}"#, ID, None, false, &[]).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             format!(r#"{{"request_id":"{ID}","x":1}}"#)
@@ -634,31 +770,31 @@ mod tests {
     #[test]
     fn bad_payloads_are_refused() {
         assert_eq!(
-            build_request(b"[1, 2]", ID, None, false),
+            build_request(b"[1, 2]", ID, None, false, &[]),
             Err(InputError::NotAnObject)
         );
         assert_eq!(
-            build_request(b"\"text\"", ID, None, false),
+            build_request(b"\"text\"", ID, None, false, &[]),
             Err(InputError::NotAnObject)
         );
         assert_eq!(
-            build_request(b"42", ID, None, false),
+            build_request(b"42", ID, None, false, &[]),
             Err(InputError::NotAnObject)
         );
         assert!(matches!(
-            build_request(b"{\"a\": ", ID, None, false),
+            build_request(b"{\"a\": ", ID, None, false, &[]),
             Err(InputError::NotJson(_))
         ));
         assert!(matches!(
-            build_request(b"", ID, None, false),
+            build_request(b"", ID, None, false, &[]),
             Err(InputError::NotJson(_))
         ));
         assert!(matches!(
-            build_request(b"{} {}", ID, None, false),
+            build_request(b"{} {}", ID, None, false, &[]),
             Err(InputError::NotJson(_))
         ));
         assert!(matches!(
-            build_request(b"\xff", ID, None, false),
+            build_request(b"\xff", ID, None, false, &[]),
             Err(InputError::NotJson(_))
         ));
     }

@@ -12,6 +12,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::protocol::Outgoing;
+
 /// Limits for one connection; `None`: no limit beyond the broker's own.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Quotas {
@@ -80,7 +82,7 @@ pub enum Throttled {
     /// A call's request: the call holds its slot and reply filter meanwhile.
     Call { request_id: String, since: Instant },
     /// A notification or a cancellation.
-    Message { topic: Arc<str>, body: Vec<u8> },
+    Message { topic: Arc<str>, body: Outgoing },
 }
 
 /// The publish-rate limit and what waits for it, in order. Calls that wait are bounded by
@@ -147,7 +149,7 @@ impl PublishQueue {
             .push_back(Throttled::Call { request_id, since });
     }
 
-    pub fn wait_message(&mut self, topic: Arc<str>, body: Vec<u8>) -> Result<(), QueueFull> {
+    pub fn wait_message(&mut self, topic: Arc<str>, body: Outgoing) -> Result<(), QueueFull> {
         if self.messages >= self.max_messages {
             return Err(QueueFull);
         }

@@ -46,6 +46,8 @@ proptest! {
         pretty in any::<bool>(),
         inbox in any::<bool>(),
         gather in any::<bool>(),
+        // Header names may collide with the caller's members; values hold any printable text.
+        headers in prop::collection::btree_map("[a-z_]{1,10}", "[ -~]{0,20}", 0..3),
     ) {
         let payload = if pretty {
             serde_json::to_vec_pretty(&object).unwrap()
@@ -54,7 +56,8 @@ proptest! {
         };
         let id = new_request_id();
         let reply_to = inbox.then(|| format!("inbox/web \"1\"/{id}"));
-        let request = build_request(&payload, &id, reply_to.as_deref(), gather).unwrap();
+        let headers: Vec<(String, String)> = headers.into_iter().collect();
+        let request = build_request(&payload, &id, reply_to.as_deref(), gather, &headers).unwrap();
         let Value::Object(built) = serde_json::from_slice::<Value>(&request).unwrap() else {
             panic!("not an object");
         };
@@ -66,13 +69,16 @@ proptest! {
         if gather {
             expected.insert("gather".into(), Value::Bool(true));
         }
+        for (name, value) in &headers {
+            expected.insert(name.clone(), Value::from(value.as_str()));
+        }
         prop_assert_eq!(built, expected);
     }
 
     #[test]
     fn request_building_takes_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         let id = new_request_id();
-        if let Ok(request) = build_request(&bytes, &id, None, false) {
+        if let Ok(request) = build_request(&bytes, &id, None, false, &[]) {
             let built: Value = serde_json::from_slice(&request).unwrap();
             prop_assert_eq!(built.get("request_id").and_then(Value::as_str), Some(id.as_str()));
         }

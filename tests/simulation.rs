@@ -393,6 +393,7 @@ impl World {
                 response_topic,
                 correlation_data,
                 call,
+                ..
             } => self.device(
                 &topic,
                 &body,
@@ -627,9 +628,10 @@ impl World {
                 if let Ok(Some((topic, body))) = self.engine.notify(topic, b"{}".to_vec(), now) {
                     self.outbox.push_back(Transmit::Publish {
                         topic,
-                        body,
+                        body: body.body,
                         response_topic: None,
                         correlation_data: None,
+                        user_properties: body.user_properties,
                         call: None,
                     });
                 }

@@ -7,6 +7,10 @@ __all__ = ["CoreClient", "LoopBridge", "CoreResponder", "ReplyHandle", "client_d
 
 __version__: str
 
+#: Name/value pairs a request carries beside its body: MQTT 5 user properties, or members
+#: of a 3.1.1 request's JSON.
+_Headers = List[Tuple[str, str]]
+
 def client_defaults() -> Dict[str, Any]:
     """The core's defaults of the options `MqttRpcClient` documents, by name."""
 
@@ -41,10 +45,11 @@ class CoreClient:
         payload: Union[str, bytes, bytearray],
         timeout: float,
         request_id: Optional[str] = None,
+        headers: Optional[_Headers] = None,
     ) -> Tuple["asyncio.Future[Dict[str, Any]]", str]:
         """Starts a call and returns its future and request id (`request_id`: a retry's,
-        to send the same request again). Raises `PayloadError` or `ValueError` before
-        anything is published."""
+        to send the same request again; `headers`: trace context). Raises `PayloadError` or
+        `ValueError` before anything is published."""
     def start_stream(
         self,
         event_loop: asyncio.AbstractEventLoop,
@@ -52,6 +57,7 @@ class CoreClient:
         payload: Union[str, bytes, bytearray],
         timeout: float,
         on_progress: Callable[[Dict[str, Any]], None],
+        headers: Optional[_Headers] = None,
     ) -> Tuple["asyncio.Future[Dict[str, Any]]", str]:
         """Starts a call whose progress messages go to `on_progress` before its answer."""
     def start_gather(
@@ -62,6 +68,7 @@ class CoreClient:
         timeout: float,
         max_replies: Optional[int],
         on_reply: Callable[[Dict[str, Any]], None],
+        headers: Optional[_Headers] = None,
     ) -> Tuple["asyncio.Future[Dict[str, Any]]", str]:
         """Starts a scatter-gather call: each device's answer goes to `on_reply` once; the
         future resolves when the call ends (deadline or `max_replies`)."""
@@ -71,9 +78,13 @@ class CoreClient:
         requests: List[Tuple[str, Union[str, bytes, bytearray]]],
         timeout: float,
         return_exceptions: bool,
+        headers: Optional[List[_Headers]] = None,
     ) -> Tuple["asyncio.Future[List[Any]]", List[str]]:
-        """Starts a batch in one crossing; the future resolves to the results in input order."""
-    def call_blocking(self, topic: str, payload: Union[str, bytes, bytearray], timeout: float) -> Dict[str, Any]:
+        """Starts a batch in one crossing; the future resolves to the results in input
+        order. `headers`, if given, has each request's."""
+    def call_blocking(
+        self, topic: str, payload: Union[str, bytes, bytearray], timeout: float, headers: Optional[_Headers] = None
+    ) -> Dict[str, Any]:
         """A call that blocks the calling thread (GIL released) until its outcome."""
     def gather_blocking(
         self,
@@ -81,13 +92,14 @@ class CoreClient:
         payload: Union[str, bytes, bytearray],
         timeout: float,
         max_replies: Optional[int] = None,
+        headers: Optional[_Headers] = None,
     ) -> List[Dict[str, Any]]:
         """Scatter-gather, blocking the calling thread (GIL released) until the call ends."""
     def connect_blocking(self) -> None:
         """Connects, blocking the calling thread (GIL released)."""
     def close_blocking(self, grace: float) -> None:
         """Closes, blocking the calling thread (GIL released)."""
-    def notify(self, topic: str, payload: Union[str, bytes, bytearray]) -> None:
+    def notify(self, topic: str, payload: Union[str, bytes, bytearray], headers: Optional[_Headers] = None) -> None:
         """Publishes a one-way notification (no request_id, no answer)."""
     def forget(self, request_id: str) -> bool:
         """Drops a call whose caller stopped waiting; returns whether it was pending."""
@@ -103,6 +115,9 @@ class CoreClient:
     def client_ids(self) -> List[str]: ...
     def stats(self) -> Dict[str, Any]:
         """The pool's totals, and each connection's own under ``connections``."""
+    def latency_histogram(self, bounds: List[float]) -> Tuple[List[int], int, float]:
+        """Answered calls' latencies: how many at or below each bound (seconds,
+        ascending), how many in all, and their sum in seconds."""
 
 @final
 class LoopBridge:
@@ -137,7 +152,7 @@ class CoreResponder:
     def serve(
         self,
         event_loop: asyncio.AbstractEventLoop,
-        on_request: Callable[[int, str, Dict[str, Any], ReplyHandle], None],
+        on_request: Callable[[int, str, Dict[str, Any], ReplyHandle, Optional[_Headers]], None],
         on_cancel: Callable[[int], None],
         on_drop: Callable[[str], None],
         on_ready: Callable[[], None],
@@ -152,3 +167,9 @@ class CoreResponder:
     def detach(self) -> None:
         """Stops watching the loop (after `serve` resolved)."""
     def stats(self) -> Dict[str, int]: ...
+    @property
+    def client_id(self) -> str: ...
+    def handlers(self, bounds: List[float]) -> List[Dict[str, Any]]:
+        """Each handler's ``filter``, ``requests`` (answers), ``errors``,
+        ``processing_seconds_total``, ``last_error`` and ``at_or_below`` (answers whose time
+        from admission was at or below each bound, in seconds), in filter order."""

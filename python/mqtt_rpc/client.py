@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Callable, Deque, Dict, FrozenSet, Iterable, List, Optional, Sequence, Protocol, Tuple, Type, TypeVar, Union, overload
 
-from . import _core, config, typed
+from . import _core, _observer, config, typed
+from ._observer import ClientSpan, Headers, Observer, Peer
 from .config import records_given_arguments
 from .errors import (
     ConnectionLostError,
@@ -38,6 +39,10 @@ class JsonModel(Protocol):
 Payload = Union[str, bytes, bytearray, Dict[str, Any], JsonModel]
 T = TypeVar("T")
 PathLike = Union[str, "os.PathLike[str]"]
+#: Takes each interim message of a call (progress, or a scatter-gather answer).
+OnMessage = Callable[[Dict[str, Any]], None]
+#: Starts a stream's call on a core: ``(future, request_id)``.
+Begin = Callable[[_core.CoreClient, OnMessage, Optional[Headers]], Tuple[Any, str]]
 
 logger = logging.getLogger("mqtt_rpc")
 
@@ -265,6 +270,7 @@ class MqttRpcClient(_ClientState):
         )
         self._on_connection_change = on_connection_change
         self._timeout = self._settings["timeout"]
+        self._peer = Peer(self._core.client_id, self._settings["host"], self._settings["port"])
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> "MqttRpcClient":
@@ -522,7 +528,10 @@ class MqttRpcClient(_ClientState):
             typed.check_model(response_model)
         if not self._open:
             await self._connection()
-        if retry is not None:
+        observer = _observer.current
+        if observer is not None:
+            reply = await self._traced_call(observer, topic, payload, timeout, retry)
+        elif retry is not None:
             reply = await self._call_with_retry(topic, payload, timeout, retry)
         else:
             future, request_id = self._core.start_call(_get_running_loop(), topic, payload, timeout)
@@ -535,7 +544,32 @@ class MqttRpcClient(_ClientState):
             return reply
         return typed.validate(reply, response_model)
 
-    async def _call_with_retry(self, topic: str, payload: Any, timeout: float, retry: Retry) -> Dict[str, Any]:
+    async def _traced_call(
+        self, observer: Observer, topic: str, payload: Any, timeout: float, retry: Optional[Retry]
+    ) -> Dict[str, Any]:
+        span = observer.client_span("call", topic, self._peer)
+        try:
+            if retry is not None:
+                reply = await self._call_with_retry(topic, payload, timeout, retry, span)
+            else:
+                loop = _get_running_loop()
+                future, request_id = self._core.start_call(loop, topic, payload, timeout, None, span.headers)
+                span.sent(request_id)
+                try:
+                    reply = await future
+                except _CancelledError:
+                    self._core.forget(request_id)
+                    raise
+        except BaseException as error:
+            span.end(error)
+            raise
+        span.end()
+        return reply
+
+    async def _call_with_retry(
+        self, topic: str, payload: Any, timeout: float, retry: Retry, span: Optional[ClientSpan] = None
+    ) -> Dict[str, Any]:
+        headers = None if span is None else span.headers
         loop = _get_running_loop()
         deadline = loop.time() + timeout
         pauses = sum(min(retry.backoff * 2**k, retry.max_backoff) for k in range(retry.attempts - 1))
@@ -548,7 +582,9 @@ class MqttRpcClient(_ClientState):
             if left <= 0:
                 break
             wait = left if attempt == retry.attempts else min(per_attempt, left)
-            future, request_id = self._core.start_call(loop, topic, payload, wait, request_id)
+            future, request_id = self._core.start_call(loop, topic, payload, wait, request_id, headers)
+            if span is not None and attempt == 1:
+                span.sent(request_id)
             try:
                 return await future
             except _CancelledError:
@@ -581,10 +617,10 @@ class MqttRpcClient(_ClientState):
         body = typed.encode(payload)
         call_timeout = timeout
 
-        def begin(core: _core.CoreClient, on_message: Callable[[Dict[str, Any]], None]) -> Tuple[Any, str]:
-            return core.start_stream(_get_running_loop(), topic, body, call_timeout, on_message)
+        def begin(core: _core.CoreClient, on_message: OnMessage, headers: Optional[Headers]) -> Tuple[Any, str]:
+            return core.start_stream(_get_running_loop(), topic, body, call_timeout, on_message, headers)
 
-        return CallStream(self, begin, topic, idle_timeout=idle_timeout, ends_with_answer=True)
+        return CallStream(self, begin, topic, "stream", idle_timeout=idle_timeout, ends_with_answer=True)
 
     def call_all(
         self, topic: str, payload: Payload, timeout: Optional[float] = None, max_replies: Optional[int] = None
@@ -612,10 +648,11 @@ class MqttRpcClient(_ClientState):
         body = typed.encode(payload)
         call_timeout = timeout
 
-        def begin(core: _core.CoreClient, on_message: Callable[[Dict[str, Any]], None]) -> Tuple[Any, str]:
-            return core.start_gather(_get_running_loop(), topic, body, call_timeout, max_replies, on_message)
+        def begin(core: _core.CoreClient, on_message: OnMessage, headers: Optional[Headers]) -> Tuple[Any, str]:
+            loop = _get_running_loop()
+            return core.start_gather(loop, topic, body, call_timeout, max_replies, on_message, headers)
 
-        return CallStream(self, begin, topic)
+        return CallStream(self, begin, topic, "call_all")
 
     async def gather_all(
         self, topic: str, payload: Payload, timeout: Optional[float] = None, max_replies: Optional[int] = None
@@ -631,7 +668,17 @@ class MqttRpcClient(_ClientState):
         body = typed.encode(payload)
         if not self._open:
             await self._connection()
-        self._core.notify(topic, body)
+        observer = _observer.current
+        if observer is None:
+            self._core.notify(topic, body)
+            return
+        span = observer.client_span("notify", topic, self._peer)
+        try:
+            self._core.notify(topic, body, span.headers)
+        except BaseException as error:
+            span.end(error)
+            raise
+        span.end()
 
     async def call_many(
         self,
@@ -669,17 +716,35 @@ class MqttRpcClient(_ClientState):
             typed.check_model(response_model)
         if not self._open:
             await self._connection()
-        future, request_ids = self._core.start_many(_get_running_loop(), batch, timeout, return_exceptions)
+        observer = _observer.current
+        spans = [] if observer is None else [observer.client_span("call", topic, self._peer) for topic, _ in batch]
+        try:
+            future, request_ids = self._core.start_many(
+                _get_running_loop(), batch, timeout, return_exceptions, [span.headers or [] for span in spans] or None
+            )
+        except BaseException as error:
+            _end_all(spans, error)
+            raise
+        for span, request_id in zip(spans, request_ids):
+            span.sent(request_id)
         try:
             replies: List[Any] = await future
-        except BaseException:
+        except BaseException as error:
             # Cancelled, or ended by a failure: the calls still waiting have no one to tell.
             for request_id in request_ids:
                 self._core.forget(request_id)
+            _end_all(spans, error)
             raise
+        for span, reply in zip(spans, replies):
+            span.end(reply if isinstance(reply, BaseException) else None)
         if response_model is None:
             return replies
         return [_validated_in_place(reply, response_model, return_exceptions) for reply in replies]
+
+
+def _end_all(spans: List[ClientSpan], error: BaseException) -> None:
+    for span in spans:
+        span.end(error)
 
 
 def _validated_in_place(reply: Any, model: Any, return_exceptions: bool) -> Any:
@@ -747,14 +812,17 @@ class CallStream:
     def __init__(
         self,
         client: MqttRpcClient,
-        begin: Callable[[_core.CoreClient, Callable[[Dict[str, Any]], None]], Tuple[Any, str]],
+        begin: Begin,
         topic: str,
+        operation: str,
         *,
         idle_timeout: Optional[float] = None,
         ends_with_answer: bool = False,
     ) -> None:
         self._client = client
-        self._begin: Optional[Callable[[_core.CoreClient, Callable[[Dict[str, Any]], None]], Tuple[Any, str]]] = begin
+        self._begin: Optional[Begin] = begin
+        self._operation = operation
+        self._span: Optional[ClientSpan] = None
         self._core: Optional[_core.CoreClient] = None
         self._future: Optional["asyncio.Future[Dict[str, Any]]"] = None
         self.request_id: Optional[str] = None
@@ -775,7 +843,24 @@ class CallStream:
         begin, self._begin = self._begin, None
         assert begin is not None
         self._core = self._client._core
-        self._future, self.request_id = begin(self._core, self._inbox.offer)
+        observer = _observer.current
+        if observer is None:
+            self._future, self.request_id = begin(self._core, self._inbox.offer, None)
+            return
+        span = observer.client_span(self._operation, self._topic, self._client._peer)
+        try:
+            self._future, self.request_id = begin(self._core, self._inbox.offer, span.headers)
+        except BaseException as error:
+            self._finished = True
+            span.end(error)
+            raise
+        span.sent(self.request_id)
+        self._span = span
+
+    def _end_span(self, error: Optional[BaseException] = None) -> None:
+        span, self._span = self._span, None
+        if span is not None:
+            span.end(error)
 
     def __aiter__(self) -> "CallStream":
         return self
@@ -798,31 +883,42 @@ class CallStream:
                 done, _ = await asyncio.wait(
                     {arrived, self._future}, timeout=self._idle_timeout, return_when=asyncio.FIRST_COMPLETED
                 )
-            except BaseException:
-                self._abandon()
+            except BaseException as error:
+                self._abandon(error)
                 raise
             finally:
                 inbox.arrived = None
             if not done:
-                self._abandon()
-                raise RpcTimeoutError(
+                idle = RpcTimeoutError(
                     f"MQTT call got neither progress nor an answer for {self._idle_timeout}s for topic '{self._topic}'",
                     self._idle_timeout,
                     self._topic,
                 )
+                self._abandon(idle)
+                raise idle
         raise StopAsyncIteration
 
     def _outcome(self) -> Dict[str, Any]:
         assert self._future is not None
-        if self._ends_with_answer:
-            return self._future.result()
         try:
-            self._future.result()
-        except NoRespondersError:
-            pass
+            answer = self._future.result()
+        except NoRespondersError as error:
+            if self._ends_with_answer:
+                self._end_span(error)
+                raise
+            # Nobody subscribes to a scatter-gather topic: an empty gathering, not a failure.
+            self._end_span()
+            raise StopAsyncIteration from None
+        except BaseException as error:
+            self._end_span(error)
+            raise
+        self._end_span()
+        if self._ends_with_answer:
+            return answer
         raise StopAsyncIteration
 
-    def _abandon(self) -> None:
+    def _abandon(self, error: Optional[BaseException] = None) -> None:
+        self._end_span(error)
         self._finished = True
         if self._future is not None and not self._future.done() and self._core is not None and self.request_id:
             self._core.forget(self.request_id)

@@ -8,6 +8,7 @@ does for a device written in Rust."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import json
 import logging
@@ -15,7 +16,8 @@ import os
 from types import TracebackType
 from typing import Any, Awaitable, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, Type, Union
 
-from . import _core, config
+from . import _core, _observer, config
+from ._observer import Headers, Peer, ServerSpan
 from .config import records_given_arguments
 from .errors import MqttRpcError
 
@@ -146,6 +148,7 @@ class Responder:
         self._handlers: List[Handler] = []
         self._max_concurrency = max_concurrency
         self._core: Optional[_core.CoreResponder] = None
+        self._peer = Peer(settings["client_id"] or "", self._options["host"], self._options["port"])
         self._serving: Optional["asyncio.Future[None]"] = None
         self._ready: Optional[asyncio.Event] = None
         self._turns: Optional[asyncio.Semaphore] = None
@@ -188,6 +191,7 @@ class Responder:
             if value is not None and (name in self._chosen or name in ("host", "port", "protocol"))
         }
         self._core = _core.CoreResponder(options, list(self._filters))
+        self._peer = Peer(self._core.client_id, self._options["host"], self._options["port"])
         loop = asyncio.get_running_loop()
         self._ready = asyncio.Event()
         self._turns = asyncio.Semaphore(self._max_concurrency)
@@ -238,16 +242,47 @@ class Responder:
     ) -> None:
         await self.close()
 
-    def stats(self) -> Dict[str, int]:
+    @property
+    def client_id(self) -> Optional[str]:
+        """The MQTT client id (once started; before, the one given, if any)."""
+        return self._options["client_id"] if self._core is None else self._core.client_id
+
+    def stats(self) -> Dict[str, Any]:
         """Requests and notifications received, malformed ones dropped, repeats answered
-        without a second run, requests refused as overloaded, answers sent."""
+        without a second run, requests refused as overloaded, answers sent; and under
+        ``"handlers"``, by filter, each handler's ``requests`` (answers given), ``errors``
+        (answers that were errors), ``processing_ms_total`` and ``processing_ms_average``
+        (from the request's admission to its answer, a wait for a free turn included) and
+        ``last_error`` (``"code: message"``, or None)."""
         if self._core is None:
             return {}
-        return {**self._core.stats(), "handlers_running_or_waiting": len(self._tasks)}
+        handlers = {}
+        for handler in self._core.handlers([]):
+            total_ms = handler["processing_seconds_total"] * 1000.0
+            handlers[handler["filter"]] = {
+                "requests": handler["requests"],
+                "errors": handler["errors"],
+                "processing_ms_total": total_ms,
+                "processing_ms_average": total_ms / handler["requests"] if handler["requests"] else None,
+                "last_error": handler["last_error"],
+            }
+        return {**self._core.stats(), "handlers_running_or_waiting": len(self._tasks), "handlers": handlers}
 
-    def _on_request(self, index: int, topic: str, body: Dict[str, Any], reply: _core.ReplyHandle) -> None:
+    def _on_request(
+        self,
+        index: int,
+        topic: str,
+        body: Dict[str, Any],
+        reply: _core.ReplyHandle,
+        user_properties: Optional[Headers],
+    ) -> None:
         # The core admitted it: a run within max_concurrency + max_queued, not a repeat.
-        task = asyncio.ensure_future(self._run(self._handlers[index], body, reply))
+        observer = _observer.current
+        if observer is None:
+            run = self._run(self._handlers[index], body, reply, None)
+        else:
+            run = self._traced_run(observer, index, topic, body, reply, user_properties)
+        task = asyncio.ensure_future(run)
         number = reply.number
         self._tasks.add(task)
         self._runs[number] = task
@@ -275,14 +310,31 @@ class Responder:
         if task is not None:
             task.cancel()
 
-    async def _run(self, handler: Handler, request: Dict[str, Any], reply: _core.ReplyHandle) -> None:
-        answer = await self._answer(handler, request, reply)
+    async def _run(
+        self, handler: Handler, request: Dict[str, Any], reply: _core.ReplyHandle, span: Optional[ServerSpan]
+    ) -> None:
+        answer = await self._answer(handler, request, reply, span)
         if answer[0] == "result":
             reply.send_result(answer[1])
         else:
             reply.send_error(answer[1], answer[2], answer[3])
 
-    async def _answer(self, handler: Handler, request: Dict[str, Any], reply: _core.ReplyHandle) -> "Answer":
+    async def _traced_run(
+        self,
+        observer: _observer.Observer,
+        index: int,
+        topic: str,
+        request: Dict[str, Any],
+        reply: _core.ReplyHandle,
+        user_properties: Optional[Headers],
+    ) -> None:
+        # Entered inside the run's task: the handler, and the calls it makes, see the span.
+        with observer.server_span(self._filters[index], topic, request, user_properties, self._peer) as span:
+            await self._run(self._handlers[index], request, reply, span)
+
+    async def _answer(
+        self, handler: Handler, request: Dict[str, Any], reply: _core.ReplyHandle, span: Optional[ServerSpan]
+    ) -> "Answer":
         assert self._turns is not None
         async with self._turns:
             arguments: Tuple[Any, ...] = (request,)
@@ -292,15 +344,21 @@ class Responder:
                 if inspect.iscoroutinefunction(handler):
                     result = await handler(*arguments)
                 else:
-                    # A plain function may block: run it in a worker thread, not on the loop.
-                    result = await asyncio.get_running_loop().run_in_executor(None, handler, *arguments)
+                    # A plain function may block: run it in a worker thread, not on the loop,
+                    # with this task's context (its span, for the calls the handler makes).
+                    context = contextvars.copy_context()
+                    result = await asyncio.get_running_loop().run_in_executor(None, context.run, handler, *arguments)
                     if inspect.isawaitable(result):
                         result = await result
                 return ("result", json.dumps(result))
             except RpcHandlerError as error:
+                if span is not None:
+                    span.failed(error, error.code)
                 data = None if error.data is None else json.dumps(error.data, default=str)
                 return ("error", error.code, error.message, data)
             except Exception as error:  # the handler's failure becomes the caller's RemoteError
+                if span is not None:
+                    span.failed(error, INTERNAL_ERROR)
                 # A bug in the application: logged with its traceback, not hidden at DEBUG.
                 logger.error("handler for request %s failed", request.get("request_id"), exc_info=True)
                 return ("error", INTERNAL_ERROR, f"{type(error).__name__}: {error}", None)

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import threading
 from types import TracebackType
-from typing import Any, Dict, List, Optional, Type, TypeVar, overload
+from typing import Any, Callable, Dict, List, Optional, Type, TypeVar, overload
 
-from . import typed
+from . import _observer, typed
 from ._core import CoreClient
+from ._observer import Headers
 from .client import MqttRpcClient, Payload, _ClientState
 from .errors import NotConnectedError
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class SyncMqttRpcClient(_ClientState):
@@ -120,7 +122,11 @@ class SyncMqttRpcClient(_ClientState):
             typed.check_model(response_model)
         if not self._open:
             self.connect()
-        reply: Dict[str, Any] = self._core.call_blocking(topic, body, timeout)
+        observer = _observer.current
+        if observer is None:
+            reply: Dict[str, Any] = self._core.call_blocking(topic, body, timeout)
+        else:
+            reply = self._traced("call", topic, lambda headers: self._core.call_blocking(topic, body, timeout, headers))
         if response_model is None:
             return reply
         return typed.validate(reply, response_model)
@@ -137,11 +143,34 @@ class SyncMqttRpcClient(_ClientState):
         body = typed.encode(payload)
         if not self._open:
             self.connect()
-        return self._core.gather_blocking(topic, body, timeout, max_replies)
+        if _observer.current is None:
+            return self._core.gather_blocking(topic, body, timeout, max_replies)
+        return self._traced(
+            "call_all", topic, lambda headers: self._core.gather_blocking(topic, body, timeout, max_replies, headers)
+        )
 
     def notify(self, topic: str, payload: Payload) -> None:
         """As `MqttRpcClient.notify`: publishes without waiting for any answer."""
         body = typed.encode(payload)
         if not self._open:
             self.connect()
-        self._core.notify(topic, body)
+        if _observer.current is None:
+            self._core.notify(topic, body)
+        else:
+            self._traced("notify", topic, lambda headers: self._core.notify(topic, body, headers))
+
+    def _traced(self, operation: str, topic: str, send: Callable[[Optional[Headers]], R]) -> R:
+        """``send(headers)`` inside a client span (the blocking core calls give no request
+        id back before they end: the span has none)."""
+        observer = _observer.current
+        assert observer is not None
+        span = observer.client_span(operation, topic, self._client._peer)
+        try:
+            outcome = send(span.headers)
+        except BaseException as error:
+            span.end(error)
+            raise
+        if isinstance(outcome, dict) and isinstance(outcome.get("request_id"), str):
+            span.sent(outcome["request_id"])  # the answer names the request it answers
+        span.end()
+        return outcome

@@ -8,7 +8,7 @@
 use super::engine::{Engine, Transmit, Unsent};
 use super::{lock, CallError, Shared, Waiter};
 use crate::acks::{AckLedger, PubAckReason, Sent};
-use crate::link::{self, Events, Inbound, LinkError, LinkErrorKind};
+use crate::link::{self, Events, Inbound, LinkError, LinkErrorKind, Properties};
 use crate::protocol::Reply;
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
@@ -270,9 +270,19 @@ impl<W: Waiter> Shared<W> {
                 body,
                 response_topic,
                 correlation_data,
+                user_properties,
                 call,
             } => self
-                .publish(&topic, body, response_topic, correlation_data, call)
+                .publish(
+                    &topic,
+                    body,
+                    Properties {
+                        response_topic,
+                        correlation_data,
+                        user_properties,
+                    },
+                    call,
+                )
                 .map_err(|call| call.map_or(Unsent::Message, Unsent::Call)),
             Transmit::Subscribe { key, filter } => self
                 .outbox
@@ -292,22 +302,18 @@ impl<W: Waiter> Shared<W> {
         &self,
         topic: &str,
         body: Vec<u8>,
-        response_topic: Option<String>,
-        correlation_data: Option<Bytes>,
+        properties: Properties,
         call: Option<Sent>,
     ) -> Result<(), Option<Sent>> {
         let qos = self.options.qos;
         let Some(acks) = &self.acks else {
             return self
                 .outbox
-                .publish(topic, qos, body, response_topic, correlation_data)
+                .publish(topic, qos, body, properties)
                 .map_err(|_| call);
         };
         let mut ledger = lock(acks);
-        match self
-            .outbox
-            .publish(topic, qos, body, response_topic, correlation_data)
-        {
+        match self.outbox.publish(topic, qos, body, properties) {
             Ok(()) => {
                 ledger.queued(call);
                 Ok(())

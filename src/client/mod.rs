@@ -21,9 +21,9 @@ pub use options::{ClientOptions, DEFAULT_INBOX_PREFIX};
 pub use stats::Stats;
 
 use crate::acks::AckLedger;
-use crate::link::{self, Events, LinkErrorKind, Outbox, Protocol};
+use crate::link::{self, Events, LinkErrorKind, Outbox, Properties, Protocol};
 use crate::metrics::LatencyHistogram;
-use crate::protocol::{self, InputError};
+use crate::protocol::{self, Headers, InputError, Outgoing};
 use engine::{Engine, EngineConfig};
 use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -87,7 +87,7 @@ pub struct Load {
 pub struct Prepared {
     pub request_id: String,
     topic: String,
-    request: Vec<u8>,
+    request: Outgoing,
     /// A scatter-gather request, and how many answers end it (`None`: its deadline).
     gather: Option<Option<usize>>,
 }
@@ -302,20 +302,22 @@ impl<W: Waiter> RpcClient<W> {
         timeout: Duration,
         make_waiter: impl FnOnce() -> W,
     ) -> Result<String, CallError> {
-        let prepared = self.prepare(topic, payload, None)?;
+        let prepared = self.prepare(topic, payload, None, Vec::new())?;
         Ok(self.start(prepared, timeout, make_waiter()))
     }
 
     /// Checks a request and builds its body, sending nothing: a batch is prepared whole
     /// before any of it is sent. A retry passes the `request_id` of its first attempt, so
-    /// that the device can recognise the repeat.
+    /// that the device can recognise the repeat. `headers` (trace context) travel as MQTT 5
+    /// user properties, or on 3.1.1 as members of the body.
     pub fn prepare(
         &self,
         topic: &str,
         payload: &[u8],
         request_id: Option<&str>,
+        headers: Headers,
     ) -> Result<Prepared, CallError> {
-        self.prepare_request(topic, payload, request_id, None)
+        self.prepare_request(topic, payload, request_id, None, headers)
     }
 
     /// Prepares a scatter-gather request: sent once (typically to a group topic that many
@@ -326,8 +328,10 @@ impl<W: Waiter> RpcClient<W> {
         topic: &str,
         payload: &[u8],
         max_replies: Option<usize>,
+        headers: Headers,
     ) -> Result<Prepared, CallError> {
-        self.prepare_request(topic, payload, None, Some(max_replies.map(|n| n.max(1))))
+        let gather = Some(max_replies.map(|n| n.max(1)));
+        self.prepare_request(topic, payload, None, gather, headers)
     }
 
     fn prepare_request(
@@ -336,6 +340,7 @@ impl<W: Waiter> RpcClient<W> {
         payload: &[u8],
         request_id: Option<&str>,
         gather: Option<Option<usize>>,
+        headers: Headers,
     ) -> Result<Prepared, CallError> {
         let shared = &self.shared;
         self.accepting()?;
@@ -368,18 +373,28 @@ impl<W: Waiter> RpcClient<W> {
             let client_id = &shared.options.connection.client_id;
             engine::reply_topic(Some(prefix), client_id, topic, &request_id)
         });
-        let request = protocol::build_request(
+        let protocol = shared.outbox.protocol();
+        let (members, user_properties) = match protocol {
+            Protocol::V311 => (headers, Vec::new()),
+            Protocol::V5 => (Vec::new(), headers),
+        };
+        let body = protocol::build_request(
             payload,
             &request_id,
             inbox_topic.as_deref(),
             gather.is_some(),
+            &members,
         )
         .map_err(CallError::Input)?;
+        let request = Outgoing {
+            body,
+            user_properties,
+        };
         let reply_topic_len = match &inbox_topic {
             Some(inbox) => inbox.len(),
             None => protocol::reply_topic_len(topic),
         };
-        let size = packet_size(topic, &request, reply_topic_len, shared.outbox.protocol());
+        let size = packet_size(topic, &request, reply_topic_len, protocol);
         let limit = shared.max_packet_size();
         if size > limit {
             return Err(CallError::Input(InputError::TooLarge { size, limit }));
@@ -416,25 +431,40 @@ impl<W: Waiter> RpcClient<W> {
 
     /// A one-way notification: the JSON object is published as it is (no `request_id`, so
     /// no device answers it) and nothing is awaited.
-    pub fn notify(&self, topic: &str, payload: &[u8]) -> Result<(), CallError> {
+    pub fn notify(&self, topic: &str, payload: &[u8], headers: Headers) -> Result<(), CallError> {
         self.accepting()?;
         protocol::validate_request_topic(topic).map_err(CallError::Input)?;
-        protocol::check_object(payload).map_err(CallError::Input)?;
-        let size = packet_size(topic, payload, 0, Protocol::V311);
+        let protocol = self.shared.outbox.protocol();
+        let message = match protocol {
+            Protocol::V311 => Outgoing::from(
+                protocol::notification_body(payload, &headers).map_err(CallError::Input)?,
+            ),
+            Protocol::V5 => Outgoing {
+                body: protocol::notification_body(payload, &[]).map_err(CallError::Input)?,
+                user_properties: headers,
+            },
+        };
+        let size = packet_size(topic, &message, 0, Protocol::V311);
         let limit = self.shared.max_packet_size();
         if size > limit {
             return Err(CallError::Input(InputError::TooLarge { size, limit }));
         }
         let shared = &self.shared;
-        shared.run(
-            |engine, now| match engine.notify(topic, payload.to_vec(), now)? {
-                // Sent here, under the engine's lock like every publish, to keep their order.
-                Some((topic, body)) => shared
-                    .publish(&topic, body, None, None, None)
-                    .map_err(|_| CallError::unsent()),
-                None => Ok(()),
-            },
-        )
+        shared.run(|engine, now| match engine.notify(topic, message, now)? {
+            // Sent here, under the engine's lock like every publish, to keep their order.
+            Some((topic, message)) => shared
+                .publish(
+                    &topic,
+                    message.body,
+                    Properties {
+                        user_properties: message.user_properties,
+                        ..Properties::default()
+                    },
+                    None,
+                )
+                .map_err(|_| CallError::unsent()),
+            None => Ok(()),
+        })
     }
 
     /// Sends a prepared request (or queues it for a slot or its reply filter's SUBACK);
@@ -591,12 +621,21 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The size of the PUBLISH packet for a request, as the broker and rumqttc count it.
-fn packet_size(topic: &str, request: &[u8], reply_topic_len: usize, protocol: Protocol) -> usize {
+fn packet_size(
+    topic: &str,
+    request: &Outgoing,
+    reply_topic_len: usize,
+    protocol: Protocol,
+) -> usize {
     // fixed header (up to 5) + topic length prefix + topic + packet id
-    let base = 5 + 2 + topic.len() + 2 + request.len();
+    let base = 5 + 2 + topic.len() + 2 + request.body.len();
+    // each user property: its identifier and two length-prefixed strings
+    let user_properties: usize = (request.user_properties.iter())
+        .map(|(name, value)| 5 + name.len() + value.len())
+        .sum();
     match protocol {
         Protocol::V311 => base,
         // properties: length, response topic (the reply topic), correlation data (the id)
-        Protocol::V5 => base + 4 + 3 + reply_topic_len + 3 + 36,
+        Protocol::V5 => base + 4 + 3 + reply_topic_len + 3 + 36 + user_properties,
     }
 }

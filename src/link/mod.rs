@@ -100,6 +100,8 @@ pub enum Inbound {
         payload: Bytes,
         correlation_data: Option<Bytes>,
         response_topic: Option<String>,
+        /// MQTT 5 user properties, in the order sent (always empty on 3.1.1).
+        user_properties: Vec<(String, String)>,
     },
     SubscribeSent(u16),
     /// A publish with this packet id (0 for QoS 0) was queued for writing.
@@ -248,6 +250,17 @@ fn qos5(qos: u8) -> rumqttc::v5::mqttbytes::QoS {
     }
 }
 
+/// What an MQTT 5 publish carries besides its body.
+#[derive(Debug, Default)]
+pub struct Properties {
+    /// Where the answer goes.
+    pub response_topic: Option<String>,
+    /// The call's id, echoed in the answer.
+    pub correlation_data: Option<Bytes>,
+    /// Headers such as trace context.
+    pub user_properties: Vec<(String, String)>,
+}
+
 impl Outbox {
     pub fn protocol(&self) -> Protocol {
         match self {
@@ -256,15 +269,14 @@ impl Outbox {
         }
     }
 
-    /// Publishes `body`; on MQTT 5 with the Response Topic and Correlation Data given
-    /// (3.1.1 has no properties: the device finds its way back from the body and topic).
+    /// Publishes `body`, on MQTT 5 with `properties` (3.1.1 has none: the device finds its
+    /// way back from the body and topic, and headers travel in the body).
     pub fn publish(
         &self,
         topic: &str,
         qos: u8,
         body: Vec<u8>,
-        response_topic: Option<String>,
-        correlation_data: Option<Bytes>,
+        properties: Properties,
     ) -> Result<(), Unsent> {
         match self {
             Outbox::V311(client) => client
@@ -272,8 +284,9 @@ impl Outbox {
                 .map_err(|_| Unsent),
             Outbox::V5(client) => {
                 let properties = PublishProperties {
-                    response_topic,
-                    correlation_data,
+                    response_topic: properties.response_topic,
+                    correlation_data: properties.correlation_data,
+                    user_properties: properties.user_properties,
                     ..PublishProperties::default()
                 };
                 client

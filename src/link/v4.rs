@@ -110,6 +110,7 @@ impl Wire for V4 {
                     payload: publish.payload,
                     correlation_data: None,
                     response_topic: None,
+                    user_properties: Vec::new(),
                 },
                 Packet::PubAck(ack) => Inbound::PubAck {
                     packet_id: ack.pkid,

@@ -122,15 +122,17 @@ impl Wire for V5 {
                     }
                 }
                 Packet::Publish(publish) => {
-                    let (correlation_data, response_topic) = match publish.properties {
-                        Some(p) => (p.correlation_data, p.response_topic),
-                        None => (None, None),
-                    };
+                    let (correlation_data, response_topic, user_properties) =
+                        match publish.properties {
+                            Some(p) => (p.correlation_data, p.response_topic, p.user_properties),
+                            None => (None, None, Vec::new()),
+                        };
                     Inbound::Message {
                         topic: String::from_utf8_lossy(&publish.topic).into_owned(),
                         payload: publish.payload,
                         correlation_data,
                         response_topic,
+                        user_properties,
                     }
                 }
                 Packet::PubAck(ack) => Inbound::PubAck {

@@ -12,6 +12,7 @@ use super::options::client_options;
 use super::runtime::runtime;
 use crate::client::{CallError, Stats};
 use crate::pool::{PoolPrepared, RpcPool};
+use crate::protocol::Headers;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -44,6 +45,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Says which request of a batch was refused, keeping the error's type.
+/// A call with one answer (a retry's given request id, if any), or a scatter-gather call.
+enum CallKind<'a> {
+    Call { request_id: Option<&'a str> },
+    Gather { max_replies: Option<usize> },
+}
+
 fn in_batch(py: Python<'_>, index: usize, error: PyErr) -> PyErr {
     let note = format!("request {index} of the batch: {}", error.value(py));
     match error.get_type(py).call1((note,)) {
@@ -205,23 +212,27 @@ impl CoreClient {
         }
     }
 
-    /// Checks a request and builds its body (`gather`: a scatter-gather request and its
-    /// `max_replies`), raising the typed error of a refused one.
+    /// Checks a request and builds its body (with `headers`: trace context), raising the
+    /// typed error of a refused one.
     fn prepare(
         &self,
         py: Python<'_>,
         topic: &str,
         payload: &Bound<'_, PyAny>,
         timeout: &Bound<'_, PyAny>,
-        request_id: Option<&str>,
-        gather: Option<Option<usize>>,
+        kind: CallKind<'_>,
+        headers: Option<Headers>,
     ) -> PyResult<(PoolPrepared, Duration)> {
         // Each argument is read once: the duration goes on with the prepared request.
         let duration = timeout_seconds(timeout)?;
         let body = payload_bytes(payload)?;
-        let prepared = match gather {
-            None => self.inner.prepare(topic, &body, request_id),
-            Some(max_replies) => self.inner.prepare_gather(topic, &body, max_replies),
+        let headers = headers.unwrap_or_default();
+        let prepared = match kind {
+            CallKind::Call { request_id } => self.inner.prepare(topic, &body, request_id, headers),
+            CallKind::Gather { max_replies } => {
+                self.inner
+                    .prepare_gather(topic, &body, max_replies, headers)
+            }
         };
         let prepared = prepared.map_err(|error| call_error(py, &error, Some(timeout)))?;
         Ok((prepared, duration))
@@ -340,8 +351,9 @@ impl CoreClient {
     }
 
     /// Starts a call; returns `(future, request_id)`. Bad input raises here, before
-    /// anything is published. A retry passes its first attempt's `request_id`.
-    #[pyo3(signature = (event_loop, topic, payload, timeout, request_id=None))]
+    /// anything is published. A retry passes its first attempt's `request_id`. `headers`
+    /// (trace context) go as MQTT 5 user properties, or on 3.1.1 as members of the body.
+    #[pyo3(signature = (event_loop, topic, payload, timeout, request_id=None, headers=None))]
     fn start_call<'py>(
         &self,
         event_loop: &Bound<'py, PyAny>,
@@ -349,13 +361,23 @@ impl CoreClient {
         payload: &Bound<'py, PyAny>,
         timeout: &Bound<'py, PyAny>,
         request_id: Option<&str>,
+        headers: Option<Headers>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let prepared = self.prepare(event_loop.py(), topic, payload, timeout, request_id, None)?;
+        let py = event_loop.py();
+        let prepared = self.prepare(
+            py,
+            topic,
+            payload,
+            timeout,
+            CallKind::Call { request_id },
+            headers,
+        )?;
         self.start_future(event_loop, prepared, timeout, None)
     }
 
     /// Starts a call whose progress messages are handed to `on_progress` (on the loop, in
     /// order, before the answer); returns `(future, request_id)` as `start_call`.
+    #[pyo3(signature = (event_loop, topic, payload, timeout, on_progress, headers=None))]
     fn start_stream<'py>(
         &self,
         event_loop: &Bound<'py, PyAny>,
@@ -363,15 +385,25 @@ impl CoreClient {
         payload: &Bound<'py, PyAny>,
         timeout: &Bound<'py, PyAny>,
         on_progress: Py<PyAny>,
+        headers: Option<Headers>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let prepared = self.prepare(event_loop.py(), topic, payload, timeout, None, None)?;
+        let py = event_loop.py();
+        let prepared = self.prepare(
+            py,
+            topic,
+            payload,
+            timeout,
+            CallKind::Call { request_id: None },
+            headers,
+        )?;
         self.start_future(event_loop, prepared, timeout, Some(Arc::new(on_progress)))
     }
 
     /// Starts a scatter-gather call: every answer is handed to `on_reply` (on the loop, in
     /// order, each device's once); the future resolves when the call ends, at its deadline
     /// or after `max_replies`. Returns `(future, request_id)` as `start_call`.
-    #[pyo3(signature = (event_loop, topic, payload, timeout, max_replies, on_reply))]
+    #[pyo3(signature = (event_loop, topic, payload, timeout, max_replies, on_reply, headers=None))]
+    #[allow(clippy::too_many_arguments)]
     fn start_gather<'py>(
         &self,
         event_loop: &Bound<'py, PyAny>,
@@ -380,30 +412,35 @@ impl CoreClient {
         timeout: &Bound<'py, PyAny>,
         max_replies: Option<usize>,
         on_reply: Py<PyAny>,
+        headers: Option<Headers>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let py = event_loop.py();
-        let prepared = self.prepare(py, topic, payload, timeout, None, Some(max_replies))?;
+        let gather = CallKind::Gather { max_replies };
+        let prepared = self.prepare(py, topic, payload, timeout, gather, headers)?;
         self.start_future(event_loop, prepared, timeout, Some(Arc::new(on_reply)))
     }
 
     /// Starts a batch of `(topic, payload)` calls in one crossing; returns `(future,
     /// request_ids)`, the future resolving to the list of results in input order. Every
-    /// request is checked before any is sent.
+    /// request is checked before any is sent. `headers`, if given, has each request's.
+    #[pyo3(signature = (event_loop, requests, timeout, return_exceptions, headers=None))]
     fn start_many<'py>(
         &self,
         event_loop: &Bound<'py, PyAny>,
         requests: Vec<(String, Bound<'py, PyAny>)>,
         timeout: &Bound<'py, PyAny>,
         return_exceptions: bool,
+        headers: Option<Vec<Headers>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let py = event_loop.py();
         let duration = timeout_seconds(timeout)?;
+        let mut headers = headers.unwrap_or_default().into_iter();
         let mut prepared = Vec::with_capacity(requests.len());
         for (index, (topic, payload)) in requests.iter().enumerate() {
             let body = payload_bytes(payload).map_err(|e| in_batch(py, index, e))?;
             let request = self
                 .inner
-                .prepare(topic, &body, None)
+                .prepare(topic, &body, None, headers.next().unwrap_or_default())
                 .map_err(|error| in_batch(py, index, call_error(py, &error, Some(timeout))))?;
             prepared.push(request);
         }
@@ -433,21 +470,30 @@ impl CoreClient {
 
     /// A call that blocks its thread (with the GIL released) until the answer: for code
     /// without an event loop. Ctrl-C and other signals interrupt it.
+    #[pyo3(signature = (topic, payload, timeout, headers=None))]
     fn call_blocking(
         &self,
         py: Python<'_>,
         topic: &str,
         payload: &Bound<'_, PyAny>,
         timeout: &Bound<'_, PyAny>,
+        headers: Option<Headers>,
     ) -> PyResult<Py<PyAny>> {
-        let prepared = self.prepare(py, topic, payload, timeout, None, None)?;
+        let prepared = self.prepare(
+            py,
+            topic,
+            payload,
+            timeout,
+            CallKind::Call { request_id: None },
+            headers,
+        )?;
         let outcome = self.wait_blocking(py, prepared, |_| Ok(()))?;
         outcome_to_py(py, &outcome, timeout)
     }
 
     /// `gather_all` for code without an event loop: blocks until the scatter-gather call
     /// ends and returns the answers in the order they arrived.
-    #[pyo3(signature = (topic, payload, timeout, max_replies=None))]
+    #[pyo3(signature = (topic, payload, timeout, max_replies=None, headers=None))]
     fn gather_blocking<'py>(
         &self,
         py: Python<'py>,
@@ -455,8 +501,10 @@ impl CoreClient {
         payload: &Bound<'py, PyAny>,
         timeout: &Bound<'py, PyAny>,
         max_replies: Option<usize>,
+        headers: Option<Headers>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let prepared = self.prepare(py, topic, payload, timeout, None, Some(max_replies))?;
+        let gather = CallKind::Gather { max_replies };
+        let prepared = self.prepare(py, topic, payload, timeout, gather, headers)?;
         let replies = PyList::empty(py);
         let outcome = self.wait_blocking(py, prepared, |message| {
             replies.append(object_to_py(py, &message)?)
@@ -489,10 +537,17 @@ impl CoreClient {
     }
 
     /// Publishes a one-way notification (no request_id, no answer awaited).
-    fn notify(&self, py: Python<'_>, topic: &str, payload: &Bound<'_, PyAny>) -> PyResult<()> {
+    #[pyo3(signature = (topic, payload, headers=None))]
+    fn notify(
+        &self,
+        py: Python<'_>,
+        topic: &str,
+        payload: &Bound<'_, PyAny>,
+        headers: Option<Headers>,
+    ) -> PyResult<()> {
         let body = payload_bytes(payload)?;
         self.inner
-            .notify(topic, &body)
+            .notify(topic, &body, headers.unwrap_or_default())
             .map_err(|error| call_error(py, &error, None))
     }
 
@@ -527,6 +582,13 @@ impl CoreClient {
         self.inner.client_ids()
     }
 
+    /// The latencies of answered calls as a Prometheus histogram reads them:
+    /// `(counts at or below each bound, count, sum)`, bounds and sum in seconds.
+    fn latency_histogram(&self, bounds: Vec<f64>) -> PyResult<(Vec<u64>, u64, f64)> {
+        let read = self.inner.latency(&seconds_bounds(&bounds)?);
+        Ok((read.at_or_below, read.count, read.sum.as_secs_f64()))
+    }
+
     /// The pool's totals, with each connection's own under `connections`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let stats = self.inner.stats();
@@ -543,6 +605,21 @@ impl CoreClient {
             self.interim_dropped.load(Ordering::Relaxed),
         )?;
         Ok(dict)
+    }
+}
+
+/// Histogram bounds in seconds, ascending and finite, as durations.
+pub(crate) fn seconds_bounds(bounds: &[f64]) -> PyResult<Vec<Duration>> {
+    let ascending = bounds.windows(2).all(|pair| pair[0] < pair[1]);
+    match bounds
+        .iter()
+        .map(|b| Duration::try_from_secs_f64(*b))
+        .collect()
+    {
+        Ok(durations) if ascending => Ok(durations),
+        _ => Err(value_error(
+            "histogram bounds must be ascending, non-negative, finite seconds",
+        )),
     }
 }
 

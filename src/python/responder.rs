@@ -4,18 +4,20 @@
 //! `mqtt_rpc.Responder` (python/mqtt_rpc/responder.py).
 
 use super::bridge::{Completion, LoopBridge, QueuedRequest};
+use super::client::seconds_bounds;
 use super::errors::value_error;
 use super::options::responder_options;
 use super::runtime::runtime;
 use crate::client::CallError;
 use crate::link::LinkErrorKind;
+use crate::metrics::cumulative;
 use crate::protocol::RemoteError;
 use crate::responder::{
     Incoming, IncomingRequest, Outcome, PendingAnswer, Replier, Responder, ResponderCounters,
 };
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyList};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +30,7 @@ pub struct CoreResponder {
     counters: Arc<ResponderCounters>,
     stop: Arc<watch::Sender<bool>>,
     bridge: Mutex<Option<Py<LoopBridge>>>,
+    client_id: String,
 }
 
 /// The one answer a request owes: `send_result`, `send_error` or `abandon` ends it (later
@@ -121,9 +124,14 @@ impl QueuedRequest for PyRequest {
         self.request.answer.refuse();
     }
 
-    /// Calls `dispatcher(filter_index, topic, body, reply_handle)` on the loop.
+    /// Calls `dispatcher(filter_index, topic, body, reply_handle, user_properties)` on the
+    /// loop (`user_properties`: a list of pairs, or None when the request has none).
     fn deliver(self: Box<Self>, py: Python<'_>) -> PyResult<()> {
-        let request = self.request;
+        let mut request = self.request;
+        let user_properties = match std::mem::take(&mut request.user_properties) {
+            properties if properties.is_empty() => None,
+            properties => Some(properties),
+        };
         let body = super::convert::object_to_py(py, &request.body)?;
         let handle = Py::new(
             py,
@@ -132,8 +140,16 @@ impl QueuedRequest for PyRequest {
                 pending: Mutex::new(Some(request.answer)),
             },
         )?;
-        self.dispatcher
-            .call1(py, (request.filter_index, request.topic, body, handle))?;
+        self.dispatcher.call1(
+            py,
+            (
+                request.filter_index,
+                request.topic,
+                body,
+                handle,
+                user_properties,
+            ),
+        )?;
         Ok(())
     }
 }
@@ -181,6 +197,7 @@ impl CoreResponder {
     #[new]
     fn new(options: &Bound<'_, PyDict>, filters: Vec<String>) -> PyResult<Self> {
         let options = responder_options(options, filters)?;
+        let client_id = options.connection.client_id.clone();
         let responder = Responder::new(options).map_err(|e| value_error(e.to_string()))?;
         let (stop, _) = watch::channel(false);
         Ok(CoreResponder {
@@ -189,11 +206,12 @@ impl CoreResponder {
             responder: Mutex::new(Some(responder)),
             stop: Arc::new(stop),
             bridge: Mutex::new(None),
+            client_id,
         })
     }
 
-    /// Serves on `event_loop`: `on_request(filter_index, topic, body, reply_handle)` for each
-    /// request to run (a notification's handle answers nowhere), `on_cancel(number)` when a
+    /// Serves on `event_loop`: `on_request(filter_index, topic, body, reply_handle,
+    /// user_properties)` for each request to run (a notification's handle answers nowhere), `on_cancel(number)` when a
     /// caller gives up on the run with that `reply_handle.number`, `on_drop(counter)` for the
     /// first request of each kind dropped or refused, `on_ready()` each time the filters are
     /// subscribed. The returned future resolves when serving stops (`close`), or fails if
@@ -330,5 +348,30 @@ impl CoreResponder {
             dict.set_item(name, value)?;
         }
         Ok(dict)
+    }
+
+    #[getter]
+    fn client_id(&self) -> String {
+        self.client_id.clone()
+    }
+
+    /// Each handler's counts, in filter order: `{filter, requests, errors,
+    /// processing_seconds_total, last_error, at_or_below}`, where `at_or_below` counts the
+    /// answers whose time from admission was at or below each of `bounds` (seconds).
+    fn handlers<'py>(&self, py: Python<'py>, bounds: Vec<f64>) -> PyResult<Bound<'py, PyList>> {
+        let bounds = seconds_bounds(&bounds)?;
+        let list = PyList::empty(py);
+        for handler in self.counters.handlers.iter() {
+            let read = cumulative(&[&handler.processing], &bounds);
+            let dict = PyDict::new(py);
+            dict.set_item("filter", &handler.filter)?;
+            dict.set_item("requests", handler.requests.load(Ordering::Relaxed))?;
+            dict.set_item("errors", handler.errors.load(Ordering::Relaxed))?;
+            dict.set_item("processing_seconds_total", read.sum.as_secs_f64())?;
+            dict.set_item("last_error", handler.last_error())?;
+            dict.set_item("at_or_below", read.at_or_below)?;
+            list.append(dict)?;
+        }
+        Ok(list)
     }
 }

@@ -6,7 +6,7 @@
 use super::ledger::{Outcome, RequestLedger, Ticket};
 use super::route::{progress_body, reply_body, ReplyRoute};
 use super::{overloaded, ResponderCounters};
-use crate::link::{Outbox, Unsent};
+use crate::link::{Outbox, Properties, Unsent};
 use serde_json::Value;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,8 +33,10 @@ impl Replier {
             &route.topic,
             self.qos,
             body,
-            None,
-            route.correlation_data.clone(),
+            Properties {
+                correlation_data: route.correlation_data.clone(),
+                ..Properties::default()
+            },
         );
         let counter = match sent {
             Ok(()) => &self.counters.answers_queued,
@@ -64,6 +66,9 @@ pub struct PendingAnswer {
     route: Option<ReplyRoute>,
     ticket: Option<Ticket>,
     number: u64,
+    /// Which filter's handler runs it, and since when (for its `HandlerStats`).
+    filter_index: usize,
+    admitted: Instant,
 }
 
 impl std::fmt::Debug for PendingAnswer {
@@ -76,12 +81,19 @@ impl std::fmt::Debug for PendingAnswer {
 }
 
 impl PendingAnswer {
-    pub(super) fn new(replier: Replier, route: Option<ReplyRoute>, ticket: Ticket) -> Self {
+    pub(super) fn new(
+        replier: Replier,
+        route: Option<ReplyRoute>,
+        ticket: Ticket,
+        filter_index: usize,
+    ) -> Self {
         PendingAnswer {
             number: ticket.number(),
             replier,
             route,
             ticket: Some(ticket),
+            filter_index,
+            admitted: Instant::now(),
         }
     }
 
@@ -110,6 +122,9 @@ impl PendingAnswer {
     /// Answers, and gives the same answer to the repeats that waited for this run; later
     /// repeats get it from the cache. A notification's outcome is sent nowhere.
     pub fn answer(mut self, outcome: Outcome) -> Result<(), Unsent> {
+        if let Some(handler) = self.replier.counters.handlers.get(self.filter_index) {
+            handler.answered(self.admitted.elapsed(), outcome.as_ref().err());
+        }
         let repeats = self.end(Some(&outcome));
         let Some(route) = self.route.take() else {
             return Ok(());

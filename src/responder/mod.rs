@@ -8,10 +8,12 @@
 //! `answer` (publishing answers); this file holds the connection and the serve loop.
 
 mod answer;
+mod handlers;
 mod ledger;
 mod route;
 
 pub use answer::{PendingAnswer, Replier};
+pub use handlers::HandlerStats;
 pub use ledger::{Admission, Outcome, RequestLedger, RequestLimits, Ticket};
 pub use route::{progress_body, reply_body, route, ReplyRoute};
 
@@ -76,6 +78,9 @@ pub struct IncomingRequest {
     pub body: Map<String, Value>,
     /// The request exactly as it arrived.
     pub payload: Bytes,
+    /// Its MQTT 5 user properties (trace context among them), in the order sent; empty on
+    /// 3.1.1, where such headers are members of `body`.
+    pub user_properties: Vec<(String, String)>,
     /// The answer it owes (to nowhere, for a notification).
     pub answer: PendingAnswer,
 }
@@ -117,6 +122,8 @@ pub struct ResponderCounters {
     pub answers_queued: AtomicU64,
     pub answers_sent: AtomicU64,
     pub answers_unsent: AtomicU64,
+    /// Each filter's handler, in the order of `ResponderOptions::filters`.
+    pub handlers: Box<[HandlerStats]>,
 }
 
 impl ResponderCounters {
@@ -161,6 +168,7 @@ struct Message {
     payload: Bytes,
     correlation_data: Option<Bytes>,
     response_topic: Option<String>,
+    user_properties: Vec<(String, String)>,
 }
 
 /// A responder's connection, ready to `serve`.
@@ -206,7 +214,14 @@ impl Responder {
         let replier = Replier {
             outbox,
             qos: options.qos,
-            counters: Arc::new(ResponderCounters::default()),
+            counters: Arc::new(ResponderCounters {
+                handlers: options
+                    .filters
+                    .iter()
+                    .map(|f| HandlerStats::new(f))
+                    .collect(),
+                ..ResponderCounters::default()
+            }),
             ledger: Arc::new(Mutex::new(RequestLedger::new(options.limits.clone()))),
         };
         Ok(Responder {
@@ -288,12 +303,14 @@ impl Responder {
                     payload,
                     correlation_data,
                     response_topic,
+                    user_properties,
                 }) => {
                     let message = Message {
                         topic,
                         payload,
                         correlation_data,
                         response_topic,
+                        user_properties,
                     };
                     self.take(message, &mut on_request);
                 }
@@ -379,7 +396,8 @@ impl Responder {
                     topic: message.topic,
                     body,
                     payload: link::detached(message.payload),
-                    answer: PendingAnswer::new(self.replier.clone(), route, ticket),
+                    user_properties: message.user_properties,
+                    answer: PendingAnswer::new(self.replier.clone(), route, ticket, filter_index),
                 })));
             }
             (Admission::Answer(outcome), Some(route)) => {

@@ -21,7 +21,7 @@ use crate::acks::Sent;
 use crate::link::Protocol;
 use crate::metrics::LatencyHistogram;
 use crate::pending::{Admission, Call, Gather, PendingTable, RecentlyAnswered, Stage};
-use crate::protocol::{self, InputError};
+use crate::protocol::{self, Headers, InputError, Outgoing};
 use crate::quota::{PublishQueue, Throttled};
 use crate::subscriptions::{Need, ReplySubscriptions, Room};
 use bytes::Bytes;
@@ -68,6 +68,8 @@ pub enum Transmit {
         /// MQTT 5 only: where the answer goes, and the call's id as Correlation Data.
         response_topic: Option<String>,
         correlation_data: Option<Bytes>,
+        /// MQTT 5 only: the request's headers (trace context), as user properties.
+        user_properties: Headers,
         /// The call it carries (`None`: a notification or a cancellation).
         call: Option<Sent>,
     },
@@ -108,7 +110,7 @@ impl From<Transmit> for Unsent {
 }
 
 /// A publish that answers to no call (a notification, a cancellation): topic and body.
-pub type Message = (Arc<str>, Vec<u8>);
+pub type Message = (Arc<str>, Outgoing);
 
 /// Waiters to wake, each with its outcome, once the driver has let go of the engine.
 pub type Wakeups<W> = Vec<(W, Outcome)>;
@@ -298,7 +300,7 @@ impl<W: Waiter> Engine<W> {
         &mut self,
         request_id: String,
         topic: &str,
-        request: Vec<u8>,
+        request: impl Into<Outgoing>,
         gather: Option<Option<usize>>,
         (started, deadline): (Instant, Instant),
         waiter: W,
@@ -317,7 +319,7 @@ impl<W: Waiter> Engine<W> {
         let (admission, earliest) = self.calls.insert(
             request_id.clone(),
             topic_key,
-            request,
+            request.into(),
             (started, deadline),
             waiter,
         );
@@ -344,9 +346,10 @@ impl<W: Waiter> Engine<W> {
     pub fn notify(
         &mut self,
         topic: &str,
-        body: Vec<u8>,
+        body: impl Into<Outgoing>,
         now: Instant,
     ) -> Result<Option<Message>, CallError> {
+        let body = body.into();
         let topic: Arc<str> = Arc::from(topic);
         if self.publishes.take_place(now) {
             return Ok(Some((topic, body)));
@@ -409,9 +412,10 @@ impl<W: Waiter> Engine<W> {
                 }
                 Throttled::Message { topic, body } => self.transmits.push_back(Transmit::Publish {
                     topic,
-                    body,
+                    body: body.body,
                     response_topic: None,
                     correlation_data: None,
+                    user_properties: body.user_properties,
                     call: None,
                 }),
             }
@@ -505,9 +509,10 @@ impl<W: Waiter> Engine<W> {
         };
         self.transmits.push_back(Transmit::Publish {
             topic,
-            body: request,
+            body: request.body,
             response_topic,
             correlation_data,
+            user_properties: request.user_properties,
             call: Some(sent),
         });
     }
@@ -522,9 +527,10 @@ impl<W: Waiter> Engine<W> {
         match self.notify(&call.topic, body, now) {
             Ok(Some((topic, body))) => self.transmits.push_back(Transmit::Publish {
                 topic,
-                body,
+                body: body.body,
                 response_topic: None,
                 correlation_data: None,
+                user_properties: body.user_properties,
                 call: None,
             }),
             Ok(None) => {}
