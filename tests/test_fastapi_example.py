@@ -94,3 +94,37 @@ async def test_broker_down_is_a_503() -> None:
             assert response.json()["error"] == "broker_unavailable"
     finally:
         broker.stop()
+
+
+async def test_an_http_request_its_mqtt_call_and_the_devices_handler_are_one_trace(
+    example_broker: MosquittoBroker, device: SimulatedDevice
+) -> None:
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    from mqtt_rpc.otel import MqttRpcInstrumentor
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = load_example().create_app(example_broker.host, example_broker.port, tracer_provider=provider)
+    device.answer({"status": "ok"})
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://service") as http:
+                response = await http.post("/devices/cam1/control", json={"action": "GET_HEALTH_CHECK"})
+        assert response.status_code == 200
+    finally:
+        MqttRpcInstrumentor().uninstrument()
+        FastAPIInstrumentor.uninstrument_app(app)
+    finished = {span.context.span_id: span for span in exporter.get_finished_spans()}
+    handler = next(span for span in finished.values() if span.name == "process +/device/control/set")
+    call = finished[handler.parent.span_id]
+    http_span = finished[call.parent.span_id]
+    assert (call.kind, call.name) == (SpanKind.CLIENT, "call")
+    assert http_span.kind == SpanKind.SERVER and http_span.attributes["http.route"] == "/devices/{device_id}/control"
+    assert handler.context.trace_id == call.context.trace_id == http_span.context.trace_id

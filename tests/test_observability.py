@@ -378,3 +378,51 @@ async def test_a_bad_trace_context_from_the_network_starts_a_new_trace(
         assert (await future)["result"] == {"ok": True}
     handler = only(by_kind(spans, SpanKind.SERVER))
     assert handler.parent is None
+
+
+def test_a_repeated_failure_is_logged_once_then_summarised_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from mqtt_rpc._logs import MAX_KINDS, LogOncePerKind
+
+    now = [0.0]
+    logs = LogOncePerKind(logging.getLogger("mqtt_rpc"), interval=60.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="mqtt_rpc"):
+        for _ in range(1000):
+            logs.log("handler-a", logging.ERROR, "handler %s failed", "a")
+        logs.log("handler-b", logging.ERROR, "handler %s failed", "b")
+        now[0] = 61.0
+        logs.log("handler-a", logging.ERROR, "handler %s failed", "a")
+        # Made-up kinds beyond the bound share one entry: the table stays bounded.
+        for i in range(MAX_KINDS + 10):
+            logs.log(f"kind-{i}", logging.WARNING, "flood")
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages[:3] == [
+        "handler a failed",
+        "handler b failed",
+        "handler a failed (999 more like it since 60 s ago, not logged)",
+    ]
+    assert len(logs._kinds) == MAX_KINDS
+    assert messages[3:] == ["flood"] * (MAX_KINDS - 2)
+
+
+async def test_a_handler_that_always_fails_logs_its_traceback_once(
+    broker: MosquittoBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    responder = Responder(broker.host, broker.port)
+
+    @responder.handle("+/crash/set")
+    async def crash(request: Dict[str, Any]) -> None:
+        raise ValueError("bug")
+
+    with caplog.at_level(logging.WARNING, logger="mqtt_rpc"):
+        async with responder, MqttRpcClient(broker.host, broker.port) as client:
+            replies = await client.call_many(
+                [(f"{unique('dev')}/crash/set", {}) for _ in range(20)], return_exceptions=True
+            )
+    assert all(isinstance(reply, RemoteError) and reply.code == -32603 for reply in replies)
+    failures = [record for record in caplog.records if "crash failed" in record.getMessage()]
+    assert len(failures) == 1 and failures[0].exc_info is not None
+    assert responder.stats()["handlers"]["+/crash/set"]["errors"] == 20

@@ -12,10 +12,18 @@ HTTP status with a JSON body that says what happened:
     502  the device answered with an error       {"error": "device_error", "code", "message", "data"}
     503  the broker is unreachable               {"error": "broker_unavailable", ...}
     422  the request body is not valid           (FastAPI's validation error)
+
+Traced end to end with OpenTelemetry (the ``otel`` extra and
+``opentelemetry-instrumentation-fastapi``): the HTTP request's span, the MQTT call's span
+under it, and, on a device served by mqtt-rpc's `Responder`, the handler's span under
+that, all one trace. ``TRACE_TO_CONSOLE=1`` prints the spans:
+
+    TRACE_TO_CONSOLE=1 MQTT_RPC_URL=mqtt://localhost:1883 uvicorn app:app
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable, Dict, Optional
 
@@ -36,9 +44,11 @@ def create_app(
     host: Optional[str] = None,
     port: Optional[int] = None,
     on_connection_change: Optional[Callable[[ConnectionEvent], None]] = None,
+    tracer_provider: Any = None,
 ) -> FastAPI:
     """The app; `on_connection_change` is told when the broker connection drops or returns
-    (a place for a readiness flag or a metric)."""
+    (a place for a readiness flag or a metric). With a `tracer_provider`, HTTP requests
+    and the MQTT calls they make are traced to it."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -57,6 +67,13 @@ def create_app(
             await client.close()
 
     app = FastAPI(title="Device control over MQTT", lifespan=lifespan)
+    if tracer_provider is not None:
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        from mqtt_rpc.otel import MqttRpcInstrumentor
+
+        FastAPIInstrumentor.instrument_app(app, tracer_provider=tracer_provider)
+        MqttRpcInstrumentor().instrument(tracer_provider=tracer_provider)
 
     def mqtt_client(request: Request) -> MqttRpcClient:
         return request.app.state.mqtt
@@ -81,4 +98,14 @@ def create_app(
     return app
 
 
-app = create_app()
+def console_tracer_provider() -> Any:
+    """Spans printed to the console as each ends (the OpenTelemetry SDK's exporter)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+    return provider
+
+
+app = create_app(tracer_provider=console_tracer_provider() if os.environ.get("TRACE_TO_CONSOLE") else None)

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any, Awaitable, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, Type, Union
 
 from . import _core, _observer, config
+from ._logs import LogOncePerKind
 from ._observer import Headers, Peer, ServerSpan
 from .config import records_given_arguments
 from .errors import MqttRpcError
@@ -155,6 +156,8 @@ class Responder:
         self._tasks: Set["asyncio.Task[None]"] = set()
         # Handler tasks by run number, for cancellations.
         self._runs: Dict[int, "asyncio.Task[None]"] = {}
+        # A handler failing on every request logs its first traceback, then once a minute.
+        self._failures = LogOncePerKind(logger)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> "Responder":
@@ -359,8 +362,16 @@ class Responder:
             except Exception as error:  # the handler's failure becomes the caller's RemoteError
                 if span is not None:
                     span.failed(error, INTERNAL_ERROR)
-                # A bug in the application: logged with its traceback, not hidden at DEBUG.
-                logger.error("handler for request %s failed", request.get("request_id"), exc_info=True)
+                # A bug in the application: logged with its traceback, not hidden at DEBUG, and
+                # at most once a minute per handler however often it fails.
+                self._failures.log(
+                    getattr(handler, "__qualname__", repr(handler)),
+                    logging.ERROR,
+                    "handler %s failed on request %s",
+                    getattr(handler, "__qualname__", repr(handler)),
+                    request.get("request_id"),
+                    exc_info=True,
+                )
                 return ("error", INTERNAL_ERROR, f"{type(error).__name__}: {error}", None)
 
 
