@@ -47,6 +47,7 @@ CLIENTS = ROOT / "benches" / "clients"
 LIMIT = ROOT / "target" / "release" / "mqtt-rpc-bench-limit"
 CLIENT_COMMANDS = {
     "ours": ["ours.py"],
+    "ours-traced": ["ours_traced.py"],
     "ours-gather": ["ours_waves.py", "--mode", "gather"],
     "ours-many": ["ours_waves.py", "--mode", "many"],
     "seed": ["seed_awscrt.py"],
