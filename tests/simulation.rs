@@ -626,14 +626,7 @@ impl World {
                 let topic = TOPICS[self.rng.gen_range(0..TOPICS.len())];
                 let now = self.instant();
                 if let Ok(Some((topic, body))) = self.engine.notify(topic, b"{}".to_vec(), now) {
-                    self.outbox.push_back(Transmit::Publish {
-                        topic,
-                        body: body.body,
-                        response_topic: None,
-                        correlation_data: None,
-                        user_properties: body.user_properties,
-                        call: None,
-                    });
+                    self.outbox.push_back(Transmit::message(topic, body));
                 }
             }
         }

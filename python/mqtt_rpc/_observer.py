@@ -10,7 +10,8 @@ the observer's server span, made from the request's headers."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ContextManager, Dict, List, Optional, Protocol, Tuple
+from types import TracebackType
+from typing import Any, ContextManager, Dict, List, Optional, Protocol, Tuple, Type
 
 #: Name/value pairs a request carries beside its body (W3C trace context).
 Headers = List[Tuple[str, str]]
@@ -27,6 +28,14 @@ class ClientSpan(Protocol):
 
     def end(self, error: Optional[BaseException] = None) -> None:
         """The call ended: answered (``error`` None) or failed with ``error``."""
+
+    def __enter__(self) -> "ClientSpan":
+        """For a call that ends within a block: leaving it ends the span (with the
+        exception that left it, if one did)."""
+
+    def __exit__(
+        self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None: ...
 
 
 class ServerSpan(Protocol):

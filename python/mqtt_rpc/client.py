@@ -547,24 +547,18 @@ class MqttRpcClient(_ClientState):
     async def _traced_call(
         self, observer: Observer, topic: str, payload: Any, timeout: float, retry: Optional[Retry]
     ) -> Dict[str, Any]:
-        span = observer.client_span("call", topic, self._peer)
-        try:
+        with observer.client_span("call", topic, self._peer) as span:
             if retry is not None:
-                reply = await self._call_with_retry(topic, payload, timeout, retry, span)
-            else:
-                loop = _get_running_loop()
-                future, request_id = self._core.start_call(loop, topic, payload, timeout, None, span.headers)
-                span.sent(request_id)
-                try:
-                    reply = await future
-                except _CancelledError:
-                    self._core.forget(request_id)
-                    raise
-        except BaseException as error:
-            span.end(error)
-            raise
-        span.end()
-        return reply
+                return await self._call_with_retry(topic, payload, timeout, retry, span)
+            loop = _get_running_loop()
+            future, request_id = self._core.start_call(loop, topic, payload, timeout, None, span.headers)
+            span.sent(request_id)
+            try:
+                reply: Dict[str, Any] = await future
+            except _CancelledError:
+                self._core.forget(request_id)
+                raise
+            return reply
 
     async def _call_with_retry(
         self, topic: str, payload: Any, timeout: float, retry: Retry, span: Optional[ClientSpan] = None
@@ -672,13 +666,8 @@ class MqttRpcClient(_ClientState):
         if observer is None:
             self._core.notify(topic, body)
             return
-        span = observer.client_span("notify", topic, self._peer)
-        try:
+        with observer.client_span("notify", topic, self._peer) as span:
             self._core.notify(topic, body, span.headers)
-        except BaseException as error:
-            span.end(error)
-            raise
-        span.end()
 
     async def call_many(
         self,

@@ -212,9 +212,8 @@ def _read_responder(families: _Families, responder: "Responder", bounds: Sequenc
         labels = {**me, "filter": handler["filter"]}
         families.add(("handler", "requests"), "counter", "Answers given by the handler.", labels, handler["requests"])
         families.add(("handler", "errors"), "counter", "Error answers given by the handler.", labels, handler["errors"])
-        histogram = Histogram(
-            list(zip(bounds, handler["at_or_below"])), handler["requests"], handler["processing_seconds_total"]
-        )
+        reading = (handler["at_or_below"], handler["requests"], handler["processing_seconds_total"])
+        histogram = _histogram(reading, bounds)
         families.add(
             ("handler", "duration"),
             "histogram",
@@ -272,7 +271,7 @@ class PrometheusCollector(_Sources):
             for labels, value in family.samples:
                 values = [labels[name] for name in label_names]
                 if isinstance(value, Histogram):
-                    buckets = [(_bound_text(bound), float(n)) for bound, n in value.at_or_below]
+                    buckets = [(repr(float(bound)), float(n)) for bound, n in value.at_or_below]
                     buckets.append(("+Inf", float(value.count)))
                     metric.add_metric(values, buckets, value.total)
                 else:
@@ -282,10 +281,6 @@ class PrometheusCollector(_Sources):
     def describe(self) -> Iterator[Any]:
         # The names are fixed whatever the sources: told without reading any.
         return iter(())
-
-
-def _bound_text(bound: float) -> str:
-    return repr(float(bound))
 
 
 class OpenTelemetryMetrics(_Sources):
@@ -305,8 +300,8 @@ class OpenTelemetryMetrics(_Sources):
 
     def _register(self) -> None:
         # The instruments of every family a client and a responder can have. Each callback
-        # reads the sources itself (a collection comes every few seconds at most, and a
-        # reading costs microseconds), so no callback depends on another's order.
+        # reads the sources itself: the callbacks of a collection run in no promised order,
+        # a collection comes every few seconds at most, and a reading costs microseconds.
         from opentelemetry.metrics import CallbackOptions, Observation
 
         def observe(path: Tuple[str, ...], part: str) -> Any:

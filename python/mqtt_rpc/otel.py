@@ -150,6 +150,14 @@ class _ClientSpan:
             _record_failure(self._span, error, error.code if isinstance(error, RemoteError) else None)
         self._span.end()
 
+    def __enter__(self) -> "_ClientSpan":
+        return self
+
+    def __exit__(
+        self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        self.end(exc)
+
 
 class _ServerSpan:
     """The span of one handler run, current while it runs (``with``)."""

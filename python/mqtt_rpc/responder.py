@@ -149,7 +149,7 @@ class Responder:
         self._handlers: List[Handler] = []
         self._max_concurrency = max_concurrency
         self._core: Optional[_core.CoreResponder] = None
-        self._peer = Peer(settings["client_id"] or "", self._options["host"], self._options["port"])
+        self._peer: Peer  # once started: the client id is the core's
         self._serving: Optional["asyncio.Future[None]"] = None
         self._ready: Optional[asyncio.Event] = None
         self._turns: Optional[asyncio.Semaphore] = None
@@ -364,13 +364,9 @@ class Responder:
                     span.failed(error, INTERNAL_ERROR)
                 # A bug in the application: logged with its traceback, not hidden at DEBUG, and
                 # at most once a minute per handler however often it fails.
+                name = getattr(handler, "__qualname__", repr(handler))
                 self._failures.log(
-                    getattr(handler, "__qualname__", repr(handler)),
-                    logging.ERROR,
-                    "handler %s failed on request %s",
-                    getattr(handler, "__qualname__", repr(handler)),
-                    request.get("request_id"),
-                    exc_info=True,
+                    name, logging.ERROR, "handler %s failed on request %s", name, request.get("request_id"), exc_info=True
                 )
                 return ("error", INTERNAL_ERROR, f"{type(error).__name__}: {error}", None)
 

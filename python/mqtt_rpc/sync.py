@@ -164,13 +164,8 @@ class SyncMqttRpcClient(_ClientState):
         id back before they end: the span has none)."""
         observer = _observer.current
         assert observer is not None
-        span = observer.client_span(operation, topic, self._client._peer)
-        try:
+        with observer.client_span(operation, topic, self._client._peer) as span:
             outcome = send(span.headers)
-        except BaseException as error:
-            span.end(error)
-            raise
-        if isinstance(outcome, dict) and isinstance(outcome.get("request_id"), str):
-            span.sent(outcome["request_id"])  # the answer names the request it answers
-        span.end()
-        return outcome
+            if isinstance(outcome, dict) and isinstance(outcome.get("request_id"), str):
+                span.sent(outcome["request_id"])  # the answer names the request it answers
+            return outcome

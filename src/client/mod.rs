@@ -374,10 +374,7 @@ impl<W: Waiter> RpcClient<W> {
             engine::reply_topic(Some(prefix), client_id, topic, &request_id)
         });
         let protocol = shared.outbox.protocol();
-        let (members, user_properties) = match protocol {
-            Protocol::V311 => (headers, Vec::new()),
-            Protocol::V5 => (Vec::new(), headers),
-        };
+        let (members, user_properties) = headers_by_protocol(protocol, headers);
         let body = protocol::build_request(
             payload,
             &request_id,
@@ -394,7 +391,7 @@ impl<W: Waiter> RpcClient<W> {
             Some(inbox) => inbox.len(),
             None => protocol::reply_topic_len(topic),
         };
-        let size = packet_size(topic, &request, reply_topic_len, protocol);
+        let size = packet_size(topic, &request, Some(reply_topic_len), protocol);
         let limit = shared.max_packet_size();
         if size > limit {
             return Err(CallError::Input(InputError::TooLarge { size, limit }));
@@ -435,16 +432,12 @@ impl<W: Waiter> RpcClient<W> {
         self.accepting()?;
         protocol::validate_request_topic(topic).map_err(CallError::Input)?;
         let protocol = self.shared.outbox.protocol();
-        let message = match protocol {
-            Protocol::V311 => Outgoing::from(
-                protocol::notification_body(payload, &headers).map_err(CallError::Input)?,
-            ),
-            Protocol::V5 => Outgoing {
-                body: protocol::notification_body(payload, &[]).map_err(CallError::Input)?,
-                user_properties: headers,
-            },
+        let (members, user_properties) = headers_by_protocol(protocol, headers);
+        let message = Outgoing {
+            body: protocol::notification_body(payload, &members).map_err(CallError::Input)?,
+            user_properties,
         };
-        let size = packet_size(topic, &message, 0, Protocol::V311);
+        let size = packet_size(topic, &message, None, protocol);
         let limit = self.shared.max_packet_size();
         if size > limit {
             return Err(CallError::Input(InputError::TooLarge { size, limit }));
@@ -620,22 +613,33 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The size of the PUBLISH packet for a request, as the broker and rumqttc count it.
+/// Where a request's headers go: members of the body on 3.1.1 (the first), user
+/// properties on MQTT 5 (the second).
+fn headers_by_protocol(protocol: Protocol, headers: Headers) -> (Headers, Headers) {
+    match protocol {
+        Protocol::V311 => (headers, Vec::new()),
+        Protocol::V5 => (Vec::new(), headers),
+    }
+}
+
+/// The size of the PUBLISH packet for a request (with the length of its reply topic) or a
+/// notification (`None`), as the broker and rumqttc count it.
 fn packet_size(
     topic: &str,
     request: &Outgoing,
-    reply_topic_len: usize,
+    reply_topic_len: Option<usize>,
     protocol: Protocol,
 ) -> usize {
     // fixed header (up to 5) + topic length prefix + topic + packet id
     let base = 5 + 2 + topic.len() + 2 + request.body.len();
-    // each user property: its identifier and two length-prefixed strings
+    if protocol == Protocol::V311 {
+        return base;
+    }
+    // properties: their length; each user property's identifier and two length-prefixed
+    // strings; a request's response topic (the reply topic) and correlation data (the id)
     let user_properties: usize = (request.user_properties.iter())
         .map(|(name, value)| 5 + name.len() + value.len())
         .sum();
-    match protocol {
-        Protocol::V311 => base,
-        // properties: length, response topic (the reply topic), correlation data (the id)
-        Protocol::V5 => base + 4 + 3 + reply_topic_len + 3 + 36 + user_properties,
-    }
+    let routing = reply_topic_len.map_or(0, |len| 3 + len + 3 + 36);
+    base + 4 + user_properties + routing
 }

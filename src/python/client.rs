@@ -44,13 +44,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Says which request of a batch was refused, keeping the error's type.
 /// A call with one answer (a retry's given request id, if any), or a scatter-gather call.
 enum CallKind<'a> {
     Call { request_id: Option<&'a str> },
     Gather { max_replies: Option<usize> },
 }
 
+/// A call with one answer and a fresh request id.
+const NEW_CALL: CallKind<'static> = CallKind::Call { request_id: None };
+
+/// Says which request of a batch was refused, keeping the error's type.
 fn in_batch(py: Python<'_>, index: usize, error: PyErr) -> PyErr {
     let note = format!("request {index} of the batch: {}", error.value(py));
     match error.get_type(py).call1((note,)) {
@@ -388,14 +391,7 @@ impl CoreClient {
         headers: Option<Headers>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let py = event_loop.py();
-        let prepared = self.prepare(
-            py,
-            topic,
-            payload,
-            timeout,
-            CallKind::Call { request_id: None },
-            headers,
-        )?;
+        let prepared = self.prepare(py, topic, payload, timeout, NEW_CALL, headers)?;
         self.start_future(event_loop, prepared, timeout, Some(Arc::new(on_progress)))
     }
 
@@ -479,14 +475,7 @@ impl CoreClient {
         timeout: &Bound<'_, PyAny>,
         headers: Option<Headers>,
     ) -> PyResult<Py<PyAny>> {
-        let prepared = self.prepare(
-            py,
-            topic,
-            payload,
-            timeout,
-            CallKind::Call { request_id: None },
-            headers,
-        )?;
+        let prepared = self.prepare(py, topic, payload, timeout, NEW_CALL, headers)?;
         let outcome = self.wait_blocking(py, prepared, |_| Ok(()))?;
         outcome_to_py(py, &outcome, timeout)
     }

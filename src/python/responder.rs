@@ -211,11 +211,11 @@ impl CoreResponder {
     }
 
     /// Serves on `event_loop`: `on_request(filter_index, topic, body, reply_handle,
-    /// user_properties)` for each request to run (a notification's handle answers nowhere), `on_cancel(number)` when a
-    /// caller gives up on the run with that `reply_handle.number`, `on_drop(counter)` for the
-    /// first request of each kind dropped or refused, `on_ready()` each time the filters are
-    /// subscribed. The returned future resolves when serving stops (`close`), or fails if
-    /// the first connection does.
+    /// user_properties)` for each request to run (a notification's handle answers
+    /// nowhere), `on_cancel(number)` when a caller gives up on the run with that
+    /// `reply_handle.number`, `on_drop(counter)` for the first request of each kind dropped
+    /// or refused, `on_ready()` each time the filters are subscribed. The returned future
+    /// resolves when serving stops (`close`), or fails if the first connection does.
     fn serve(
         &self,
         event_loop: &Bound<'_, PyAny>,

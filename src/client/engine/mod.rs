@@ -95,6 +95,20 @@ pub enum Unsent {
     Unsubscribe,
 }
 
+impl Transmit {
+    /// The publish of a message that answers to no call (a notification, a cancellation).
+    pub fn message(topic: Arc<str>, message: Outgoing) -> Transmit {
+        Transmit::Publish {
+            topic,
+            body: message.body,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: message.user_properties,
+            call: None,
+        }
+    }
+}
+
 impl From<Transmit> for Unsent {
     /// What the engine must hear of a transmit the connection refused.
     fn from(transmit: Transmit) -> Unsent {
@@ -410,14 +424,9 @@ impl<W: Waiter> Engine<W> {
                     self.counts.throttled_wait += now.saturating_duration_since(since);
                     self.publish_now(&request_id);
                 }
-                Throttled::Message { topic, body } => self.transmits.push_back(Transmit::Publish {
-                    topic,
-                    body: body.body,
-                    response_topic: None,
-                    correlation_data: None,
-                    user_properties: body.user_properties,
-                    call: None,
-                }),
+                Throttled::Message { topic, body } => {
+                    self.transmits.push_back(Transmit::message(topic, body))
+                }
             }
         }
     }
@@ -525,14 +534,7 @@ impl<W: Waiter> Engine<W> {
         }
         let body = protocol::cancel_request(request_id);
         match self.notify(&call.topic, body, now) {
-            Ok(Some((topic, body))) => self.transmits.push_back(Transmit::Publish {
-                topic,
-                body: body.body,
-                response_topic: None,
-                correlation_data: None,
-                user_properties: body.user_properties,
-                call: None,
-            }),
+            Ok(Some((topic, body))) => self.transmits.push_back(Transmit::message(topic, body)),
             Ok(None) => {}
             // The queue is full: the device is not told; counted.
             Err(_) => self.dropped(Dropped::Message),
