@@ -74,6 +74,11 @@ impl LatencyHistogram {
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
+    /// The exact sum of the recorded latencies (to the microsecond).
+    pub fn sum(&self) -> Duration {
+        Duration::from_micros(self.sum_micros.load(Ordering::Relaxed))
+    }
+
     pub fn count(&self) -> u64 {
         self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }

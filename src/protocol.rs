@@ -29,12 +29,20 @@ pub enum InputError {
     TopicTooLong(usize),
     NotJson(String),
     NotAnObject,
-    TooLarge { size: usize, limit: usize },
-    OutsideReplyFilter { reply_topic: String, filter: String },
+    TooLarge {
+        size: usize,
+        limit: usize,
+    },
+    OutsideReplyFilter {
+        reply_topic: String,
+        filter: String,
+    },
     InvalidFilter(String),
     AwsTopicRules(String),
     InvalidRequestId(String),
     RequestIdInUse(String),
+    /// A service name or instance id that cannot be one topic level of a control topic.
+    InvalidServiceName(String),
 }
 
 impl fmt::Display for InputError {
@@ -76,6 +84,7 @@ impl fmt::Display for InputError {
             InputError::RequestIdInUse(id) => {
                 write!(f, "a call with request id {id:?} is still pending")
             }
+            InputError::InvalidServiceName(e) => write!(f, "{e}"),
         }
     }
 }
@@ -368,6 +377,73 @@ fn may_have_member(payload: &[u8], members: &[(String, String)]) -> bool {
             .windows(quoted.len())
             .any(|window| window == quoted.as_bytes())
     })
+}
+
+/// The request member (3.1.1) or user property (MQTT 5) that carries the milliseconds a
+/// caller still waits, counted when the request is published: the device drops a request
+/// that waited longer than that before its handler started.
+pub const TIMEOUT_MS_MEMBER: &str = "timeout_ms";
+
+/// The request `body` (a JSON object this crate built) with `"timeout_ms": millis`: appended
+/// before its closing brace, or, if the caller's payload had such a member, replacing it.
+pub fn with_timeout_member(body: Vec<u8>, millis: u64) -> Vec<u8> {
+    let member = [(TIMEOUT_MS_MEMBER.to_owned(), String::new())];
+    if may_have_member(&body, &member) {
+        if let Ok(mut object) = serde_json::from_slice::<Map<String, Value>>(&body) {
+            object.insert(TIMEOUT_MS_MEMBER.to_owned(), Value::from(millis));
+            if let Ok(replaced) = serde_json::to_vec(&object) {
+                return replaced;
+            }
+        }
+        return body;
+    }
+    match open_object(&body, 24) {
+        Ok((mut out, tail)) => {
+            out.extend_from_slice(format!("\"{TIMEOUT_MS_MEMBER}\": {millis}").as_bytes());
+            out.extend_from_slice(tail);
+            out
+        }
+        Err(_) => body,
+    }
+}
+
+/// A request's deadline as it travels, from the time left at publish: whole seconds
+/// rounded up for MQTT 5's Message Expiry Interval (at least 1: the broker must not drop
+/// it before the caller gives up), and milliseconds rounded up for `timeout_ms`.
+pub fn deadline_on_the_wire(remaining: std::time::Duration) -> (u32, u64) {
+    let millis = remaining.as_nanos().div_ceil(1_000_000).max(1);
+    let seconds = millis.div_ceil(1000);
+    (
+        u32::try_from(seconds).unwrap_or(u32::MAX),
+        u64::try_from(millis).unwrap_or(u64::MAX),
+    )
+}
+
+/// How long the caller of a request still waits, as the request carries it: `timeout_ms`
+/// as a body member (3.1.1) or a user property (MQTT 5), and the MQTT 5 Message Expiry
+/// Interval the broker forwarded; the shortest of those given. A `timeout_ms` that is not
+/// a non-negative number is passed over (the member may be the application's own).
+pub fn time_left(
+    body: &Map<String, Value>,
+    user_properties: &[(String, String)],
+    message_expiry: Option<u32>,
+) -> Option<std::time::Duration> {
+    let millis = |value: f64| {
+        (value >= 0.0)
+            .then(|| std::time::Duration::try_from_secs_f64(value / 1000.0).ok())
+            .flatten()
+    };
+    let in_body = body
+        .get(TIMEOUT_MS_MEMBER)
+        .and_then(Value::as_f64)
+        .and_then(millis);
+    let in_property = user_properties
+        .iter()
+        .find(|(name, _)| name == TIMEOUT_MS_MEMBER)
+        .and_then(|(_, value)| value.trim().parse::<f64>().ok())
+        .and_then(millis);
+    let expiry = message_expiry.map(|seconds| std::time::Duration::from_secs(seconds.into()));
+    [in_body, in_property, expiry].into_iter().flatten().min()
 }
 
 /// The message that tells a device a call was abandoned: `{"request_id": ..., "cancel": true}`.
@@ -856,5 +932,48 @@ mod tests {
         let reply = Reply::parse(br#"{"z": 1, "a": 2, "request_id": "x"}"#).unwrap();
         let keys: Vec<&String> = reply.body.keys().collect();
         assert_eq!(keys, ["z", "a", "request_id"]);
+    }
+
+    #[test]
+    fn the_timeout_member_is_appended_or_replaces_the_applications_own() {
+        let appended = with_timeout_member(br#"{"a": 1, "request_id": "x"}"#.to_vec(), 250);
+        assert_eq!(
+            appended,
+            br#"{"a": 1, "request_id": "x", "timeout_ms": 250}"#
+        );
+        let replaced = with_timeout_member(br#"{"timeout_ms": "soon", "b": 2}"#.to_vec(), 9);
+        let object: Value = serde_json::from_slice(&replaced).unwrap();
+        assert_eq!(object, serde_json::json!({"timeout_ms": 9, "b": 2}));
+    }
+
+    #[test]
+    fn a_deadline_rounds_up_on_the_wire_and_the_shortest_given_wins() {
+        use std::time::Duration;
+        assert_eq!(
+            deadline_on_the_wire(Duration::from_micros(7_000_001)),
+            (8, 7001)
+        );
+        assert_eq!(deadline_on_the_wire(Duration::ZERO), (1, 1));
+        let body = |value: Value| match serde_json::json!({ "timeout_ms": value }) {
+            Value::Object(map) => map,
+            _ => unreachable!(),
+        };
+        let property = [("timeout_ms".to_owned(), "1500".to_owned())];
+        assert_eq!(
+            time_left(&body(Value::from(300)), &[], Some(2)),
+            Some(Duration::from_millis(300))
+        );
+        assert_eq!(
+            time_left(&Map::new(), &property, Some(2)),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            time_left(&Map::new(), &[], Some(2)),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(time_left(&Map::new(), &[], None), None);
+        for ignored in [Value::from(-5), Value::from("soon"), Value::from(1e300)] {
+            assert_eq!(time_left(&body(ignored), &[], None), None);
+        }
     }
 }

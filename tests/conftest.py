@@ -15,8 +15,7 @@ import mqtt_rpc
 
 from mqtt_rpc import MqttRpcClient
 from mqtt_rpc.testing import MosquittoBroker, ResponderDevice
-
-
+from raw_device import RawDevice
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -50,6 +49,18 @@ def mqtt5_device(broker: MosquittoBroker) -> Iterator[ResponderDevice]:
     Response Topic and Correlation Data, and puts no request_id in its answer."""
     with ResponderDevice.start(broker, MQTT5_DEVICES, options=["--protocol", "5", "--mqtt5-only"]) as device:
         yield device
+
+
+@pytest.fixture
+def raw_device(request: pytest.FixtureRequest, broker: MosquittoBroker) -> Iterator[RawDevice]:
+    """A device written with paho-mqtt that records requests as they arrived; parametrize
+    indirectly with ``(protocol, topic_filter)``."""
+    protocol, topic_filter = request.param
+    device = RawDevice(broker, topic_filter, protocol)
+    try:
+        yield device
+    finally:
+        device.stop()
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ fn engine(max_in_flight: usize, max_reply_subscriptions: usize) -> Engine<Number
         max_reply_subscriptions,
         publishes_per_second: None,
         cancel_on_abandon: false,
+        deadline_header: false,
     });
     engine.on_connected(false, Instant::now());
     engine
@@ -161,6 +162,7 @@ fn notifications_beyond_the_rate_queue_are_refused() {
         max_reply_subscriptions: 10,
         publishes_per_second: Some(1),
         cancel_on_abandon: false,
+        deadline_header: false,
     });
     engine.on_connected(false, now);
     let mut queued = 0;
@@ -178,4 +180,65 @@ fn notifications_beyond_the_rate_queue_are_refused() {
     assert_eq!(queued, mqtt_rpc::client::engine::MAX_QUEUED_MESSAGES);
     assert!(refused > 0);
     assert_eq!(engine.throttled(), queued);
+}
+
+/// A request carries the time its caller still waits, counted when it is published: a call
+/// that waited 2.5 s of its 10 s for its reply subscription says 7.5 s (7500 ms in the 3.1.1
+/// body; Message Expiry rounded up to 8 s on MQTT 5, where `timeout_ms` is a user property).
+#[test]
+fn a_request_carries_the_time_left_when_it_is_published() {
+    for protocol in [Protocol::V311, Protocol::V5] {
+        let start_at = Instant::now();
+        let mut engine = Engine::<Numbered>::new(EngineConfig {
+            client_id: "test".into(),
+            protocol,
+            qos: 0,
+            inbox_prefix: None,
+            max_in_flight: 10,
+            max_reply_subscriptions: 10,
+            publishes_per_second: None,
+            cancel_on_abandon: false,
+            deadline_header: true,
+        });
+        engine.on_connected(false, start_at);
+        engine.start(
+            "r1".into(),
+            "dev/set",
+            b"{\"a\": 1, \"request_id\": \"r1\"}".to_vec(),
+            None,
+            (start_at, start_at + Duration::from_secs(10)),
+            Numbered(0),
+        );
+        assert!(matches!(
+            transmits(&mut engine)[..],
+            [Transmit::Subscribe { .. }]
+        ));
+        engine.on_subscribe_sent(1);
+        engine.on_suback(1, true, start_at + Duration::from_millis(2500));
+        let [Transmit::Publish {
+            body,
+            user_properties,
+            message_expiry,
+            ..
+        }] = &transmits(&mut engine)[..]
+        else {
+            panic!("one publish expected");
+        };
+        let body: serde_json::Value = serde_json::from_slice(body).unwrap();
+        match protocol {
+            Protocol::V311 => {
+                assert_eq!(body["timeout_ms"], 7500);
+                assert_eq!(*message_expiry, None);
+                assert!(user_properties.is_empty());
+            }
+            Protocol::V5 => {
+                assert_eq!(body.get("timeout_ms"), None);
+                assert_eq!(*message_expiry, Some(8));
+                assert_eq!(
+                    user_properties,
+                    &[("timeout_ms".to_owned(), "7500".to_owned())]
+                );
+            }
+        }
+    }
 }

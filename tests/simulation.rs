@@ -130,6 +130,7 @@ impl World {
             max_reply_subscriptions: max_subscriptions,
             publishes_per_second,
             cancel_on_abandon: rng.gen_bool(0.5),
+            deadline_header: rng.gen_bool(0.5),
         });
         let mut world = World {
             rng,

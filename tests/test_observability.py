@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import queue
 import uuid
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
-import paho.mqtt.client as paho
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -18,9 +16,6 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -28,6 +23,7 @@ from mqtt_rpc import MqttRpcClient, RemoteError, Responder, RpcHandlerError, Rpc
 from mqtt_rpc.metrics import OpenTelemetryMetrics, PrometheusCollector
 from mqtt_rpc.otel import MqttRpcInstrumentor
 from mqtt_rpc.testing import MosquittoBroker, ResponderDevice
+from raw_device import RawDevice
 
 PROTOCOLS = ["3.1.1", "5"]
 
@@ -56,54 +52,6 @@ def only(spans: List[ReadableSpan]) -> ReadableSpan:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-class RawDevice:
-    """A paho-mqtt MQTT 5 (or 3.1.1) device that records each request as it arrived, user
-    properties included, and answers it on its Response Topic (or the seed reply topic)."""
-
-    def __init__(self, broker: MosquittoBroker, topic_filter: str, protocol: str) -> None:
-        self.requests: "queue.Queue[Tuple[Dict[str, Any], List[Tuple[str, str]]]]" = queue.Queue()
-        version = paho.MQTTv5 if protocol == "5" else paho.MQTTv311
-        self._client = paho.Client(CallbackAPIVersion.VERSION2, protocol=version)
-        self._client.on_message = self._on_message
-        subscribed = queue.Queue()  # type: queue.Queue[bool]
-        self._client.on_subscribe = lambda *args: subscribed.put(True)
-        self._client.connect(broker.host, broker.port)
-        self._client.loop_start()
-        self._client.subscribe(topic_filter, qos=0)
-        assert subscribed.get(timeout=10)
-
-    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        request = json.loads(message.payload)
-        properties = getattr(message, "properties", None)
-        user_properties = list(getattr(properties, "UserProperty", []) or [])
-        self.requests.put((request, user_properties))
-        answer = json.dumps({"request_id": request.get("request_id"), "result": {"ok": True}})
-        response_topic = getattr(properties, "ResponseTopic", None)
-        if response_topic:
-            reply = Properties(PacketTypes.PUBLISH)
-            reply.CorrelationData = properties.CorrelationData  # type: ignore[union-attr]
-            client.publish(response_topic, answer, properties=reply)
-        elif "request_id" in request:
-            client.publish(f"{message.topic}/response/{request['request_id']}", answer)
-
-    async def next_request(self) -> Tuple[Dict[str, Any], List[Tuple[str, str]]]:
-        return await asyncio.to_thread(self.requests.get, True, 10)
-
-    def stop(self) -> None:
-        self._client.loop_stop()
-        self._client.disconnect()
-
-
-@pytest.fixture
-def raw_device(request: pytest.FixtureRequest, broker: MosquittoBroker) -> Iterator[RawDevice]:
-    protocol, topic_filter = request.param
-    device = RawDevice(broker, topic_filter, protocol)
-    try:
-        yield device
-    finally:
-        device.stop()
 
 
 def traceparent_of(span: ReadableSpan) -> str:
@@ -151,11 +99,11 @@ async def test_a_call_and_its_handler_share_one_trace(
 async def test_the_context_reaches_a_device_in_another_client_library(
     broker: MosquittoBroker, spans: InMemorySpanExporter, raw_device: RawDevice
 ) -> None:
-    protocol = "5" if raw_device._client.protocol == paho.MQTTv5 else "3.1.1"
+    protocol = raw_device.protocol
     topic = f"{unique('dev')}/{'raw5' if protocol == '5' else 'raw311'}/set"
     async with MqttRpcClient(broker.host, broker.port, protocol=protocol) as client:
         await client.call(topic, {"a": 1})
-    request, user_properties = await raw_device.next_request()
+    request, user_properties, _ = await raw_device.next_request()
     caller = only(by_kind(spans, SpanKind.CLIENT))
     if protocol == "5":
         assert ("traceparent", traceparent_of(caller)) in user_properties
@@ -171,13 +119,14 @@ async def test_the_context_reaches_a_device_in_another_client_library(
 async def test_nothing_is_added_to_requests_when_not_instrumented(
     broker: MosquittoBroker, raw_device: RawDevice
 ) -> None:
-    protocol = "5" if raw_device._client.protocol == paho.MQTTv5 else "3.1.1"
+    protocol = raw_device.protocol
     topic = f"{unique('dev')}/{'plain5' if protocol == '5' else 'plain311'}/set"
     async with MqttRpcClient(broker.host, broker.port, protocol=protocol) as client:
         reply = await client.call(topic, {"a": 1})
-    request, user_properties = await raw_device.next_request()
+    request, user_properties, _ = await raw_device.next_request()
     assert request == {"a": 1, "request_id": reply["request_id"]}
-    assert user_properties == []
+    # No trace context: on MQTT 5 the only header is the caller's deadline.
+    assert [name for name, _ in user_properties] == (["timeout_ms"] if protocol == "5" else [])
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

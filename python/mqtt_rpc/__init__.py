@@ -8,6 +8,7 @@
 
 from ._core import __version__
 from .client import CallStream, ConnectionEvent, MqttRpcClient, Retry
+from .context import RequestContext, current_request
 from .responder import Responder, RpcHandlerError
 from .sync import SyncMqttRpcClient
 from .errors import (
@@ -30,6 +31,8 @@ __all__ = [
     "SyncMqttRpcClient",
     "Responder",
     "RpcHandlerError",
+    "current_request",
+    "RequestContext",
     "Retry",
     "CallStream",
     "ConnectionEvent",

@@ -3,7 +3,7 @@
 import asyncio
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union, final
 
-__all__ = ["CoreClient", "LoopBridge", "CoreResponder", "ReplyHandle", "client_defaults", "responder_defaults", "__version__"]
+__all__ = ["CoreClient", "LoopBridge", "CoreResponder", "ReplyHandle", "client_defaults", "responder_defaults", "control_topic", "__version__"]
 
 __version__: str
 
@@ -16,6 +16,10 @@ def client_defaults() -> Dict[str, Any]:
 
 def responder_defaults() -> Dict[str, Any]:
     """The core's defaults of the options only `Responder` takes, by name."""
+
+def control_topic(prefix: str, verb: str, name: Optional[str] = None, instance: Optional[str] = None) -> str:
+    """The topic of a PING, INFO or STATS request to every service, one name, or one
+    instance; `PayloadError` for a name or id that cannot be a topic level."""
 
 @final
 class CoreClient:
@@ -139,6 +143,12 @@ class ReplyHandle:
         """Sends `{"request_id", "progress": ...}` before the answer."""
     def send_error(self, code: int, message: str, data_json: Optional[str] = None) -> None:
         """Answers with `{"request_id", "error": {"code", "message", "data"}}`."""
+    def remaining(self) -> Optional[float]:
+        """Seconds until the caller stops waiting (negative once it has); None if the
+        request carried no deadline."""
+    def expire(self) -> bool:
+        """Drops the request unanswered (its caller stopped waiting before its handler
+        started), counted as ``requests_expired``; True for the first such drop."""
     def abandon(self) -> None:
         """Ends the run without an answer (its handler was cancelled)."""
 
@@ -148,7 +158,9 @@ class CoreResponder:
 
     def __new__(cls, options: Dict[str, Any], filters: List[str]) -> "CoreResponder":
         """``options`` by name, as for `CoreClient` (and ``share_group``,
-        ``max_concurrency``, ``max_queued``, ``reply_cache_size``, ``reply_cache_ttl``)."""
+        ``max_concurrency``, ``max_queued``, ``reply_cache_size``, ``reply_cache_ttl``; for
+        a named service ``name``, ``version``, ``metadata`` (JSON text), ``descriptions``
+        (one per filter) and ``service_prefix``)."""
     def serve(
         self,
         event_loop: asyncio.AbstractEventLoop,

@@ -1,9 +1,10 @@
-"""The `mqtt-rpc` command line: call a device, serve as a test device, measure, or run the
-demo. Each command prints what it does and exits non-zero with one line on stderr that says
-what went wrong: 2 bad input, 3 timeout, 4 the device answered an error, 5 no connection
-(or it was lost), 6 no responders (MQTT 5, QoS 1: nobody subscribes to the topic), 7 the
-broker refused the request (MQTT 5 reason code). The broker comes from `--url`, else
-`MQTT_RPC_URL`, else localhost:1883; `--host`, `--port` and the other options win."""
+"""The `mqtt-rpc` command line: call a device, list the services that are up, serve as a
+test device, measure, or run the demo. Each command prints what it does and exits non-zero
+with one line on stderr that says what went wrong: 2 bad input, 3 timeout (or no service
+answered), 4 the device answered an error, 5 no connection (or it was lost), 6 no
+responders (MQTT 5, QoS 1: nobody subscribes to the topic), 7 the broker refused the
+request (MQTT 5 reason code). The broker comes from `--url`, else `MQTT_RPC_URL`, else
+localhost:1883; `--host`, `--port` and the other options win."""
 
 from __future__ import annotations
 
@@ -125,6 +126,72 @@ async def call_command(args: argparse.Namespace) -> int:
     finally:
         await client.close(grace=0)
     print(json.dumps(reply, indent=2))
+    return 0
+
+
+# --- services ---------------------------------------------------------------------------
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Columns as wide as their widest cell, separated by two spaces; None shows as "-"."""
+    cells = [list(header)] + [["-" if cell is None else str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells)
+
+
+def services_table(found: List[Dict[str, Any]]) -> str:
+    rows = []
+    for service in found:
+        filters = ", ".join(str(endpoint.get("filter")) for endpoint in service.get("endpoints", []))
+        rows.append((service.get("name"), service.get("id"), service.get("version"), service.get("started"), filters))
+    return table(("NAME", "ID", "VERSION", "STARTED", "FILTERS"), rows)
+
+
+def stats_table(found: List[Dict[str, Any]]) -> str:
+    rows = []
+    for service in found:
+        for endpoint in service.get("endpoints", []):
+            average = endpoint.get("processing_ms_average")
+            rows.append((
+                service.get("name"),
+                service.get("id"),
+                endpoint.get("filter"),
+                endpoint.get("requests"),
+                endpoint.get("errors"),
+                None if average is None else f"{average:.2f}",
+                endpoint.get("last_error"),
+            ))
+    return table(("NAME", "ID", "FILTER", "REQUESTS", "ERRORS", "AVG MS", "LAST ERROR"), rows)
+
+
+async def services_command(args: argparse.Namespace) -> int:
+    try:
+        client = make(MqttRpcClient, args, **({"service_prefix": args.service_prefix} if args.service_prefix else {}))
+    except ValueError as error:
+        return fail(EXIT_BAD_INPUT, str(error))
+    try:
+        await client.connect()
+    except NotConnectedError as error:
+        return fail(EXIT_NO_CONNECTION, f"{error} (is a broker running there? try --url or --host/--port)")
+    name = args.stats or args.name
+    try:
+        if args.stats:
+            found = await client.service_stats(name, timeout=args.timeout)
+        else:
+            found = await client.discover(name, timeout=args.timeout)
+    except PayloadError as error:
+        return fail(EXIT_BAD_INPUT, str(error))
+    except (ConnectionLostError, NotConnectedError) as error:
+        return fail(EXIT_NO_CONNECTION, f"the connection was lost: {error}")
+    finally:
+        await client.close(grace=0)
+    if not found:
+        which = f"named {name!r}" if name else "at all"
+        return fail(EXIT_TIMEOUT, f"no service {which} answered within {args.timeout}s")
+    if args.json:
+        print(json.dumps(found, indent=2))
+    else:
+        print(stats_table(found) if args.stats else services_table(found))
     return 0
 
 
@@ -305,6 +372,18 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--share-group", help="join this shared-subscription group (a pool of devices)")
     connection_arguments(serve)
 
+    services = commands.add_parser("services", help="list the named responders that are up, or their statistics",
+                                   description="Ask every named responder (or those named --name) for its INFO "
+                                   "and print a table; with --stats NAME, each instance's requests, errors and "
+                                   "processing time per filter.")
+    services.add_argument("--name", help="only the instances of this service")
+    services.add_argument("--stats", metavar="NAME", help="the statistics of this service's instances")
+    services.add_argument("--timeout", type=positive_seconds, default=1.0,
+                          help="seconds to collect answers (default: 1)")
+    services.add_argument("--service-prefix", help="the responders' service_prefix (default: mqtt-rpc/_srv)")
+    services.add_argument("--json", action="store_true", help="print the answers as JSON instead of a table")
+    connection_arguments(services)
+
     bench = commands.add_parser("bench", help="a short benchmark against a broker and device of its own")
     bench.add_argument("--calls", type=int, default=20_000)
     bench.add_argument("--concurrency", type=int, default=256)
@@ -316,7 +395,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser().parse_args(argv)
-    command = {"call": call_command, "serve": serve_command, "bench": bench_command, "demo": demo_command}
+    command = {"call": call_command, "services": services_command, "serve": serve_command, "bench": bench_command, "demo": demo_command}
     try:
         return asyncio.run(command[args.command](args))
     except KeyboardInterrupt:

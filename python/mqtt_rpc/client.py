@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Callable, Deque, Dict, FrozenSet, Iterable, List, Optional, Sequence, Protocol, Tuple, Type, TypeVar, Union, overload
 
-from . import _core, _observer, config, typed
+from . import _core, _observer, config, services, typed
 from ._observer import ClientSpan, Headers, Observer, Peer
 from .config import records_given_arguments
+from .context import bounded_timeout
 from .errors import (
     ConnectionLostError,
     NoRespondersError,
@@ -197,6 +198,14 @@ class MqttRpcClient(_ClientState):
         cancel_on_abandon: when a call times out or its task is cancelled, publish
             ``{"request_id": ..., "cancel": true}`` to its topic: a `Responder` then cancels
             that request's handler and answers nothing.
+        propagate_deadline: put the milliseconds the caller still waits, counted at publish,
+            in each request as ``timeout_ms`` (a member of the JSON body on 3.1.1, a user
+            property on MQTT 5), so that a `Responder` drops a request that waited past it
+            and its handler knows its time (`current_request`). Default: on with MQTT 5,
+            off with 3.1.1, whose devices then get exactly the bytes they always did. MQTT
+            5 requests always carry the time left as Message Expiry, rounded up to seconds.
+        service_prefix: the topic levels under which `discover`, `ping` and
+            `service_stats` address named responders (as their ``service_prefix``).
         connections: a pool of this many connections, with client ids
             ``{client_id}-0`` ... ``{client_id}-{N-1}``; each call goes to the connection with
             the most room, and its answer comes back on that connection. ``pending``,
@@ -249,6 +258,8 @@ class MqttRpcClient(_ClientState):
         alpn_protocols: Sequence[str] = (),
         aws_topic_rules: bool = False,
         cancel_on_abandon: bool = False,
+        propagate_deadline: Optional[bool] = None,
+        service_prefix: str = "mqtt-rpc/_srv",
         connections: int = 1,
         quotas: Optional[str] = None,
         publishes_per_second: Optional[int] = None,
@@ -502,6 +513,8 @@ class MqttRpcClient(_ClientState):
             payload: a JSON object, as ``str``, ``bytes``, ``dict`` or a pydantic model. A
                 ``request_id`` member is added to it.
             timeout: seconds to wait for the answer; defaults to the client's ``timeout``.
+                Inside a `Responder` handler, never longer than the request it serves has
+                left (`current_request`): a call past that deadline is not even sent.
             retry: retry the same request (same ``request_id``) within ``timeout``; see `Retry`.
             response_model: return the answer's ``result`` validated as this type (a
                 pydantic model, or any type ``pydantic.TypeAdapter`` takes) instead of the
@@ -520,8 +533,7 @@ class MqttRpcClient(_ClientState):
                 (also a ``ValueError``).
             NotConnectedError, ConnectionLostError: no connection (also ``ConnectionError``).
         """
-        if timeout is None:
-            timeout = self._timeout
+        timeout = bounded_timeout(self._timeout if timeout is None else timeout, topic)
         if not isinstance(payload, str):
             payload = typed.encode(payload)
         if response_model is not None:
@@ -606,10 +618,8 @@ class MqttRpcClient(_ClientState):
             async for message in client.stream("dev1/firmware/update", {"url": url}, timeout=600, idle_timeout=30):
                 print(message.get("progress", message.get("result")))
         """
-        if timeout is None:
-            timeout = self._timeout
+        call_timeout = bounded_timeout(self._timeout if timeout is None else timeout, topic)
         body = typed.encode(payload)
-        call_timeout = timeout
 
         def begin(core: _core.CoreClient, on_message: OnMessage, headers: Optional[Headers]) -> Tuple[Any, str]:
             return core.start_stream(_get_running_loop(), topic, body, call_timeout, on_message, headers)
@@ -635,12 +645,10 @@ class MqttRpcClient(_ClientState):
             async for reply in client.call_all("fleet/all/status/get", {}, timeout=2):
                 print(reply["responder"], reply.get("result"))
         """
-        if timeout is None:
-            timeout = self._timeout
+        call_timeout = bounded_timeout(self._timeout if timeout is None else timeout, topic)
         if max_replies is not None and (not isinstance(max_replies, int) or max_replies < 1):
             raise ValueError(f"max_replies must be a positive integer or None, not {max_replies!r}")
         body = typed.encode(payload)
-        call_timeout = timeout
 
         def begin(core: _core.CoreClient, on_message: OnMessage, headers: Optional[Headers]) -> Tuple[Any, str]:
             loop = _get_running_loop()
@@ -654,6 +662,38 @@ class MqttRpcClient(_ClientState):
         """`call_all`, collected: the list of answers, in the order they arrived."""
         async with self.call_all(topic, payload, timeout, max_replies) as replies:
             return [reply async for reply in replies]
+
+    async def discover(
+        self, name: Optional[str] = None, timeout: float = 1.0, *, instance: Optional[str] = None
+    ) -> List[Dict[str, Any]]:
+        """Which named responders are up, and what they serve: every instance's INFO
+        (``name``, ``id`` (its client id), ``version``, ``metadata``, ``endpoints``: each
+        request ``filter`` with its ``description`` and ``share_group``, ``started``), from
+        those that answer within ``timeout`` seconds, sorted by name and id. ``name``
+        narrows it to the instances of one service, ``instance`` (with ``name``) to one.
+        """
+        return await self._control("INFO", name, instance, timeout)
+
+    async def ping(
+        self, name: Optional[str] = None, timeout: float = 1.0, *, instance: Optional[str] = None
+    ) -> List[Dict[str, Any]]:
+        """As `discover`, the short answer: each instance's ``name``, ``id`` and ``version``."""
+        return await self._control("PING", name, instance, timeout)
+
+    async def service_stats(
+        self, name: Optional[str] = None, timeout: float = 1.0, *, instance: Optional[str] = None
+    ) -> List[Dict[str, Any]]:
+        """As `discover`, how each instance is doing: per request filter (``endpoints``) its
+        ``requests``, ``errors``, ``processing_ms_total``, ``processing_ms_average`` and
+        ``last_error``; the responder's ``counters`` (those of `Responder.stats()`);
+        ``started``."""
+        return await self._control("STATS", name, instance, timeout)
+
+    async def _control(
+        self, verb: str, name: Optional[str], instance: Optional[str], timeout: float
+    ) -> List[Dict[str, Any]]:
+        topic = services.control_topic(self._settings["service_prefix"], verb, name, instance)
+        return services.answers(await self.gather_all(topic, {}, timeout, 1 if instance else None), verb)
 
     async def notify(self, topic: str, payload: Payload) -> None:
         """Publishes a one-way notification: the JSON object as it is, with no
@@ -693,8 +733,7 @@ class MqttRpcClient(_ClientState):
         Every request is checked before any is sent: one bad request raises `PayloadError`
         (naming its index) and nothing is published.
         """
-        if timeout is None:
-            timeout = self._timeout
+        timeout = bounded_timeout(self._timeout if timeout is None else timeout, "a batch")
         batch = []
         for index, (topic, payload) in enumerate(requests):
             try:
@@ -932,7 +971,7 @@ class CallStream:
 _OPTION_NAMES = frozenset(inspect.signature(MqttRpcClient.__init__).parameters) - {"self", "on_connection_change"}
 _RESPONDER_ONLY = frozenset(config.RESPONDER_OPTIONS) - frozenset(config.CLIENT_OPTIONS)
 #: Options the Python class handles itself (the call timeout, the reply mode, presets).
-_PYTHON_ONLY = frozenset({"timeout", "reply_to", "inbox_prefix", "quotas", "on_connection_change"})
+_PYTHON_ONLY = frozenset({"timeout", "reply_to", "inbox_prefix", "quotas", "on_connection_change", "service_prefix"})
 
 
 def _checked(settings: Dict[str, Any], chosen: FrozenSet[str]) -> Tuple[Dict[str, Any], FrozenSet[str]]:

@@ -88,6 +88,8 @@ CLIENT_OPTIONS: Dict[str, Converter] = {
     "reconnect_max_delay": _number,
     "aws_topic_rules": _boolean,
     "cancel_on_abandon": _boolean,
+    "propagate_deadline": _boolean,
+    "service_prefix": _text,
     "connections": _integer,
     "quotas": _text,
     "publishes_per_second": _integer,
@@ -101,6 +103,7 @@ RESPONDER_OPTIONS: Dict[str, Converter] = {
     "max_queued": _integer,
     "reply_cache_size": _integer,
     "reply_cache_ttl": _number,
+    "service_prefix": _text,
 }
 
 

@@ -13,11 +13,13 @@ import inspect
 import json
 import logging
 import os
+import time
 from types import TracebackType
 from typing import Any, Awaitable, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, Type, Union
 
 from . import _core, _observer, config
 from ._logs import LogOncePerKind
+from .context import RequestContext, serving
 from ._observer import Headers, Peer, ServerSpan
 from .config import records_given_arguments
 from .errors import MqttRpcError
@@ -85,6 +87,16 @@ class Responder:
             how many seconds) so that a repeated request, a client's retry, gets the same
             answer again without running its handler twice; a repeat that arrives while the
             first copy runs gets that run's answer. 0 turns this off.
+        name, version, metadata: make it a named service that answers discovery and health
+            requests (`MqttRpcClient.discover`, ``ping``, ``service_stats``; the wire format
+            is docs/services.md): its name (shared by its instances, each told apart by its
+            client id), its version, and a JSON object of facts for operators.
+        service_prefix: the topic levels those requests come under (as the client's).
+
+    A request whose caller has stopped waiting before its handler starts (its ``timeout_ms``
+    or MQTT 5 Message Expiry has passed, say while it waited for a turn) is dropped without
+    an answer and counted as ``requests_expired``. A handler reads its request's deadline
+    with `mqtt_rpc.current_request()`, and calls it makes never wait past it.
     """
 
     #: The constructor arguments its caller passed (set by `records_given_arguments`).
@@ -113,8 +125,13 @@ class Responder:
         certfile: Optional[PathLike] = None,
         keyfile: Optional[PathLike] = None,
         alpn_protocols: Sequence[str] = (),
+        name: Optional[str] = None,
+        version: Optional[str] = None,
+        metadata: Optional[Dict[str, Any]] = None,
+        service_prefix: str = "mqtt-rpc/_srv",
     ) -> None:
-        arguments = {name: value for name, value in locals().items() if name in config.RESPONDER_OPTIONS}
+        service = {"name": name, "version": version, "metadata": metadata}
+        arguments = {key: value for key, value in locals().items() if key in config.RESPONDER_OPTIONS}
         arguments.update(host=host, port=port)
         settings, self._chosen = config.resolve(self._given, arguments, config.RESPONDER_OPTIONS, _CLIENT_ONLY)
         max_concurrency, max_queued = settings["max_concurrency"], settings["max_queued"]
@@ -143,8 +160,10 @@ class Responder:
         self._address = config.display_url(
             self._options["host"], self._options["port"], self._options["tls"], self._options["username"]
         )
-        for name in ("max_concurrency", "max_queued", "reply_cache_size", "reply_cache_ttl"):
-            self._options[name] = settings[name]
+        for option in ("max_concurrency", "max_queued", "reply_cache_size", "reply_cache_ttl"):
+            self._options[option] = settings[option]
+        self._service = _service_options(service, settings["service_prefix"])
+        self._descriptions: List[Optional[str]] = []
         self._filters: List[str] = []
         self._handlers: List[Handler] = []
         self._max_concurrency = max_concurrency
@@ -168,15 +187,17 @@ class Responder:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._address} filters={self._filters!r}>"
 
-    def handle(self, topic_filter: str) -> Callable[[Handler], Handler]:
+    def handle(self, topic_filter: str, description: Optional[str] = None) -> Callable[[Handler], Handler]:
         """Registers the decorated function for requests on ``topic_filter`` (the first
-        registered filter that matches a request's topic wins). Register before serving."""
+        registered filter that matches a request's topic wins). Register before serving.
+        ``description`` says what it does to those who `discover` a named responder."""
 
         def register(handler: Handler) -> Handler:
             if self._core is not None:
                 raise RuntimeError("register handlers before start() or serve()")
             self._filters.append(topic_filter)
             self._handlers.append(handler)
+            self._descriptions.append(description)
             return handler
 
         return register
@@ -193,6 +214,8 @@ class Responder:
             for name, value in self._options.items()
             if value is not None and (name in self._chosen or name in ("host", "port", "protocol"))
         }
+        if self._service:
+            options.update(self._service, descriptions=list(self._descriptions))
         self._core = _core.CoreResponder(options, list(self._filters))
         self._peer = Peer(self._core.client_id, self._options["host"], self._options["port"])
         loop = asyncio.get_running_loop()
@@ -280,11 +303,18 @@ class Responder:
         user_properties: Optional[Headers],
     ) -> None:
         # The core admitted it: a run within max_concurrency + max_queued, not a repeat.
+        remaining = reply.remaining()
+        request_id = body.get("request_id")
+        request = RequestContext(
+            request_id if isinstance(request_id, str) else None,
+            topic,
+            None if remaining is None else time.monotonic() + remaining,
+        )
         observer = _observer.current
         if observer is None:
-            run = self._run(self._handlers[index], body, reply, None)
+            run = self._run(self._handlers[index], body, reply, request, None)
         else:
-            run = self._traced_run(observer, index, topic, body, reply, user_properties)
+            run = self._traced_run(observer, index, request, body, reply, user_properties)
         task = asyncio.ensure_future(run)
         number = reply.number
         self._tasks.add(task)
@@ -314,9 +344,18 @@ class Responder:
             task.cancel()
 
     async def _run(
-        self, handler: Handler, request: Dict[str, Any], reply: _core.ReplyHandle, span: Optional[ServerSpan]
+        self,
+        handler: Handler,
+        request: Dict[str, Any],
+        reply: _core.ReplyHandle,
+        context: RequestContext,
+        span: Optional[ServerSpan],
     ) -> None:
+        # This task's own context: the handler, and the calls it makes, see its request.
+        serving(context)
         answer = await self._answer(handler, request, reply, span)
+        if answer is None:
+            return
         if answer[0] == "result":
             reply.send_result(answer[1])
         else:
@@ -326,20 +365,27 @@ class Responder:
         self,
         observer: _observer.Observer,
         index: int,
-        topic: str,
+        context: RequestContext,
         request: Dict[str, Any],
         reply: _core.ReplyHandle,
         user_properties: Optional[Headers],
     ) -> None:
         # Entered inside the run's task: the handler, and the calls it makes, see the span.
-        with observer.server_span(self._filters[index], topic, request, user_properties, self._peer) as span:
-            await self._run(self._handlers[index], request, reply, span)
+        topic_filter = self._filters[index]
+        with observer.server_span(topic_filter, context.topic, request, user_properties, self._peer) as span:
+            await self._run(self._handlers[index], request, reply, context, span)
 
     async def _answer(
         self, handler: Handler, request: Dict[str, Any], reply: _core.ReplyHandle, span: Optional[ServerSpan]
-    ) -> "Answer":
+    ) -> Optional["Answer"]:
         assert self._turns is not None
         async with self._turns:
+            remaining = reply.remaining()
+            if remaining is not None and remaining <= 0:
+                # Its caller stopped waiting while it waited for a turn: no handler, no answer.
+                if reply.expire():
+                    self._on_drop("requests_expired")
+                return None
             arguments: Tuple[Any, ...] = (request,)
             if _takes_report(handler):
                 arguments = (request, _reporter(reply))
@@ -378,10 +424,30 @@ _DROPPED = {
     "dropped_overloaded": "a request its event loop was too far behind to take (answered 'overloaded')",
     "requests_overloaded": "a request beyond max_concurrency + max_queued (answered 'overloaded')",
     "repeats_dropped": "a repeat of a running request that already had 16 repeats waiting",
+    "requests_expired": "a request whose caller had stopped waiting before its handler started",
 }
 
 #: A handler's outcome, ready to send: ("result", json) or ("error", code, message, data json).
 Answer = Tuple[Any, ...]
+
+
+def _service_options(service: Dict[str, Any], prefix: str) -> Dict[str, Any]:
+    """What the core needs to answer discovery for a named responder (empty: unnamed)."""
+    name, version, metadata = service["name"], service["version"], service["metadata"]
+    if name is None:
+        if version is not None or metadata is not None:
+            raise ValueError("version and metadata describe a named service: give name= too")
+        return {}
+    if not isinstance(name, str) or not name or any(c in name for c in "/+#"):
+        raise ValueError(f"name must be one topic level (no '/', '+' or '#'), not {name!r}")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
+    options: Dict[str, Any] = {"name": name, "service_prefix": prefix}
+    if version is not None:
+        options["version"] = str(version)
+    if metadata is not None:
+        options["metadata"] = json.dumps(metadata, default=str)
+    return options
 
 
 def _takes_report(handler: Handler) -> bool:

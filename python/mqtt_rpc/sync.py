@@ -8,10 +8,11 @@ import threading
 from types import TracebackType
 from typing import Any, Callable, Dict, List, Optional, Type, TypeVar, overload
 
-from . import _observer, typed
+from . import _observer, services, typed
 from ._core import CoreClient
 from ._observer import Headers
 from .client import MqttRpcClient, Payload, _ClientState
+from .context import bounded_timeout
 from .errors import NotConnectedError
 
 T = TypeVar("T")
@@ -115,8 +116,7 @@ class SyncMqttRpcClient(_ClientState):
 
     def call(self, topic: str, payload: Payload, timeout: Optional[float] = None, *, response_model: Any = None) -> Any:
         """As `MqttRpcClient.call`, blocking this thread (not others) until the answer."""
-        if timeout is None:
-            timeout = self._client._timeout
+        timeout = bounded_timeout(self._client._timeout if timeout is None else timeout, topic)
         body = typed.encode(payload)
         if response_model is not None:
             typed.check_model(response_model)
@@ -136,8 +136,7 @@ class SyncMqttRpcClient(_ClientState):
     ) -> List[Dict[str, Any]]:
         """As `MqttRpcClient.gather_all`: blocks this thread until the scatter-gather call
         ends (its deadline, or ``max_replies`` answers) and returns the answers."""
-        if timeout is None:
-            timeout = self._client._timeout
+        timeout = bounded_timeout(self._client._timeout if timeout is None else timeout, topic)
         if max_replies is not None and (not isinstance(max_replies, int) or max_replies < 1):
             raise ValueError(f"max_replies must be a positive integer or None, not {max_replies!r}")
         body = typed.encode(payload)
@@ -148,6 +147,28 @@ class SyncMqttRpcClient(_ClientState):
         return self._traced(
             "call_all", topic, lambda headers: self._core.gather_blocking(topic, body, timeout, max_replies, headers)
         )
+
+    def discover(
+        self, name: Optional[str] = None, timeout: float = 1.0, *, instance: Optional[str] = None
+    ) -> List[Dict[str, Any]]:
+        """As `MqttRpcClient.discover`, blocking this thread."""
+        return self._control("INFO", name, instance, timeout)
+
+    def ping(
+        self, name: Optional[str] = None, timeout: float = 1.0, *, instance: Optional[str] = None
+    ) -> List[Dict[str, Any]]:
+        """As `MqttRpcClient.ping`, blocking this thread."""
+        return self._control("PING", name, instance, timeout)
+
+    def service_stats(
+        self, name: Optional[str] = None, timeout: float = 1.0, *, instance: Optional[str] = None
+    ) -> List[Dict[str, Any]]:
+        """As `MqttRpcClient.service_stats`, blocking this thread."""
+        return self._control("STATS", name, instance, timeout)
+
+    def _control(self, verb: str, name: Optional[str], instance: Optional[str], timeout: float) -> List[Dict[str, Any]]:
+        topic = services.control_topic(self._client._settings["service_prefix"], verb, name, instance)
+        return services.answers(self.gather_all(topic, {}, timeout, 1 if instance else None), verb)
 
     def notify(self, topic: str, payload: Payload) -> None:
         """As `MqttRpcClient.notify`: publishes without waiting for any answer."""

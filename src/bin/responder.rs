@@ -30,6 +30,9 @@
 //! subscriptions and queues QoS 1 requests while it is away, like a device with a
 //! persistent session.
 //!
+//! With `--service NAME` (and `--service-version V`, `--service-prefix P`) it is a named
+//! service: it answers discovery and health requests (PING, INFO, STATS; docs/services.md).
+//!
 //! It prints `READY` on stdout once every filter is subscribed (again after each
 //! reconnect), so that whoever started it can wait for that line instead of sleeping, and
 //! `NOTIFICATION <topic> <payload>` for each request that asks for no answer.
@@ -38,7 +41,7 @@ use mqtt_rpc::link::{ConnectionOptions, Protocol};
 use mqtt_rpc::protocol::{self, RemoteError};
 use mqtt_rpc::responder::{
     reply_body, Incoming, IncomingRequest, PendingAnswer, Replier, ReplyRoute, RequestLimits,
-    Responder, ResponderOptions,
+    Responder, ResponderOptions, ServiceIdentity, DEFAULT_SERVICE_PREFIX,
 };
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -51,7 +54,8 @@ use tokio::sync::watch;
 
 const USAGE: &str = "usage: mqtt-rpc-responder [--host H] [--port P] [--protocol 3.1.1|5] \
 [--qos 0|1] [--client-id ID] [--session-expiry SECONDS] [--username U --password P] \
-[--share-group NAME] [--mqtt5-only] [--max-concurrency N] [--max-queued N] FILTER...";
+[--share-group NAME] [--mqtt5-only] [--max-concurrency N] [--max-queued N] \
+[--service NAME [--service-version V] [--service-prefix P]] FILTER...";
 
 struct Args {
     host: String,
@@ -65,6 +69,7 @@ struct Args {
     password: Option<String>,
     share_group: Option<String>,
     limits: RequestLimits,
+    service: Option<ServiceIdentity>,
     filters: Vec<String>,
 }
 
@@ -81,8 +86,11 @@ fn parse_args() -> Result<Args, String> {
         password: None,
         share_group: None,
         limits: RequestLimits::default(),
+        service: None,
         filters: Vec::new(),
     };
+    let mut service_version = None;
+    let mut service_prefix = DEFAULT_SERVICE_PREFIX.to_owned();
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
@@ -122,6 +130,14 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--max-queued: {e}"))?
             }
+            "--service" => {
+                args.service = Some(ServiceIdentity {
+                    name: value("--service")?,
+                    ..ServiceIdentity::default()
+                })
+            }
+            "--service-version" => service_version = Some(value("--service-version")?),
+            "--service-prefix" => service_prefix = value("--service-prefix")?,
             "-h" | "--help" => return Err(USAGE.into()),
             filter if !filter.starts_with("--") => {
                 protocol::validate_filter(filter).map_err(|e| e.to_string())?;
@@ -132,6 +148,11 @@ fn parse_args() -> Result<Args, String> {
     }
     if args.filters.is_empty() {
         return Err(format!("give at least one request filter\n{USAGE}"));
+    }
+    if let Some(service) = args.service.as_mut() {
+        service.version = service_version;
+        service.prefix = service_prefix;
+        service.validate().map_err(|e| e.to_string())?;
     }
     if args.mqtt5_only && args.protocol != Protocol::V5 {
         return Err("--mqtt5-only needs --protocol 5".into());
@@ -357,6 +378,7 @@ async fn main() -> ExitCode {
         share_group: args.share_group.clone(),
         mqtt5_only: args.mqtt5_only,
         limits: args.limits.clone(),
+        service: args.service.clone(),
     };
     let responder = match Responder::new(options) {
         Ok(responder) => responder,

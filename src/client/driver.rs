@@ -271,6 +271,7 @@ impl<W: Waiter> Shared<W> {
                 response_topic,
                 correlation_data,
                 user_properties,
+                message_expiry,
                 call,
             } => self
                 .publish(
@@ -280,6 +281,7 @@ impl<W: Waiter> Shared<W> {
                         response_topic,
                         correlation_data,
                         user_properties,
+                        message_expiry,
                     },
                     call,
                 )

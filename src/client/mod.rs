@@ -181,6 +181,7 @@ impl<W: Waiter> RpcClient<W> {
             max_reply_subscriptions: options.max_reply_subscriptions,
             publishes_per_second: options.quotas.publishes_per_second,
             cancel_on_abandon: options.cancel_on_abandon,
+            deadline_header: options.deadline_header(),
         });
         let latency = engine.latency().clone();
         let shared = Shared {
@@ -391,7 +392,8 @@ impl<W: Waiter> RpcClient<W> {
             Some(inbox) => inbox.len(),
             None => protocol::reply_topic_len(topic),
         };
-        let size = packet_size(topic, &request, Some(reply_topic_len), protocol);
+        let deadline = deadline_size(protocol, shared.options.deadline_header());
+        let size = packet_size(topic, &request, Some(reply_topic_len), protocol) + deadline;
         let limit = shared.max_packet_size();
         if size > limit {
             return Err(CallError::Input(InputError::TooLarge { size, limit }));
@@ -620,6 +622,15 @@ fn headers_by_protocol(protocol: Protocol, headers: Headers) -> (Headers, Header
         Protocol::V311 => (headers, Vec::new()),
         Protocol::V5 => (Vec::new(), headers),
     }
+}
+
+/// The most a request's deadline adds once it is published: MQTT 5's Message Expiry
+/// property, and `timeout_ms` (a user property, or a 3.1.1 body member) when propagated.
+fn deadline_size(protocol: Protocol, header: bool) -> usize {
+    let expiry = if protocol == Protocol::V5 { 5 } else { 0 };
+    // `, "timeout_ms": ` or a property's lengths and name, then up to 20 digits
+    let header = if header { 16 + 20 } else { 0 };
+    expiry + header
 }
 
 /// The size of the PUBLISH packet for a request (with the length of its reply topic) or a

@@ -38,6 +38,18 @@ pub struct ClientOptions {
     /// When a published call times out or is cancelled, publish `{"request_id", "cancel":
     /// true}` to its request topic so that the device can stop its work.
     pub cancel_on_abandon: bool,
+    /// Put the time a caller still waits in each request as `timeout_ms` (a body member on
+    /// 3.1.1, a user property on MQTT 5); `None`: on MQTT 5 only, so a 3.1.1 device sees
+    /// exactly the bytes the hand-written client sent.
+    pub propagate_deadline: Option<bool>,
+}
+
+impl ClientOptions {
+    /// Whether requests carry `timeout_ms`: as chosen, else on MQTT 5 only.
+    pub fn deadline_header(&self) -> bool {
+        self.propagate_deadline
+            .unwrap_or(self.connection.protocol == crate::link::Protocol::V5)
+    }
 }
 
 impl Default for ClientOptions {
@@ -55,6 +67,7 @@ impl Default for ClientOptions {
             fail_fast: false,
             aws_topic_rules: false,
             cancel_on_abandon: false,
+            propagate_deadline: None,
         }
     }
 }

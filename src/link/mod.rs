@@ -102,6 +102,9 @@ pub enum Inbound {
         response_topic: Option<String>,
         /// MQTT 5 user properties, in the order sent (always empty on 3.1.1).
         user_properties: Vec<(String, String)>,
+        /// MQTT 5 Message Expiry Interval as the broker forwarded it: the seconds left of
+        /// the message's lifetime (None on 3.1.1, or when the sender set none).
+        message_expiry: Option<u32>,
     },
     SubscribeSent(u16),
     /// A publish with this packet id (0 for QoS 0) was queued for writing.
@@ -259,6 +262,9 @@ pub struct Properties {
     pub correlation_data: Option<Bytes>,
     /// Headers such as trace context.
     pub user_properties: Vec<(String, String)>,
+    /// Seconds after which the broker discards the message undelivered (a request's
+    /// remaining timeout): MQTT 5 Message Expiry Interval.
+    pub message_expiry: Option<u32>,
 }
 
 impl Outbox {
@@ -287,6 +293,7 @@ impl Outbox {
                     response_topic: properties.response_topic,
                     correlation_data: properties.correlation_data,
                     user_properties: properties.user_properties,
+                    message_expiry_interval: properties.message_expiry,
                     ..PublishProperties::default()
                 };
                 client

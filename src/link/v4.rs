@@ -111,6 +111,7 @@ impl Wire for V4 {
                     correlation_data: None,
                     response_topic: None,
                     user_properties: Vec::new(),
+                    message_expiry: None,
                 },
                 Packet::PubAck(ack) => Inbound::PubAck {
                     packet_id: ack.pkid,

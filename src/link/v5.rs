@@ -122,17 +122,14 @@ impl Wire for V5 {
                     }
                 }
                 Packet::Publish(publish) => {
-                    let (correlation_data, response_topic, user_properties) =
-                        match publish.properties {
-                            Some(p) => (p.correlation_data, p.response_topic, p.user_properties),
-                            None => (None, None, Vec::new()),
-                        };
+                    let properties = publish.properties.unwrap_or_default();
                     Inbound::Message {
                         topic: String::from_utf8_lossy(&publish.topic).into_owned(),
                         payload: publish.payload,
-                        correlation_data,
-                        response_topic,
-                        user_properties,
+                        correlation_data: properties.correlation_data,
+                        response_topic: properties.response_topic,
+                        user_properties: properties.user_properties,
+                        message_expiry: properties.message_expiry_interval,
                     }
                 }
                 Packet::PubAck(ack) => Inbound::PubAck {

@@ -6,6 +6,7 @@ use super::errors::{call_error, value_error};
 use crate::client::CallError;
 use crate::link::Protocol;
 use crate::protocol::InputError;
+use crate::responder::Verb;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyString};
 use std::borrow::Cow;
@@ -68,4 +69,30 @@ pub fn seconds(name: &str, value: f64) -> PyResult<Duration> {
         )));
     }
     Ok(Duration::from_secs_f64(value))
+}
+
+/// The topic of a discovery or health request (`verb`: PING, INFO or STATS) to every
+/// service, the instances of `name`, or one `instance` of it; `PayloadError` for a name or
+/// id that cannot be a topic level.
+#[pyfunction]
+#[pyo3(signature = (prefix, verb, name=None, instance=None))]
+pub fn control_topic(
+    py: Python<'_>,
+    prefix: &str,
+    verb: &str,
+    name: Option<&str>,
+    instance: Option<&str>,
+) -> PyResult<String> {
+    let verb = match verb {
+        "PING" => Verb::Ping,
+        "INFO" => Verb::Info,
+        "STATS" => Verb::Stats,
+        other => {
+            return Err(value_error(format!(
+                "no control request is called {other:?}"
+            )))
+        }
+    };
+    crate::responder::control_topic(prefix, verb, name, instance)
+        .map_err(|e| call_error(py, &CallError::Input(e), None))
 }

@@ -9,7 +9,7 @@ use super::errors::value_error;
 use crate::client::ClientOptions;
 use crate::link::{self, ConnectionOptions, Protocol};
 use crate::quota::Quotas;
-use crate::responder::{RequestLimits, ResponderOptions};
+use crate::responder::{RequestLimits, ResponderOptions, ServiceIdentity, DEFAULT_SERVICE_PREFIX};
 use crate::tls::TlsOptions;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
@@ -154,6 +154,7 @@ pub fn client_options(options: &Bound<'_, PyDict>) -> PyResult<(ClientOptions, u
             *flag = value;
         }
     }
+    o.propagate_deadline = reader.take::<bool>("propagate_deadline")?;
     o.quotas = Quotas {
         publishes_per_second: reader.take("publishes_per_second")?,
         max_unacked_publishes: reader.take("max_unacked_publishes")?,
@@ -199,6 +200,7 @@ pub fn responder_options(
             false => Duration::ZERO,
         };
     }
+    let service = service_identity(&mut reader)?;
     reader.finish()?;
     if limits.max_concurrency == 0 {
         return Err(value_error("max_concurrency must be at least 1"));
@@ -210,7 +212,38 @@ pub fn responder_options(
         share_group,
         mqtt5_only: false,
         limits,
+        service,
     })
+}
+
+/// A named responder's identity for discovery: `name`, `version`, `metadata` (a JSON
+/// object, as text), `descriptions` (one per filter, or None) and `service_prefix`.
+fn service_identity(reader: &mut Reader<'_>) -> PyResult<Option<ServiceIdentity>> {
+    let version = reader.take::<String>("version")?;
+    let metadata = reader.take::<String>("metadata")?;
+    let descriptions = reader.take::<Vec<Option<String>>>("descriptions")?;
+    let prefix = reader.take::<String>("service_prefix")?;
+    let Some(name) = reader.take::<String>("name")? else {
+        return Ok(None);
+    };
+    let metadata = match metadata {
+        None => serde_json::Map::new(),
+        Some(text) => match serde_json::from_str(&text) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => return Err(value_error("metadata must be a JSON object")),
+        },
+    };
+    let identity = ServiceIdentity {
+        name,
+        version,
+        metadata,
+        descriptions: descriptions.unwrap_or_default(),
+        prefix: prefix.unwrap_or_else(|| DEFAULT_SERVICE_PREFIX.to_owned()),
+    };
+    identity
+        .validate()
+        .map_err(|e| value_error(e.to_string()))?;
+    Ok(Some(identity))
 }
 
 /// The core's defaults of the options Python documents, by name.

@@ -20,7 +20,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 #[pyclass(frozen, module = "mqtt_rpc._core")]
@@ -82,6 +82,29 @@ impl ReplyHandle {
             message,
             data,
         }))
+    }
+
+    /// Seconds until the caller stops waiting (negative once it has), or None if the
+    /// request carried no deadline.
+    fn remaining(&self) -> PyResult<Option<f64>> {
+        let pending = self.pending()?;
+        let Some(deadline) = pending.as_ref().and_then(PendingAnswer::deadline) else {
+            return Ok(None);
+        };
+        let now = Instant::now();
+        Ok(Some(match deadline.checked_duration_since(now) {
+            Some(left) => left.as_secs_f64(),
+            None => -now.duration_since(deadline).as_secs_f64(),
+        }))
+    }
+
+    /// Drops the request unanswered, its caller having stopped waiting before its handler
+    /// started (counted as `requests_expired`). True for the first such drop.
+    fn expire(&self) -> PyResult<bool> {
+        Ok(match self.pending()?.take() {
+            Some(pending) => pending.expire(),
+            None => false,
+        })
     }
 
     /// Ends the run without an answer (its handler was cancelled).

@@ -69,6 +69,8 @@ pub struct PendingAnswer {
     /// Which filter's handler runs it, and since when (for its `HandlerStats`).
     filter_index: usize,
     admitted: Instant,
+    /// When its caller stops waiting, if the request said.
+    deadline: Option<Instant>,
 }
 
 impl std::fmt::Debug for PendingAnswer {
@@ -86,6 +88,7 @@ impl PendingAnswer {
         route: Option<ReplyRoute>,
         ticket: Ticket,
         filter_index: usize,
+        deadline: Option<Instant>,
     ) -> Self {
         PendingAnswer {
             number: ticket.number(),
@@ -94,6 +97,7 @@ impl PendingAnswer {
             ticket: Some(ticket),
             filter_index,
             admitted: Instant::now(),
+            deadline,
         }
     }
 
@@ -109,6 +113,25 @@ impl PendingAnswer {
 
     pub fn replier(&self) -> &Replier {
         &self.replier
+    }
+
+    /// When the caller stops waiting, if the request said.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Whether the caller has stopped waiting by `now`: a handler should not start.
+    pub fn expired(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|deadline| deadline <= now)
+    }
+
+    /// Drops the request unanswered because its caller stopped waiting before a handler
+    /// started (counted as `requests_expired`). Returns whether it was the first so
+    /// dropped, to be told once.
+    pub fn expire(mut self) -> bool {
+        self.end(None);
+        let expired = &self.replier.counters.requests_expired;
+        expired.fetch_add(1, Ordering::Relaxed) == 0
     }
 
     /// Sends an interim `{"request_id", "progress"}` message (nothing for a notification).

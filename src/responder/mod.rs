@@ -5,17 +5,20 @@
 //! Python `Responder` and by the `mqtt-rpc-responder` binary, so both behave alike.
 //!
 //! Rooms: `route` (where an answer goes, and its body), `ledger` (the decisions, no I/O),
-//! `answer` (publishing answers); this file holds the connection and the serve loop.
+//! `answer` (publishing answers), `services` (discovery and health: PING, INFO, STATS);
+//! this file holds the connection and the serve loop.
 
 mod answer;
 mod handlers;
 mod ledger;
 mod route;
+mod services;
 
 pub use answer::{PendingAnswer, Replier};
 pub use handlers::HandlerStats;
 pub use ledger::{Admission, Outcome, RequestLedger, RequestLimits, Ticket};
 pub use route::{progress_body, reply_body, route, ReplyRoute};
+pub use services::{control_topic, ServiceIdentity, ServiceState, Verb, DEFAULT_SERVICE_PREFIX};
 
 use crate::link::{self, ConnectionOptions, Inbound, LinkError, LinkErrorKind};
 use crate::protocol::{self, RemoteError};
@@ -23,7 +26,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 /// The error code of the answer to a request refused because the responder is overloaded.
@@ -56,6 +59,8 @@ pub struct ResponderOptions {
     pub mqtt5_only: bool,
     /// How many requests it holds, and how long it remembers answers for repeats.
     pub limits: RequestLimits,
+    /// A named service also answers discovery and health requests (PING, INFO, STATS).
+    pub service: Option<ServiceIdentity>,
 }
 
 /// Why a responder with a share group cannot serve on this broker.
@@ -81,6 +86,9 @@ pub struct IncomingRequest {
     /// Its MQTT 5 user properties (trace context among them), in the order sent; empty on
     /// 3.1.1, where such headers are members of `body`.
     pub user_properties: Vec<(String, String)>,
+    /// When its caller stops waiting, if the request said (`timeout_ms`, Message Expiry):
+    /// a handler that has not started by then should not (`PendingAnswer::expire`).
+    pub deadline: Option<Instant>,
     /// The answer it owes (to nowhere, for a notification).
     pub answer: PendingAnswer,
 }
@@ -117,6 +125,11 @@ pub struct ResponderCounters {
     pub repeats_dropped: AtomicU64,
     /// Cancellations that found their run under way.
     pub handlers_cancelled: AtomicU64,
+    /// Requests whose caller had stopped waiting (their deadline passed) before a handler
+    /// started: dropped unanswered.
+    pub requests_expired: AtomicU64,
+    /// Discovery and health requests (PING, INFO, STATS) answered by the core.
+    pub control_requests: AtomicU64,
     /// Answers (and progress messages) handed to the connection, written to it, and
     /// refused by it (its queue was full).
     pub answers_queued: AtomicU64,
@@ -128,7 +141,7 @@ pub struct ResponderCounters {
 
 impl ResponderCounters {
     /// Every counter by the name `Responder.stats()` gives it: the one list of names.
-    pub fn counts(&self) -> [(&'static str, u64); 12] {
+    pub fn counts(&self) -> [(&'static str, u64); 14] {
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         [
             ("requests", read(&self.requests)),
@@ -143,6 +156,8 @@ impl ResponderCounters {
             ),
             ("repeats_dropped", read(&self.repeats_dropped)),
             ("handlers_cancelled", read(&self.handlers_cancelled)),
+            ("requests_expired", read(&self.requests_expired)),
+            ("control_requests", read(&self.control_requests)),
             ("answers_queued", read(&self.answers_queued)),
             ("answers_sent", read(&self.answers_sent)),
             ("answers_unsent", read(&self.answers_unsent)),
@@ -169,6 +184,7 @@ struct Message {
     correlation_data: Option<Bytes>,
     response_topic: Option<String>,
     user_properties: Vec<(String, String)>,
+    message_expiry: Option<u32>,
 }
 
 /// A responder's connection, ready to `serve`.
@@ -176,6 +192,8 @@ pub struct Responder {
     options: ResponderOptions,
     replier: Replier,
     events: link::Events,
+    /// When it was made, for discovery's `started`.
+    started: SystemTime,
 }
 
 fn subscription(filter: &str, share_group: Option<&str>) -> String {
@@ -195,6 +213,9 @@ impl Responder {
         }
         for filter in &options.filters {
             protocol::validate_filter(filter)?;
+        }
+        if let Some(service) = &options.service {
+            service.validate()?;
         }
         if let Some(group) = &options.share_group {
             if group.is_empty() || group.contains(['/', '+', '#']) {
@@ -228,6 +249,7 @@ impl Responder {
             options,
             replier,
             events,
+            started: SystemTime::now(),
         })
     }
 
@@ -237,6 +259,19 @@ impl Responder {
 
     pub fn counters(&self) -> Arc<ResponderCounters> {
         self.replier.counters.clone()
+    }
+
+    /// Everything it subscribes, in order: its request filters (in its share group, if
+    /// any), then a named service's control filters (never shared: every instance answers).
+    fn subscriptions(&self) -> Vec<String> {
+        let group = self.options.share_group.as_deref();
+        let requests = self.options.filters.iter().map(|f| subscription(f, group));
+        let control = self
+            .options
+            .service
+            .iter()
+            .flat_map(|service| service.filters(&self.options.connection.client_id));
+        requests.chain(control).collect()
     }
 
     /// Serves until its DISCONNECT is written (`disconnect`: answers queued before it go
@@ -250,7 +285,8 @@ impl Responder {
         mut on_ready: impl FnMut(),
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), LinkError> {
-        let mut unacknowledged = self.options.filters.len();
+        let subscriptions = self.subscriptions();
+        let mut unacknowledged = subscriptions.len();
         let mut ever_connected = false;
         let mut ever_ready = false;
         let mut failed_attempts = 0u32;
@@ -275,21 +311,20 @@ impl Responder {
                     }
                     ever_connected = true;
                     failed_attempts = 0;
-                    unacknowledged = self.options.filters.len();
-                    for filter in &self.options.filters {
-                        let topic = subscription(filter, self.options.share_group.as_deref());
+                    unacknowledged = subscriptions.len();
+                    for topic in &subscriptions {
                         // Not queued: the next reconnect subscribes again.
-                        let _ = self.replier.outbox.subscribe(&topic, self.options.qos);
+                        let _ = self.replier.outbox.subscribe(topic, self.options.qos);
                     }
                 }
                 Ok(Inbound::SubAck { granted, .. }) => {
                     if !granted {
                         // SUBACKs come in the order of the SUBSCRIBEs: this one's filter.
-                        let index = self.options.filters.len().saturating_sub(unacknowledged);
-                        let filter = self.options.filters.get(index).cloned().unwrap_or_default();
+                        let index = subscriptions.len().saturating_sub(unacknowledged);
+                        let topic = subscriptions.get(index).cloned().unwrap_or_default();
                         return Err(LinkError {
                             kind: LinkErrorKind::SubscriptionRefused,
-                            message: subscription(&filter, self.options.share_group.as_deref()),
+                            message: topic,
                         });
                     }
                     unacknowledged = unacknowledged.saturating_sub(1);
@@ -304,6 +339,7 @@ impl Responder {
                     correlation_data,
                     response_topic,
                     user_properties,
+                    message_expiry,
                 }) => {
                     let message = Message {
                         topic,
@@ -311,6 +347,7 @@ impl Responder {
                         correlation_data,
                         response_topic,
                         user_properties,
+                        message_expiry,
                     };
                     self.take(message, &mut on_request);
                 }
@@ -356,6 +393,14 @@ impl Responder {
         let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&message.payload) else {
             return count_drop(&counters.dropped_malformed, "dropped_malformed", tell);
         };
+        if let Some(service) = &self.options.service {
+            if service.is_control(&message.topic) {
+                return self.answer_control(service, message, &body);
+            }
+        }
+        let now = Instant::now();
+        let deadline = protocol::time_left(&body, &message.user_properties, message.message_expiry)
+            .map(|left| now + left);
         let mut route = route(
             self.options.mqtt5_only,
             &message.topic,
@@ -382,7 +427,11 @@ impl Responder {
             Some(_) => &counters.requests,
             None => &counters.notifications,
         });
-        let admission = self.replier.ledger().admit(route.as_ref(), Instant::now());
+        if deadline.is_some_and(|deadline| deadline <= now) {
+            // Its caller has given up already: no handler starts, nothing is answered.
+            return count_drop(&counters.requests_expired, "requests_expired", tell);
+        }
+        let admission = self.replier.ledger().admit(route.as_ref(), now);
         match (admission, route) {
             (Admission::Run(ticket), route) => {
                 let filter_index = self
@@ -397,7 +446,14 @@ impl Responder {
                     body,
                     payload: link::detached(message.payload),
                     user_properties: message.user_properties,
-                    answer: PendingAnswer::new(self.replier.clone(), route, ticket, filter_index),
+                    deadline,
+                    answer: PendingAnswer::new(
+                        self.replier.clone(),
+                        route,
+                        ticket,
+                        filter_index,
+                        deadline,
+                    ),
                 })));
             }
             (Admission::Answer(outcome), Some(route)) => {
@@ -416,6 +472,41 @@ impl Responder {
             }
             (Admission::Answer(_), None) => {}
         }
+    }
+
+    /// Answers a discovery or health request addressed to this instance, at once (no
+    /// handler, no ledger); one addressed to others, or with a verb it does not know, is
+    /// passed over. Answered as scatter-gather, naming itself, so each instance counts once.
+    fn answer_control(
+        &self,
+        service: &ServiceIdentity,
+        message: Message,
+        body: &Map<String, Value>,
+    ) {
+        let client_id = &self.options.connection.client_id;
+        let Some(verb) = service.addressed(client_id, &message.topic) else {
+            return;
+        };
+        let Some(mut route) = route(
+            false,
+            &message.topic,
+            body,
+            message.response_topic,
+            message.correlation_data.map(link::detached),
+        ) else {
+            return;
+        };
+        route.responder = Some(client_id.clone());
+        count(&self.replier.counters.control_requests);
+        let state = ServiceState {
+            identity: service,
+            client_id,
+            filters: &self.options.filters,
+            share_group: self.options.share_group.as_deref(),
+            started: self.started,
+            counters: &self.replier.counters,
+        };
+        let _ = self.replier.answer(&route, &Ok(state.answer(verb)));
     }
 
     /// Queues DISCONNECT behind the answers already queued; `serve` ends once it is

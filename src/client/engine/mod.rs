@@ -57,6 +57,9 @@ pub struct EngineConfig {
     pub max_reply_subscriptions: usize,
     pub publishes_per_second: Option<u32>,
     pub cancel_on_abandon: bool,
+    /// Put the time a caller still waits in each request as `timeout_ms` (a body member on
+    /// 3.1.1, a user property on MQTT 5). MQTT 5 requests always carry Message Expiry.
+    pub deadline_header: bool,
 }
 
 /// A packet for the driver to hand to the connection.
@@ -70,6 +73,8 @@ pub enum Transmit {
         correlation_data: Option<Bytes>,
         /// MQTT 5 only: the request's headers (trace context), as user properties.
         user_properties: Headers,
+        /// MQTT 5 only: seconds after which the broker drops it (the call's time left).
+        message_expiry: Option<u32>,
         /// The call it carries (`None`: a notification or a cancellation).
         call: Option<Sent>,
     },
@@ -104,6 +109,7 @@ impl Transmit {
             response_topic: None,
             correlation_data: None,
             user_properties: message.user_properties,
+            message_expiry: None,
             call: None,
         }
     }
@@ -422,7 +428,7 @@ impl<W: Waiter> Engine<W> {
                 Throttled::Call { request_id, since } => {
                     self.counts.calls_throttled += 1;
                     self.counts.throttled_wait += now.saturating_duration_since(since);
-                    self.publish_now(&request_id);
+                    self.publish_now(&request_id, now);
                 }
                 Throttled::Message { topic, body } => {
                     self.transmits.push_back(Transmit::message(topic, body))
@@ -492,29 +498,47 @@ impl<W: Waiter> Engine<W> {
             self.timer_changed = true;
             return;
         }
-        self.publish_now(request_id);
+        self.publish_now(request_id, now);
     }
 
-    fn publish_now(&mut self, request_id: &str) {
+    /// Publishes an admitted call's request, with the time its caller still waits.
+    fn publish_now(&mut self, request_id: &str, now: Instant) {
         let protocol = self.config.protocol;
+        let deadline_header = self.config.deadline_header;
         let Some(call) = self.calls.get_mut(request_id) else {
             return;
         };
-        let Some(request) = call.request.take() else {
+        let Some(mut request) = call.request.take() else {
             return;
         };
         call.stage = Stage::Published;
+        let (expiry_seconds, timeout_ms) =
+            protocol::deadline_on_the_wire(call.deadline.saturating_duration_since(now));
         let topic = call.topic.clone();
         let sent = Sent {
             request_id: request_id.to_owned(),
             call_seq: call.seq(),
         };
-        let (response_topic, correlation_data) = match protocol {
-            Protocol::V311 => (None, None),
-            Protocol::V5 => (
-                Some(self.reply_topic(&topic, request_id)),
-                Some(Bytes::copy_from_slice(request_id.as_bytes())),
-            ),
+        let (response_topic, correlation_data, message_expiry) = match protocol {
+            Protocol::V311 => {
+                if deadline_header {
+                    request.body = protocol::with_timeout_member(request.body, timeout_ms);
+                }
+                (None, None, None)
+            }
+            Protocol::V5 => {
+                if deadline_header {
+                    request.user_properties.push((
+                        protocol::TIMEOUT_MS_MEMBER.to_owned(),
+                        timeout_ms.to_string(),
+                    ));
+                }
+                (
+                    Some(self.reply_topic(&topic, request_id)),
+                    Some(Bytes::copy_from_slice(request_id.as_bytes())),
+                    Some(expiry_seconds),
+                )
+            }
         };
         self.transmits.push_back(Transmit::Publish {
             topic,
@@ -522,6 +546,7 @@ impl<W: Waiter> Engine<W> {
             response_topic,
             correlation_data,
             user_properties: request.user_properties,
+            message_expiry,
             call: Some(sent),
         });
     }
