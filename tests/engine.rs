@@ -1,7 +1,7 @@
 //! The engine's rules, one test each, driven by hand (no broker, no clock): the defects the
 //! core v2 review found in the old client, each shown gone.
 
-use mqtt_rpc::client::engine::{Engine, EngineConfig, Transmit};
+use mqtt_rpc::client::engine::{DeadlineCarrier, Engine, EngineConfig, Transmit};
 use mqtt_rpc::link::Protocol;
 use mqtt_rpc::protocol::InputError;
 use mqtt_rpc::{CallError, Outcome, Waiter};
@@ -23,7 +23,7 @@ fn engine(max_in_flight: usize, max_reply_subscriptions: usize) -> Engine<Number
         max_reply_subscriptions,
         publishes_per_second: None,
         cancel_on_abandon: false,
-        deadline_header: false,
+        deadline_in: DeadlineCarrier::Nowhere,
     });
     engine.on_connected(false, Instant::now());
     engine
@@ -162,7 +162,7 @@ fn notifications_beyond_the_rate_queue_are_refused() {
         max_reply_subscriptions: 10,
         publishes_per_second: Some(1),
         cancel_on_abandon: false,
-        deadline_header: false,
+        deadline_in: DeadlineCarrier::Nowhere,
     });
     engine.on_connected(false, now);
     let mut queued = 0;
@@ -183,11 +183,16 @@ fn notifications_beyond_the_rate_queue_are_refused() {
 }
 
 /// A request carries the time its caller still waits, counted when it is published: a call
-/// that waited 2.5 s of its 10 s for its reply subscription says 7.5 s (7500 ms in the 3.1.1
-/// body; Message Expiry rounded up to 8 s on MQTT 5, where `timeout_ms` is a user property).
+/// that waited 2.5 s of its 10 s for its reply subscription says 7.5 s: 7500 ms as a body
+/// member or a user property, and on MQTT 5 a Message Expiry rounded up to 8 s.
 #[test]
 fn a_request_carries_the_time_left_when_it_is_published() {
-    for protocol in [Protocol::V311, Protocol::V5] {
+    use DeadlineCarrier::{Body, UserProperty};
+    for (protocol, deadline_in) in [
+        (Protocol::V311, Body),
+        (Protocol::V5, UserProperty),
+        (Protocol::V5, Body),
+    ] {
         let start_at = Instant::now();
         let mut engine = Engine::<Numbered>::new(EngineConfig {
             client_id: "test".into(),
@@ -198,7 +203,7 @@ fn a_request_carries_the_time_left_when_it_is_published() {
             max_reply_subscriptions: 10,
             publishes_per_second: None,
             cancel_on_abandon: false,
-            deadline_header: true,
+            deadline_in,
         });
         engine.on_connected(false, start_at);
         engine.start(
@@ -225,20 +230,15 @@ fn a_request_carries_the_time_left_when_it_is_published() {
             panic!("one publish expected");
         };
         let body: serde_json::Value = serde_json::from_slice(body).unwrap();
-        match protocol {
-            Protocol::V311 => {
-                assert_eq!(body["timeout_ms"], 7500);
-                assert_eq!(*message_expiry, None);
-                assert!(user_properties.is_empty());
-            }
-            Protocol::V5 => {
-                assert_eq!(body.get("timeout_ms"), None);
-                assert_eq!(*message_expiry, Some(8));
-                assert_eq!(
-                    user_properties,
-                    &[("timeout_ms".to_owned(), "7500".to_owned())]
-                );
-            }
+        let expected_expiry = (protocol == Protocol::V5).then_some(8);
+        assert_eq!(*message_expiry, expected_expiry, "{protocol:?}");
+        if deadline_in == Body {
+            assert_eq!(body["timeout_ms"], 7500);
+            assert!(user_properties.is_empty());
+        } else {
+            assert_eq!(body.get("timeout_ms"), None);
+            let expected = [("timeout_ms".to_owned(), "7500".to_owned())];
+            assert_eq!(user_properties, &expected);
         }
     }
 }

@@ -19,7 +19,9 @@
 //! `MQTT_RPC_SIM_SECONDS` sets how long the random part runs (default 5 s).
 
 use mqtt_rpc::acks::{PubAckReason, Sent};
-use mqtt_rpc::client::engine::{Engine, EngineConfig, Transmit, MAX_QUEUED_MESSAGES};
+use mqtt_rpc::client::engine::{
+    DeadlineCarrier, Engine, EngineConfig, Transmit, MAX_QUEUED_MESSAGES,
+};
 use mqtt_rpc::link::Protocol;
 use mqtt_rpc::protocol::{self, InputError, Reply};
 use mqtt_rpc::{CallError, Outcome, Waiter};
@@ -130,7 +132,11 @@ impl World {
             max_reply_subscriptions: max_subscriptions,
             publishes_per_second,
             cancel_on_abandon: rng.gen_bool(0.5),
-            deadline_header: rng.gen_bool(0.5),
+            deadline_in: [
+                DeadlineCarrier::Nowhere,
+                DeadlineCarrier::UserProperty,
+                DeadlineCarrier::Body,
+            ][rng.gen_range(0..3)],
         });
         let mut world = World {
             rng,

@@ -395,3 +395,18 @@ async def test_a_wrong_password_fails_start_as_the_client_does(locked_broker: Mo
 
     with pytest.raises(BrokerRefusedError):
         await responder.start()
+
+
+async def test_a_result_that_is_not_json_is_answered_as_the_handlers_error(broker: MosquittoBroker) -> None:
+    # NaN and infinities have no JSON form: the caller must hear why, not wait its timeout.
+    responder = Responder(broker.host, broker.port)
+
+    @responder.handle("+/nan/set")
+    async def nan(request: Dict[str, Any]) -> Any:
+        return {"value": float(request["value"])}
+
+    async with responder, MqttRpcClient(broker.host, broker.port) as client:
+        for value in ("nan", "inf"):
+            with pytest.raises(RemoteError) as failed:
+                await client.call("d/nan/set", {"value": value})
+            assert failed.value.code == -32603 and "JSON" in failed.value.message

@@ -221,3 +221,23 @@ async def test_the_services_command_prints_a_table_and_statistics(broker: Mosqui
 
         code, out, err = await run_cli("services", "--name", "nobody", "--timeout", "0.2", *where)
         assert code == 3 and out == "" and "no service named 'nobody' answered" in err
+
+
+def test_the_services_snippet_of_the_readme_runs(broker: MosquittoBroker, tmp_path: Any) -> None:
+    import os
+    import subprocess
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("```python\nimport asyncio\n\nimport mqtt_rpc\n")
+    snippet = readme[start + len("```python\n") : readme.index("```", start + 10)]
+    (tmp_path / "services.py").write_text(snippet)
+    environment = dict(os.environ, MQTT_RPC_URL=f"mqtt://{broker.host}:{broker.port}")
+    result = subprocess.run(
+        [sys.executable, "services.py"], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    call, info, stats = result.stdout.splitlines()
+    assert "'status': 'ok'" in call and "'seconds_left': 5.0" in call
+    assert info.startswith("camera-control mqtt-rpc-") and " 1.4.0 " in info and "camera actions" in info
+    assert stats == "1 request(s), 0 error(s)"

@@ -198,12 +198,13 @@ class MqttRpcClient(_ClientState):
         cancel_on_abandon: when a call times out or its task is cancelled, publish
             ``{"request_id": ..., "cancel": true}`` to its topic: a `Responder` then cancels
             that request's handler and answers nothing.
-        propagate_deadline: put the milliseconds the caller still waits, counted at publish,
-            in each request as ``timeout_ms`` (a member of the JSON body on 3.1.1, a user
-            property on MQTT 5), so that a `Responder` drops a request that waited past it
-            and its handler knows its time (`current_request`). Default: on with MQTT 5,
-            off with 3.1.1, whose devices then get exactly the bytes they always did. MQTT
-            5 requests always carry the time left as Message Expiry, rounded up to seconds.
+        propagate_deadline: requests carry ``timeout_ms``, the milliseconds the caller still
+            waits, counted at publish, so that a `Responder` drops a request that waited past
+            it and its handler knows its time (`current_request`). True: a member of the
+            JSON body, on either protocol (a 3.1.1 device behind an MQTT 5 caller sees it
+            too). None (the default): an MQTT 5 user property, and nothing on 3.1.1, whose
+            devices get exactly the bytes they always did. False: none. MQTT 5 requests
+            always carry the time left as Message Expiry, rounded up to whole seconds.
         service_prefix: the topic levels under which `discover`, `ping` and
             `service_stats` address named responders (as their ``service_prefix``).
         connections: a pool of this many connections, with client ids

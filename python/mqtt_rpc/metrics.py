@@ -29,7 +29,8 @@ What is exported (Prometheus names; OpenTelemetry uses the same with dots):
 - responders: ``mqtt_rpc_responder_requests_total``,
   ``mqtt_rpc_responder_notifications_total``, ``mqtt_rpc_responder_dropped_total`` by
   ``kind``, ``mqtt_rpc_responder_repeats_answered_total``,
-  ``mqtt_rpc_responder_handlers_cancelled_total``, ``mqtt_rpc_responder_answers_total`` by
+  ``mqtt_rpc_responder_handlers_cancelled_total``,
+  ``mqtt_rpc_responder_control_requests_total``, ``mqtt_rpc_responder_answers_total`` by
   ``state`` (queued, sent, unsent), the gauge ``mqtt_rpc_responder_handlers_running``; and
   per handler (label ``filter``) ``mqtt_rpc_handler_requests_total``,
   ``mqtt_rpc_handler_errors_total`` and ``mqtt_rpc_handler_duration_seconds`` (a
@@ -70,7 +71,14 @@ _CLIENT_DROPS = (
     "messages_dropped",
     "interim_dropped",
 )
-_RESPONDER_DROPS = ("dropped_malformed", "dropped_oversized", "dropped_overloaded", "requests_overloaded", "repeats_dropped")
+_RESPONDER_DROPS = (
+    "dropped_malformed",
+    "dropped_oversized",
+    "dropped_overloaded",
+    "requests_overloaded",
+    "repeats_dropped",
+    "requests_expired",
+)
 
 
 @dataclass
@@ -196,6 +204,13 @@ def _read_responder(families: _Families, responder: "Responder", bounds: Sequenc
     )
     families.add(
         ("responder", "handlers_cancelled"), "counter", "Runs cancelled by their callers.", me, stats["handlers_cancelled"]
+    )
+    families.add(
+        ("responder", "control_requests"),
+        "counter",
+        "Discovery and health requests (PING, INFO, STATS) answered.",
+        me,
+        stats["control_requests"],
     )
     for state in ("queued", "sent", "unsent"):
         families.add(
@@ -372,6 +387,7 @@ _FAMILIES: Tuple[Tuple[Tuple[str, ...], str, str], ...] = (
     (("responder", "dropped"), "counter", ""),
     (("responder", "repeats_answered"), "counter", ""),
     (("responder", "handlers_cancelled"), "counter", ""),
+    (("responder", "control_requests"), "counter", ""),
     (("responder", "answers"), "counter", ""),
     (("responder", "handlers_running"), "gauge", ""),
     (("handler", "requests"), "counter", ""),

@@ -399,7 +399,8 @@ class Responder:
                     result = await asyncio.get_running_loop().run_in_executor(None, context.run, handler, *arguments)
                     if inspect.isawaitable(result):
                         result = await result
-                return ("result", json.dumps(result))
+                # NaN and infinities are not JSON: refused here, answered as the handler's error.
+                return ("result", json.dumps(result, allow_nan=False))
             except RpcHandlerError as error:
                 if span is not None:
                     span.failed(error, error.code)
@@ -463,6 +464,6 @@ def _takes_report(handler: Handler) -> bool:
 
 def _reporter(reply: _core.ReplyHandle) -> Callable[[Any], None]:
     def report(progress: Any) -> None:
-        reply.send_progress(json.dumps(progress, default=str))
+        reply.send_progress(json.dumps(progress, default=str, allow_nan=False))
 
     return report

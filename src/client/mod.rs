@@ -24,7 +24,7 @@ use crate::acks::AckLedger;
 use crate::link::{self, Events, LinkErrorKind, Outbox, Properties, Protocol};
 use crate::metrics::LatencyHistogram;
 use crate::protocol::{self, Headers, InputError, Outgoing};
-use engine::{Engine, EngineConfig};
+use engine::{DeadlineCarrier, Engine, EngineConfig};
 use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -181,7 +181,7 @@ impl<W: Waiter> RpcClient<W> {
             max_reply_subscriptions: options.max_reply_subscriptions,
             publishes_per_second: options.quotas.publishes_per_second,
             cancel_on_abandon: options.cancel_on_abandon,
-            deadline_header: options.deadline_header(),
+            deadline_in: options.deadline_carrier(),
         });
         let latency = engine.latency().clone();
         let shared = Shared {
@@ -392,7 +392,7 @@ impl<W: Waiter> RpcClient<W> {
             Some(inbox) => inbox.len(),
             None => protocol::reply_topic_len(topic),
         };
-        let deadline = deadline_size(protocol, shared.options.deadline_header());
+        let deadline = deadline_size(protocol, shared.options.deadline_carrier());
         let size = packet_size(topic, &request, Some(reply_topic_len), protocol) + deadline;
         let limit = shared.max_packet_size();
         if size > limit {
@@ -626,11 +626,15 @@ fn headers_by_protocol(protocol: Protocol, headers: Headers) -> (Headers, Header
 
 /// The most a request's deadline adds once it is published: MQTT 5's Message Expiry
 /// property, and `timeout_ms` (a user property, or a 3.1.1 body member) when propagated.
-fn deadline_size(protocol: Protocol, header: bool) -> usize {
+fn deadline_size(protocol: Protocol, carrier: DeadlineCarrier) -> usize {
     let expiry = if protocol == Protocol::V5 { 5 } else { 0 };
     // `, "timeout_ms": ` or a property's lengths and name, then up to 20 digits
-    let header = if header { 16 + 20 } else { 0 };
-    expiry + header
+    let member = if carrier == DeadlineCarrier::Nowhere {
+        0
+    } else {
+        16 + 20
+    };
+    expiry + member
 }
 
 /// The size of the PUBLISH packet for a request (with the length of its reply topic) or a

@@ -1,6 +1,7 @@
 //! `ClientOptions`: everything a client is configured with, and every default, in one place.
 
-use crate::link::ConnectionOptions;
+use super::engine::DeadlineCarrier;
+use crate::link::{ConnectionOptions, Protocol};
 use crate::quota::Quotas;
 use std::time::Duration;
 
@@ -38,17 +39,22 @@ pub struct ClientOptions {
     /// When a published call times out or is cancelled, publish `{"request_id", "cancel":
     /// true}` to its request topic so that the device can stop its work.
     pub cancel_on_abandon: bool,
-    /// Put the time a caller still waits in each request as `timeout_ms` (a body member on
-    /// 3.1.1, a user property on MQTT 5); `None`: on MQTT 5 only, so a 3.1.1 device sees
-    /// exactly the bytes the hand-written client sent.
+    /// `true`: each request's JSON carries `timeout_ms`, the milliseconds its caller still
+    /// waits (any protocol: a 3.1.1 device behind an MQTT 5 caller sees it too); `false`:
+    /// no `timeout_ms`; `None`: a user property on MQTT 5, nothing on 3.1.1, so the seed's
+    /// devices see exactly the bytes the hand-written client sent. MQTT 5 requests always
+    /// carry Message Expiry.
     pub propagate_deadline: Option<bool>,
 }
 
 impl ClientOptions {
-    /// Whether requests carry `timeout_ms`: as chosen, else on MQTT 5 only.
-    pub fn deadline_header(&self) -> bool {
-        self.propagate_deadline
-            .unwrap_or(self.connection.protocol == crate::link::Protocol::V5)
+    /// Where requests carry `timeout_ms` (see `propagate_deadline`).
+    pub fn deadline_carrier(&self) -> DeadlineCarrier {
+        match (self.propagate_deadline, self.connection.protocol) {
+            (Some(true), _) => DeadlineCarrier::Body,
+            (None, Protocol::V5) => DeadlineCarrier::UserProperty,
+            _ => DeadlineCarrier::Nowhere,
+        }
     }
 }
 

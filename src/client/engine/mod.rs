@@ -57,9 +57,19 @@ pub struct EngineConfig {
     pub max_reply_subscriptions: usize,
     pub publishes_per_second: Option<u32>,
     pub cancel_on_abandon: bool,
-    /// Put the time a caller still waits in each request as `timeout_ms` (a body member on
-    /// 3.1.1, a user property on MQTT 5). MQTT 5 requests always carry Message Expiry.
-    pub deadline_header: bool,
+    /// Where a request carries the milliseconds its caller still waits (`timeout_ms`).
+    /// MQTT 5 requests always carry Message Expiry besides.
+    pub deadline_in: DeadlineCarrier,
+}
+
+/// Where a request carries `timeout_ms`, the milliseconds its caller still waits at publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadlineCarrier {
+    Nowhere,
+    /// An MQTT 5 user property: the body stays the caller's.
+    UserProperty,
+    /// A member of the JSON body: every device sees it, 3.1.1 ones included.
+    Body,
 }
 
 /// A packet for the driver to hand to the connection.
@@ -504,7 +514,7 @@ impl<W: Waiter> Engine<W> {
     /// Publishes an admitted call's request, with the time its caller still waits.
     fn publish_now(&mut self, request_id: &str, now: Instant) {
         let protocol = self.config.protocol;
-        let deadline_header = self.config.deadline_header;
+        let deadline_in = self.config.deadline_in;
         let Some(call) = self.calls.get_mut(request_id) else {
             return;
         };
@@ -519,26 +529,23 @@ impl<W: Waiter> Engine<W> {
             request_id: request_id.to_owned(),
             call_seq: call.seq(),
         };
+        match deadline_in {
+            DeadlineCarrier::Nowhere => {}
+            DeadlineCarrier::Body => {
+                request.body = protocol::with_timeout_member(request.body, timeout_ms);
+            }
+            DeadlineCarrier::UserProperty => request.user_properties.push((
+                protocol::TIMEOUT_MS_MEMBER.to_owned(),
+                timeout_ms.to_string(),
+            )),
+        }
         let (response_topic, correlation_data, message_expiry) = match protocol {
-            Protocol::V311 => {
-                if deadline_header {
-                    request.body = protocol::with_timeout_member(request.body, timeout_ms);
-                }
-                (None, None, None)
-            }
-            Protocol::V5 => {
-                if deadline_header {
-                    request.user_properties.push((
-                        protocol::TIMEOUT_MS_MEMBER.to_owned(),
-                        timeout_ms.to_string(),
-                    ));
-                }
-                (
-                    Some(self.reply_topic(&topic, request_id)),
-                    Some(Bytes::copy_from_slice(request_id.as_bytes())),
-                    Some(expiry_seconds),
-                )
-            }
+            Protocol::V311 => (None, None, None),
+            Protocol::V5 => (
+                Some(self.reply_topic(&topic, request_id)),
+                Some(Bytes::copy_from_slice(request_id.as_bytes())),
+                Some(expiry_seconds),
+            ),
         };
         self.transmits.push_back(Transmit::Publish {
             topic,
