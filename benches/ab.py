@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--qos", type=int, default=0)
+    parser.add_argument("--protocol", choices=["3.1.1", "5"], default="3.1.1")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--keep", type=Path, default=None, help="build into this folder and keep the virtualenvs")
     args = parser.parse_args()
@@ -78,13 +79,22 @@ def main() -> None:
         }
         topic = f"bench/qos{args.qos}/control/set"
         device_options = ["--qos", str(args.qos)]
+        if args.protocol == "5":
+            device_options += ["--protocol", "5"]
         with MosquittoBroker.start() as broker, ResponderDevice.start(broker, "+/+/control/set", options=device_options):
             for repetition in range(args.repetitions):
                 for concurrency in levels:
                     order = ["before", "after"] if (repetition + concurrency) % 2 == 0 else ["after", "before"]
                     for side in order:
                         result = run_client_with(
-                            pythons[side], "ours", broker.port, topic, concurrency, args.seconds, args.qos
+                            pythons[side],
+                            "ours",
+                            broker.port,
+                            topic,
+                            concurrency,
+                            args.seconds,
+                            args.qos,
+                            ["--protocol", args.protocol],
                         )
                         runs.append({"side": side, "concurrency": concurrency, "repetition": repetition, **result})
                         print(
@@ -93,7 +103,7 @@ def main() -> None:
                             flush=True,
                         )
 
-    print(f"\nafter / before, medians of {args.repetitions} paired repetitions ({args.seconds:g} s each, QoS {args.qos}):")
+    print(f"\nafter / before, medians of {args.repetitions} paired repetitions ({args.seconds:g} s each, MQTT {args.protocol}, QoS {args.qos}):")
     print("| in flight | calls/s before | calls/s after | calls/s ratio | CPU/1k before | CPU/1k after | CPU ratio |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for concurrency in levels:

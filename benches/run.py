@@ -40,7 +40,7 @@ from pathlib import Path
 import contextlib
 import socket
 import time
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = ROOT / "benches" / "clients"
@@ -108,11 +108,19 @@ def run_client(name: str, port: int, topic: str, concurrency: int, seconds: floa
 
 
 def run_client_with(
-    python: Path, name: str, port: int, topic: str, concurrency: int, seconds: float, qos: int
+    python: Path,
+    name: str,
+    port: int,
+    topic: str,
+    concurrency: int,
+    seconds: float,
+    qos: int,
+    extra: Sequence[str] = (),
 ) -> Dict[str, float]:
-    """One measurement of client `name`, its Python clients run by `python`."""
+    """One measurement of client `name`, its Python clients run by `python` (with `extra`
+    arguments, such as ``--protocol 5``)."""
     common = ["--port", str(port), "--topic", topic, "--concurrency", str(concurrency)]
-    common += ["--seconds", str(seconds), "--qos", str(qos)]
+    common += ["--seconds", str(seconds), "--qos", str(qos), *extra]
     if name == "limit":
         command = [str(LIMIT), *common]
     else:

@@ -23,6 +23,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--qos", type=int, default=0)
+    parser.add_argument("--protocol", default="3.1.1", help="MQTT version, for clients that speak both")
     return parser.parse_args()
 
 

@@ -10,7 +10,7 @@ from mqtt_rpc import MqttRpcClient
 
 
 async def connect(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    client = MqttRpcClient("127.0.0.1", args.port, qos=args.qos, max_in_flight=4096)
+    client = MqttRpcClient("127.0.0.1", args.port, protocol=args.protocol, qos=args.qos, max_in_flight=4096)
     await client.connect()
     return client.call, client.close
 
