@@ -241,3 +241,34 @@ def test_the_services_snippet_of_the_readme_runs(broker: MosquittoBroker, tmp_pa
     assert "'status': 'ok'" in call and "'seconds_left': 5.0" in call
     assert info.startswith("camera-control mqtt-rpc-") and " 1.4.0 " in info and "camera actions" in info
     assert stats == "1 request(s), 0 error(s)"
+
+
+def test_a_command_line_test_device_can_be_a_named_service(broker: MosquittoBroker) -> None:
+    import subprocess
+
+    service_prefix = prefix()
+    where = ["--host", broker.host, "--port", str(broker.port)]
+    device = subprocess.Popen(
+        [sys.executable, "-m", "mqtt_rpc", "serve", "+/cli/set", "--name", "echo-svc", "--service-version", "3.2",
+         "--service-prefix", service_prefix, *where],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert device.stdout is not None and device.stdout.readline().startswith("serving +/cli/set")
+        run = [sys.executable, "-m", "mqtt_rpc"]
+        called = subprocess.run([*run, "call", "d/cli/set", "{}", *where], capture_output=True, text=True, timeout=60)
+        assert called.returncode == 0, called.stderr
+        listed = subprocess.run(
+            [*run, "services", "--stats", "echo-svc", "--json", "--service-prefix", service_prefix, *where],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert listed.returncode == 0, listed.stderr
+        [stats] = json.loads(listed.stdout)
+        assert (stats["name"], stats["version"]) == ("echo-svc", "3.2")
+        assert [(e["filter"], e["requests"]) for e in stats["endpoints"]] == [("+/cli/set", 1)]
+    finally:
+        device.terminate()
+        device.wait(timeout=10)

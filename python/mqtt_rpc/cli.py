@@ -199,7 +199,11 @@ async def services_command(args: argparse.Namespace) -> int:
 
 
 def echo_responder(args: argparse.Namespace) -> Responder:
-    options = {"share_group": args.share_group} if args.share_group else {}
+    options: Dict[str, Any] = {"share_group": args.share_group} if args.share_group else {}
+    if args.name:
+        options.update(name=args.name, version=args.service_version)
+    if args.service_prefix:
+        options.update(service_prefix=args.service_prefix)
     responder: Responder = make(Responder, args, **options)
     fail_action = args.fail_action
 
@@ -370,6 +374,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--echo", action="store_true", help="answer with the request (the default; kept for scripts)")
     serve.add_argument("--fail-action", metavar="ACTION", help='answer requests whose "action" is ACTION with an error')
     serve.add_argument("--share-group", help="join this shared-subscription group (a pool of devices)")
+    serve.add_argument("--name", help="a service name: answer discovery and health requests (mqtt-rpc services)")
+    serve.add_argument("--service-version", help="the version discovery tells (with --name)")
+    serve.add_argument("--service-prefix", help="where discovery requests come (default: mqtt-rpc/_srv)")
     connection_arguments(serve)
 
     services = commands.add_parser("services", help="list the named responders that are up, or their statistics",

@@ -275,7 +275,9 @@ class Responder:
 
     def stats(self) -> Dict[str, Any]:
         """Requests and notifications received, malformed ones dropped, repeats answered
-        without a second run, requests refused as overloaded, answers sent; and under
+        without a second run, requests refused as overloaded, requests dropped because their
+        caller had stopped waiting (``requests_expired``), discovery and health requests
+        answered (``control_requests``), answers sent; and under
         ``"handlers"``, by filter, each handler's ``requests`` (answers given), ``errors``
         (answers that were errors), ``processing_ms_total`` and ``processing_ms_average``
         (from the request's admission to its answer, a wait for a free turn included) and
