@@ -24,6 +24,7 @@ from mqtt_rpc.metrics import OpenTelemetryMetrics, PrometheusCollector
 from mqtt_rpc.otel import MqttRpcInstrumentor
 from mqtt_rpc.testing import MosquittoBroker, ResponderDevice
 from raw_device import RawDevice
+from readme_snippet import run_readme_snippet
 
 PROTOCOLS = ["3.1.1", "5"]
 
@@ -378,20 +379,7 @@ async def test_a_handler_that_always_fails_logs_its_traceback_once(
 
 
 def test_the_tracing_snippet_of_the_readme_runs(broker: MosquittoBroker, tmp_path: Any) -> None:
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    start = readme.index("```python\nimport asyncio\n\nfrom opentelemetry")
-    snippet = readme[start + len("```python\n") : readme.index("```", start + 10)]
-    (tmp_path / "traced.py").write_text(snippet)
-    environment = dict(os.environ, MQTT_RPC_URL=f"mqtt://{broker.host}:{broker.port}")
-    result = subprocess.run(
-        [sys.executable, "traced.py"], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_readme_snippet("import asyncio\n\nfrom opentelemetry", broker, tmp_path)
     assert '"name": "process +/device/control/set"' in result.stdout and '"name": "call"' in result.stdout
     assert 'outcome="succeeded"} 1.0' in result.stdout
     assert 'mqtt_rpc_handler_requests_total{client_id=' in result.stdout

@@ -18,6 +18,7 @@ import pytest
 
 from mqtt_rpc import MqttRpcClient, PayloadError, RemoteError, Responder, RpcHandlerError, SyncMqttRpcClient
 from mqtt_rpc.testing import MosquittoBroker, ResponderDevice
+from readme_snippet import run_readme_snippet
 
 PROTOCOLS = ["3.1.1", "5"]
 
@@ -225,19 +226,7 @@ async def test_the_services_command_prints_a_table_and_statistics(broker: Mosqui
 
 
 def test_the_services_snippet_of_the_readme_runs(broker: MosquittoBroker, tmp_path: Any) -> None:
-    import os
-    import subprocess
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    start = readme.index("```python\nimport asyncio\n\nimport mqtt_rpc\n")
-    snippet = readme[start + len("```python\n") : readme.index("```", start + 10)]
-    (tmp_path / "services.py").write_text(snippet)
-    environment = dict(os.environ, MQTT_RPC_URL=f"mqtt://{broker.host}:{broker.port}")
-    result = subprocess.run(
-        [sys.executable, "services.py"], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_readme_snippet("import asyncio\n\nimport mqtt_rpc\n", broker, tmp_path)
     call, info, stats = result.stdout.splitlines()
     answer = ast.literal_eval(call)["result"]
     assert answer["status"] == "ok" and 0 < answer["seconds_left"] <= 5

@@ -96,18 +96,33 @@ def fail(code: int, message: str) -> int:
     return code
 
 
+class CommandFailed(Exception):
+    """Ends a command with this exit code and one line on stderr."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+async def connected_client(args: argparse.Namespace, **options: Any) -> MqttRpcClient:
+    """A client from the command line's options, connected."""
+    try:
+        client: MqttRpcClient = make(MqttRpcClient, args, **options)
+    except ValueError as error:
+        raise CommandFailed(EXIT_BAD_INPUT, str(error)) from None
+    try:
+        await client.connect()
+    except NotConnectedError as error:
+        message = f"{error} (is a broker running there? try --url or --host/--port)"
+        raise CommandFailed(EXIT_NO_CONNECTION, message) from None
+    return client
+
+
 # --- call -------------------------------------------------------------------------------
 
 
 async def call_command(args: argparse.Namespace) -> int:
-    try:
-        client = make(MqttRpcClient, args, reply_to=args.reply_to)
-    except ValueError as error:
-        return fail(EXIT_BAD_INPUT, str(error))
-    try:
-        await client.connect()
-    except NotConnectedError as error:
-        return fail(EXIT_NO_CONNECTION, f"{error} (is a broker running there? try --url or --host/--port)")
+    client = await connected_client(args, reply_to=args.reply_to)
     try:
         reply = await client.call(args.topic, args.payload, timeout=args.timeout)
     except PayloadError as error:
@@ -165,14 +180,7 @@ def stats_table(found: List[Dict[str, Any]]) -> str:
 
 
 async def services_command(args: argparse.Namespace) -> int:
-    try:
-        client = make(MqttRpcClient, args, **({"service_prefix": args.service_prefix} if args.service_prefix else {}))
-    except ValueError as error:
-        return fail(EXIT_BAD_INPUT, str(error))
-    try:
-        await client.connect()
-    except NotConnectedError as error:
-        return fail(EXIT_NO_CONNECTION, f"{error} (is a broker running there? try --url or --host/--port)")
+    client = await connected_client(args, **({"service_prefix": args.service_prefix} if args.service_prefix else {}))
     name = args.stats or args.name
     try:
         if args.stats:
@@ -405,6 +413,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = {"call": call_command, "services": services_command, "serve": serve_command, "bench": bench_command, "demo": demo_command}
     try:
         return asyncio.run(command[args.command](args))
+    except CommandFailed as failed:
+        return fail(failed.code, str(failed))
     except KeyboardInterrupt:
         return 130
     except FileNotFoundError as error:  # no mosquitto for bench/demo
