@@ -11,6 +11,7 @@
 //! connection that sent it; each connection reconnects on its own.
 
 use crate::client::{CallError, ClientOptions, EventSink, Prepared, RpcClient, Stats, Waiter};
+use crate::link::BrokerAddress;
 use crate::metrics::{cumulative, merged_percentile, Cumulative, LatencyHistogram};
 use crate::protocol::{Headers, InputError};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -195,6 +196,11 @@ impl<W: Waiter> RpcPool<W> {
     /// Whether every connection is up.
     pub fn is_connected(&self) -> bool {
         self.clients.iter().all(|c| c.is_connected())
+    }
+
+    /// Which broker each connection is up with (None while it is down), in order.
+    pub fn connected_to(&self) -> Vec<Option<BrokerAddress>> {
+        self.clients.iter().map(|c| c.connected_to()).collect()
     }
 
     pub fn stats(&self) -> PoolStats {

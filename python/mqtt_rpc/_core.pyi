@@ -114,6 +114,9 @@ class CoreClient:
     @property
     def connected(self) -> bool: ...
     @property
+    def connected_to(self) -> List[Optional[Tuple[str, int]]]:
+        """Which broker each connection is up with (None while it is down)."""
+    @property
     def client_id(self) -> str: ...
     @property
     def client_ids(self) -> List[str]: ...
@@ -181,6 +184,9 @@ class CoreResponder:
     def stats(self) -> Dict[str, int]: ...
     @property
     def client_id(self) -> str: ...
+    @property
+    def connected_to(self) -> Optional[Tuple[str, int]]:
+        """The broker it is connected to (None while down)."""
     def handlers(self, bounds: List[float]) -> List[Dict[str, Any]]:
         """Each handler's ``filter``, ``requests`` (answers), ``errors``,
         ``processing_seconds_total``, ``last_error`` and ``at_or_below`` (answers whose time

@@ -126,6 +126,12 @@ class _ClientState:
         return self._core.connected
 
     @property
+    def connected_to(self) -> Optional[Tuple[str, int]]:
+        """The broker node the connection is up with, as ``(host, port)``; None while it is
+        down. With ``connections=N``, the first connection's (each fails over on its own)."""
+        return self._core.connected_to[0]
+
+    @property
     def client_id(self) -> str:
         """The MQTT client id of this client's connection (of a pool: the base of its ids)."""
         return self._core.client_id
@@ -155,6 +161,11 @@ class MqttRpcClient(_ClientState):
 
     Args:
         host, port: the broker.
+        hosts: instead, the nodes of one cluster, ``[(host, port), ...]`` (in
+            ``MQTT_RPC_URL``: ``mqtt://node1:1883,node2:1883``). A connect tries them in
+            this order until one accepts; a lost connection reconnects starting from the
+            node after the lost one, with the usual backoff between rounds. Calls in flight
+            keep their deadlines; `connected_to` says which node the client is on.
         client_id: defaults to a unique id, so that replicas never kick each other off.
         protocol: ``"3.1.1"`` or ``"5"``. With 5, requests also carry the Response Topic
             and Correlation Data properties.
@@ -233,6 +244,7 @@ class MqttRpcClient(_ClientState):
         host: Optional[str] = None,
         port: Optional[int] = None,
         *,
+        hosts: Optional[Sequence[Tuple[str, int]]] = None,
         client_id: Optional[str] = None,
         protocol: str = "3.1.1",
         qos: int = 0,
@@ -278,7 +290,11 @@ class MqttRpcClient(_ClientState):
         self._closing = False
         self._connecting: Optional["asyncio.Task[None]"] = None
         self._address = config.display_url(
-            self._settings["host"], self._settings["port"], bool(self._settings["tls"]), self._settings["username"]
+            self._settings["host"],
+            self._settings["port"],
+            bool(self._settings["tls"]),
+            self._settings["username"],
+            self._settings["hosts"],
         )
         self._on_connection_change = on_connection_change
         self._timeout = self._settings["timeout"]
@@ -305,6 +321,8 @@ class MqttRpcClient(_ClientState):
                 options[name] = os.fspath(options[name])
         if "alpn_protocols" in options:
             options["alpn_protocols"] = list(options["alpn_protocols"])
+        if "hosts" in options:
+            options["hosts"] = [tuple(address) for address in options["hosts"]]
         if s["reply_to"] == "inbox":
             options["inbox_prefix"] = s["inbox_prefix"]
         return _core.CoreClient(options, _weak_handler(self))

@@ -2,6 +2,7 @@
 
     mqtt://[user[:password]@]host[:port][?option=value&...]     (port 1883)
     mqtts://[user[:password]@]host[:port][?option=value&...]    (TLS, port 8883)
+    mqtt://node1:1883,node2:1883,node3:1883                     (a cluster's nodes)
 
 Every other constructor option may be a query parameter (`?client_id=web-1&protocol=5`).
 Values are converted to the option's type here and then checked by the constructor, so a
@@ -14,7 +15,7 @@ from __future__ import annotations
 import functools
 import os
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit, urlunsplit
 
 ENVIRONMENT_VARIABLE = "MQTT_RPC_URL"
 DEFAULT_HOST = "localhost"
@@ -123,18 +124,14 @@ def parse_url(url: str, options: Mapping[str, Converter], tolerated: FrozenSet[s
         raise ValueError(f"the broker URL has a path ({parts.path!r}); options go in the query: ?client_id=...")
     if parts.fragment:
         raise ValueError("the broker URL must not have a #fragment")
-    host = parts.hostname
-    if not host:
-        raise ValueError("the broker URL has no host: mqtt://host[:port]")
-    try:
-        port = parts.port
-    except ValueError:
-        # urlsplit's own message carries only the port's text, never the credentials.
-        raw = parts.netloc.rpartition("@")[2].rpartition(":")[2]
-        raise ValueError(f"the broker URL's port must be a number from 1 to 65535, not {raw!r}") from None
-    if port == 0:
-        raise ValueError("the broker URL's port must be a number from 1 to 65535, not '0'")
-    settings: Dict[str, Any] = {"host": host, "port": port if port is not None else DEFAULT_PORTS[scheme]}
+    userinfo, at, node_list = parts.netloc.rpartition("@")
+    nodes = node_list.split(",")
+    if len(nodes) > 1:
+        # Several nodes of one cluster: each read as if it were the only one.
+        hosts = [_address(parts._replace(netloc=node), scheme) for node in nodes]
+        first = parse_url(urlunsplit(parts._replace(netloc=userinfo + at + nodes[0])), options, tolerated)
+        return {**first, "hosts": hosts}
+    settings: Dict[str, Any] = dict(zip(("host", "port"), _address(parts, scheme)))
     if scheme == "mqtts":
         settings["tls"] = True
     if parts.username:
@@ -156,6 +153,42 @@ def parse_url(url: str, options: Mapping[str, Converter], tolerated: FrozenSet[s
     return settings
 
 
+def _address(parts: SplitResult, scheme: str) -> Tuple[str, int]:
+    """The host and port of a URL's netloc (the scheme's port when it names none)."""
+    host = parts.hostname
+    if not host:
+        raise ValueError("the broker URL has no host: mqtt://host[:port]")
+    try:
+        port = parts.port
+    except ValueError:
+        # urlsplit's own message carries only the port's text, never the credentials.
+        raw = parts.netloc.rpartition("@")[2].rpartition(":")[2]
+        raise ValueError(f"the broker URL's port must be a number from 1 to 65535, not {raw!r}") from None
+    if port == 0:
+        raise ValueError("the broker URL's port must be a number from 1 to 65535, not '0'")
+    return host, port if port is not None else DEFAULT_PORTS[scheme]
+
+
+def broker_addresses(hosts: Any) -> List[Tuple[str, int]]:
+    """``hosts`` as a list of ``(host, port)``; ValueError unless it is a non-empty sequence
+    of such pairs."""
+    if isinstance(hosts, (str, bytes)) or not hasattr(hosts, "__iter__"):
+        raise ValueError(f"hosts must be a list of (host, port) pairs, not {hosts!r}")
+    addresses = []
+    for address in hosts:
+        if not (isinstance(address, (tuple, list)) and len(address) == 2):
+            raise ValueError(f"hosts must be a list of (host, port) pairs; {address!r} is not one")
+        host, port = address
+        if not (isinstance(host, str) and host):
+            raise ValueError(f"a host in hosts must be a non-empty str, not {host!r}")
+        if not (isinstance(port, int) and 0 < port < 65536):
+            raise ValueError(f"port must be a TCP port number (1-65535), not {port!r}")
+        addresses.append((host, port))
+    if not addresses:
+        raise ValueError("hosts must name at least one (host, port)")
+    return addresses
+
+
 def url_arguments(url: str, options: Mapping[str, Converter], overrides: Mapping[str, Any]) -> Dict[str, Any]:
     """The constructor arguments of `from_url`: the URL's, with `overrides` winning."""
     settings = parse_url(url, options)
@@ -174,10 +207,11 @@ def from_environment(options: Mapping[str, Converter], tolerated: FrozenSet[str]
         raise ValueError(f"{ENVIRONMENT_VARIABLE}: {error}") from None
 
 
-def display_url(host: str, port: int, tls: bool, username: Optional[str]) -> str:
+def display_url(host: str, port: int, tls: bool, username: Optional[str], hosts: Optional[List[Tuple[str, int]]] = None) -> str:
     """The broker's address for logs and reprs: the user name, never the password."""
     user = f"{username}@" if username else ""
-    return f"{'mqtts' if tls else 'mqtt'}://{user}{host}:{port}"
+    nodes = ",".join(f"{h}:{p}" for h, p in hosts) if hosts else f"{host}:{port}"
+    return f"{'mqtts' if tls else 'mqtt'}://{user}{nodes}"
 
 
 Init = TypeVar("Init", bound=Callable[..., None])
@@ -203,18 +237,23 @@ def resolve(
     options: Mapping[str, Converter],
     tolerated: FrozenSet[str],
 ) -> Tuple[Dict[str, Any], FrozenSet[str]]:
-    """The constructor's arguments after `MQTT_RPC_URL` (without an explicit host, the URL's
-    settings fill every argument the caller did not pass), and the names that were set on
-    purpose, by the caller or by the URL."""
-    if "host" in given and arguments.get("host") is not None:
-        if arguments.get("port") is None:
-            arguments["port"] = DEFAULT_PORTS["mqtt"]
-        return arguments, given
-    from_url = from_environment(options, tolerated)
+    """The constructor's arguments after `MQTT_RPC_URL` (without an explicit host or hosts,
+    the URL's settings fill every argument the caller did not pass), and the names that
+    were set on purpose, by the caller or by the URL. With several hosts, ``host`` and
+    ``port`` are the first one's."""
+    if "host" in given and "hosts" in given and arguments.get("host") is not None and arguments.get("hosts") is not None:
+        raise ValueError("give host (and port) or hosts, not both")
     resolved = dict(arguments)
     chosen = set(given)
-    for name, value in from_url.items():
-        if name not in given or (name in ("host", "port") and arguments.get(name) is None):
-            resolved[name] = value
-            chosen.add(name)
+    if not any(name in given and arguments.get(name) is not None for name in ("host", "hosts")):
+        for name, value in from_environment(options, tolerated).items():
+            if name not in given or (name in ("host", "port") and arguments.get(name) is None):
+                resolved[name] = value
+                chosen.add(name)
+    if resolved.get("hosts") is not None:
+        resolved["hosts"] = broker_addresses(resolved["hosts"])
+        resolved["host"], resolved["port"] = resolved["hosts"][0]
+        chosen |= {"host", "port", "hosts"}
+    elif resolved.get("port") is None:
+        resolved["port"] = DEFAULT_PORTS["mqtt"]
     return resolved, frozenset(chosen)

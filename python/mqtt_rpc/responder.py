@@ -75,7 +75,7 @@ class Responder:
     `MqttRpcClient`); `from_url` takes a URL string.
 
     Args:
-        host, port, client_id, protocol, qos, keepalive, username, password, tls,
+        host, port, hosts, client_id, protocol, qos, keepalive, username, password, tls,
             ca_certs, certfile, keyfile, alpn_protocols, connect_timeout: as for
             `MqttRpcClient`.
         share_group: join an MQTT shared-subscription group (``$share/<group>/<filter>``):
@@ -108,6 +108,7 @@ class Responder:
         host: Optional[str] = None,
         port: Optional[int] = None,
         *,
+        hosts: Optional[Sequence[Tuple[str, int]]] = None,
         client_id: Optional[str] = None,
         protocol: str = "3.1.1",
         qos: int = 0,
@@ -132,7 +133,7 @@ class Responder:
     ) -> None:
         service = {"name": name, "version": version, "metadata": metadata}
         arguments = {key: value for key, value in locals().items() if key in config.RESPONDER_OPTIONS}
-        arguments.update(host=host, port=port)
+        arguments.update(host=host, port=port, hosts=hosts)
         settings, self._chosen = config.resolve(self._given, arguments, config.RESPONDER_OPTIONS, _CLIENT_ONLY)
         max_concurrency, max_queued = settings["max_concurrency"], settings["max_queued"]
         if max_concurrency < 1 or max_queued < 0 or settings["reply_cache_size"] < 0:
@@ -143,6 +144,7 @@ class Responder:
         self._options = dict(
             host=settings["host"],
             port=settings["port"],
+            hosts=settings.get("hosts"),
             client_id=settings["client_id"],
             protocol=str(settings["protocol"]),
             qos=settings["qos"],
@@ -158,7 +160,7 @@ class Responder:
             alpn_protocols=list(settings["alpn_protocols"]),
         )
         self._address = config.display_url(
-            self._options["host"], self._options["port"], self._options["tls"], self._options["username"]
+            self._options["host"], self._options["port"], self._options["tls"], self._options["username"], self._options["hosts"]
         )
         for option in ("max_concurrency", "max_queued", "reply_cache_size", "reply_cache_ttl"):
             self._options[option] = settings[option]
@@ -267,6 +269,12 @@ class Responder:
         self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
     ) -> None:
         await self.close()
+
+    @property
+    def connected_to(self) -> Optional[Tuple[str, int]]:
+        """The broker node it is connected to, as ``(host, port)``; None while down (or
+        before `start`)."""
+        return None if self._core is None else self._core.connected_to
 
     @property
     def client_id(self) -> Optional[str]:

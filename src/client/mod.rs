@@ -21,7 +21,9 @@ pub use options::{ClientOptions, DEFAULT_INBOX_PREFIX};
 pub use stats::Stats;
 
 use crate::acks::AckLedger;
-use crate::link::{self, Events, LinkErrorKind, Outbox, Properties, Protocol};
+use crate::link::{
+    self, BrokerAddress, ConnectedTo, Events, LinkErrorKind, Outbox, Properties, Protocol,
+};
 use crate::metrics::LatencyHistogram;
 use crate::protocol::{self, Headers, InputError, Outgoing};
 use engine::{DeadlineCarrier, Engine, EngineConfig};
@@ -127,6 +129,7 @@ struct Shared<W> {
 pub struct RpcClient<W: Waiter> {
     shared: Arc<Shared<W>>,
     events: Mutex<Option<Events>>,
+    connected_to: ConnectedTo,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -205,6 +208,7 @@ impl<W: Waiter> RpcClient<W> {
         };
         Ok(RpcClient {
             shared: Arc::new(shared),
+            connected_to: events.connected_to(),
             events: Mutex::new(Some(events)),
             tasks: Mutex::new(Vec::new()),
         })
@@ -505,6 +509,11 @@ impl<W: Waiter> RpcClient<W> {
 
     pub fn is_connected(&self) -> bool {
         self.shared.connected.load(Ordering::Acquire)
+    }
+
+    /// The broker the connection is up with (one of its addresses), None while it is down.
+    pub fn connected_to(&self) -> Option<BrokerAddress> {
+        self.connected_to.get()
     }
 
     /// How much room this connection has for a call on `topic` (for a pool's choice).

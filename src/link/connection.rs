@@ -7,7 +7,9 @@
 //!
 //! What a version (3.1.1 or 5) adds is behind `Wire` (see `v4.rs`, `v5.rs`).
 
-use super::{io_error, ConnectionOptions, Inbound, LinkError, LinkErrorKind};
+use super::{
+    io_error, BrokerAddress, ConnectedTo, ConnectionOptions, Inbound, LinkError, LinkErrorKind,
+};
 use bytes::{Buf, BytesMut};
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -152,6 +154,17 @@ pub struct Connection<W: Wire> {
     inflight_limit: u16,
     read_limit: usize,
     write_limit: usize,
+    /// The broker addresses, and the index of the one the next connect tries first.
+    addresses: Vec<BrokerAddress>,
+    next_address: usize,
+    pub(super) connected_to: ConnectedTo,
+}
+
+impl<W: Wire> Drop for Connection<W> {
+    /// A connection let go (its client closed or dropped) is with no broker.
+    fn drop(&mut self) {
+        self.connected_to.set(None);
+    }
 }
 
 /// What one turn of the socket did.
@@ -177,6 +190,9 @@ impl<W: Wire> Connection<W> {
     ) -> Self {
         let read_limit = W::read_limit(&options);
         Connection {
+            addresses: options.addresses(),
+            next_address: 0,
+            connected_to: ConnectedTo::default(),
             options,
             tls,
             state: W::new_state(max_inflight),
@@ -199,24 +215,16 @@ impl<W: Wire> Connection<W> {
     /// Cancel-safe: nothing is lost when the future is dropped between events.
     pub async fn next(&mut self) -> Result<Inbound, LinkError> {
         loop {
-            if let Some(event) = W::next_event(&mut self.state) {
+            if let Some(event) = self.buffered() {
                 return Ok(event);
             }
             if self.socket.is_none() {
-                let connected = tokio::time::timeout(self.options.connect_timeout, self.connect())
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(LinkError::of(
-                            LinkErrorKind::TimedOut,
-                            format!("no answer within {:?}", self.options.connect_timeout),
-                        ))
-                    });
-                if let Err(error) = connected {
-                    self.socket = None;
-                    return Err(error);
-                }
+                self.connect_to_any().await?;
             } else if let Err(error) = self.exchange().await {
                 self.clean();
+                // The node that was lost is likely still down: start from the next one.
+                self.next_address = (self.next_address + 1) % self.addresses.len().max(1);
+                self.connected_to.set(None);
                 return Err(error);
             }
         }
@@ -225,12 +233,52 @@ impl<W: Wire> Connection<W> {
     /// An event already read or produced, without any I/O: what the last read brought
     /// is handed out in a loop, without a select per event.
     pub fn buffered(&mut self) -> Option<Inbound> {
-        W::next_event(&mut self.state)
+        let event = W::next_event(&mut self.state)?;
+        if matches!(event, Inbound::DisconnectSent) {
+            // Closed on purpose: with no broker from now on.
+            self.connected_to.set(None);
+        }
+        Some(event)
     }
 
-    /// Opens the socket and has the broker accept our CONNECT.
-    async fn connect(&mut self) -> Result<(), LinkError> {
-        let (host, port) = (self.options.host.as_str(), self.options.port);
+    /// Tries each broker address once, in order from `next_address`, each within
+    /// `connect_timeout`; fails with the last one's error when none accepts.
+    async fn connect_to_any(&mut self) -> Result<(), LinkError> {
+        let count = self.addresses.len().max(1);
+        let mut last_error = None;
+        for _ in 0..count {
+            let Some((host, port)) = self.addresses.get(self.next_address).cloned() else {
+                break;
+            };
+            let timeout = self.options.connect_timeout;
+            let connected = tokio::time::timeout(timeout, self.connect(&host, port))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(LinkError::of(
+                        LinkErrorKind::TimedOut,
+                        format!("no answer within {timeout:?}"),
+                    ))
+                });
+            match connected {
+                Ok(()) => {
+                    self.connected_to.set(Some((host, port)));
+                    return Ok(());
+                }
+                Err(error) => {
+                    self.socket = None;
+                    last_error = Some(match count {
+                        1 => error,
+                        _ => LinkError::of(error.kind, format!("{host}:{port}: {error}")),
+                    });
+                    self.next_address = (self.next_address + 1) % count;
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| LinkError::other("no broker address to connect to")))
+    }
+
+    /// Opens the socket and has the broker at `host:port` accept our CONNECT.
+    async fn connect(&mut self, host: &str, port: u16) -> Result<(), LinkError> {
         let tcp = TcpStream::connect((host, port)).await.map_err(io_error)?;
         // Every request is one small packet: Nagle's algorithm would hold it for an ACK.
         tcp.set_nodelay(true).map_err(io_error)?;

@@ -27,11 +27,18 @@ pub enum Protocol {
 /// connection); messages over `max_packet_size` but under this are read and dropped.
 pub const INCOMING_READ_LIMIT: usize = 64 * 1024 * 1024;
 
+/// A broker's host and port.
+pub type BrokerAddress = (String, u16);
+
 /// Where and how to connect: what every client of the broker (caller or responder) needs.
 #[derive(Debug, Clone)]
 pub struct ConnectionOptions {
     pub host: String,
     pub port: u16,
+    /// Other nodes of the same cluster: a connect tries `host:port`, then these in order,
+    /// until one accepts; a lost connection reconnects starting from the node after the
+    /// one that was lost (the usual backoff between rounds).
+    pub failover: Vec<BrokerAddress>,
     pub client_id: String,
     pub protocol: Protocol,
     pub keepalive: Duration,
@@ -54,6 +61,7 @@ impl Default for ConnectionOptions {
         ConnectionOptions {
             host: "localhost".into(),
             port: 1883,
+            failover: Vec::new(),
             client_id: default_client_id(),
             protocol: Protocol::V311,
             keepalive: Duration::from_secs(60),
@@ -64,6 +72,36 @@ impl Default for ConnectionOptions {
             session_expiry: Duration::ZERO,
             tls: None,
         }
+    }
+}
+
+impl ConnectionOptions {
+    /// Every broker address, in the order a first connect tries them.
+    pub fn addresses(&self) -> Vec<BrokerAddress> {
+        let first = (self.host.clone(), self.port);
+        std::iter::once(first)
+            .chain(self.failover.iter().cloned())
+            .collect()
+    }
+}
+
+/// Which broker a connection is up with (None while it is down), readable from any thread.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectedTo(Arc<std::sync::Mutex<Option<BrokerAddress>>>);
+
+impl ConnectedTo {
+    pub fn get(&self) -> Option<BrokerAddress> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn set(&self, address: Option<BrokerAddress>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = address;
     }
 }
 
@@ -331,6 +369,14 @@ impl Events {
         match self {
             Events::V311(connection) => connection.next().await,
             Events::V5(connection) => connection.next().await,
+        }
+    }
+
+    /// Which broker the connection is up with, as it changes.
+    pub fn connected_to(&self) -> ConnectedTo {
+        match self {
+            Events::V311(connection) => connection.connected_to.clone(),
+            Events::V5(connection) => connection.connected_to.clone(),
         }
     }
 

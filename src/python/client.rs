@@ -11,6 +11,7 @@ use super::errors::{call_error, value_error};
 use super::options::client_options;
 use super::runtime::runtime;
 use crate::client::{CallError, Stats};
+use crate::link::BrokerAddress;
 use crate::pool::{PoolPrepared, RpcPool};
 use crate::protocol::Headers;
 use pyo3::exceptions::PyRuntimeError;
@@ -563,6 +564,12 @@ impl CoreClient {
     #[getter]
     fn client_id(&self) -> String {
         self.client_id.clone()
+    }
+
+    /// Which broker each connection is up with, as `(host, port)` (None while it is down).
+    #[getter]
+    fn connected_to(&self) -> Vec<Option<BrokerAddress>> {
+        self.inner.connected_to()
     }
 
     /// The client id of each connection (one: `client_id` itself).

@@ -73,6 +73,15 @@ fn connection_options(reader: &mut Reader<'_>) -> PyResult<ConnectionOptions> {
     if let Some(port) = reader.take::<u16>("port")? {
         c.port = port;
     }
+    // Several nodes of one cluster: the first is where a connect starts.
+    if let Some(hosts) = reader.take::<Vec<(String, u16)>>("hosts")? {
+        let mut hosts = hosts.into_iter();
+        let Some((host, port)) = hosts.next() else {
+            return Err(value_error("hosts must name at least one (host, port)"));
+        };
+        (c.host, c.port) = (host, port);
+        c.failover = hosts.collect();
+    }
     if let Some(client_id) = reader.take::<String>("client_id")? {
         c.client_id = client_id;
     }

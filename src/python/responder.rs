@@ -9,7 +9,7 @@ use super::errors::value_error;
 use super::options::responder_options;
 use super::runtime::runtime;
 use crate::client::CallError;
-use crate::link::LinkErrorKind;
+use crate::link::{BrokerAddress, ConnectedTo, LinkErrorKind};
 use crate::metrics::cumulative;
 use crate::protocol::RemoteError;
 use crate::responder::{
@@ -31,6 +31,7 @@ pub struct CoreResponder {
     stop: Arc<watch::Sender<bool>>,
     bridge: Mutex<Option<Py<LoopBridge>>>,
     client_id: String,
+    connected_to: ConnectedTo,
 }
 
 /// The one answer a request owes: `send_result`, `send_error` or `abandon` ends it (later
@@ -223,6 +224,7 @@ impl CoreResponder {
         let client_id = options.connection.client_id.clone();
         let responder = Responder::new(options).map_err(|e| value_error(e.to_string()))?;
         let (stop, _) = watch::channel(false);
+        let connected_to = responder.connected_to();
         Ok(CoreResponder {
             replier: responder.replier(),
             counters: responder.counters(),
@@ -230,6 +232,7 @@ impl CoreResponder {
             stop: Arc::new(stop),
             bridge: Mutex::new(None),
             client_id,
+            connected_to,
         })
     }
 
@@ -376,6 +379,12 @@ impl CoreResponder {
     #[getter]
     fn client_id(&self) -> String {
         self.client_id.clone()
+    }
+
+    /// The broker it is connected to, as `(host, port)`; None while down.
+    #[getter]
+    fn connected_to(&self) -> Option<BrokerAddress> {
+        self.connected_to.get()
     }
 
     /// Each handler's counts, in filter order: `{filter, requests, errors,

@@ -261,6 +261,11 @@ impl Responder {
         self.replier.counters.clone()
     }
 
+    /// Which broker it is connected to, as that changes (readable after `serve` took it).
+    pub fn connected_to(&self) -> link::ConnectedTo {
+        self.events.connected_to()
+    }
+
     /// Everything it subscribes, in order: its request filters (in its share group, if
     /// any), then a named service's control filters (never shared: every instance answers).
     fn subscriptions(&self) -> Vec<String> {
