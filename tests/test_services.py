@@ -225,8 +225,11 @@ async def test_the_services_command_prints_a_table_and_statistics(broker: Mosqui
         assert code == 3 and out == "" and "no service named 'nobody' answered" in err
 
 
-def test_the_services_snippet_of_the_readme_runs(broker: MosquittoBroker, tmp_path: Any) -> None:
-    result = run_readme_snippet("import asyncio\n\nimport mqtt_rpc\n", broker, tmp_path)
+def test_the_services_snippet_of_the_readme_runs(tmp_path: Any) -> None:
+    # A broker of its own: on the shared one the session's test device also answers
+    # `+/device/control/set`, and discovery would list other tests' services.
+    with MosquittoBroker.start() as broker:
+        result = run_readme_snippet("import asyncio\n\nimport mqtt_rpc\n", broker, tmp_path)
     call, info, stats = result.stdout.splitlines()
     answer = ast.literal_eval(call)["result"]
     assert answer["status"] == "ok" and 0 < answer["seconds_left"] <= 5
