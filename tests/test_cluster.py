@@ -18,7 +18,7 @@ from mqtt_rpc import ConnectionLostError, MqttRpcClient, NotConnectedError, Resp
 pytestmark = [pytest.mark.brokers, pytest.mark.cluster]
 
 #: How long a failover may take, at most: reconnect backoff plus JetStream's leader election
-#: when the dead node led it (measured by benches/cluster.py; seconds, not minutes).
+#: when the dead node led it (measured by benches/scaling.py; seconds, not minutes).
 FAILOVER_BOUND = 30.0
 
 

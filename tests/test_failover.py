@@ -38,7 +38,7 @@ def test_the_blocking_client_and_the_url_take_several_nodes(broker: MosquittoBro
     nobody = ("127.0.0.1", free_port())
     monkeypatch.setenv("MQTT_RPC_URL", f"mqtt://{nobody[0]}:{nobody[1]},{broker.host}:{broker.port}")
     with SyncMqttRpcClient() as client:
-        assert client._client.connected_to == address(broker)
+        assert client.connected_to == address(broker)
 
 
 async def test_calls_fail_over_to_the_next_node_when_one_dies() -> None:
