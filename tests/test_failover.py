@@ -71,3 +71,28 @@ async def test_calls_fail_over_to_the_next_node_when_one_dies() -> None:
             assert responder.connected_to == address(second)
             stats = client.stats()
             assert stats["replies_dropped_duplicate"] == 0 and client.pending == 0
+
+
+async def test_each_connection_of_a_pool_finds_a_node(broker: MosquittoBroker, device_topic: str) -> None:
+    nobody = ("127.0.0.1", free_port())
+    async with MqttRpcClient(hosts=[nobody, address(broker)], connections=3) as client:
+        assert client._core.connected_to == [address(broker)] * 3
+        assert client.connected_to == address(broker)
+        replies = await client.call_many([(device_topic, {"n": n}) for n in range(6)])
+        assert [reply["result"]["request"]["n"] for reply in replies] == list(range(6))
+
+
+def test_the_command_line_takes_several_nodes_in_its_url(broker: MosquittoBroker, device_topic: str) -> None:
+    import json
+    import subprocess
+    import sys
+
+    url = f"mqtt://127.0.0.1:{free_port()},{broker.host}:{broker.port}"
+    result = subprocess.run(
+        [sys.executable, "-m", "mqtt_rpc", "call", device_topic, '{"a": 1}', "--url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["result"]["request"]["a"] == 1

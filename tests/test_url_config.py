@@ -163,3 +163,19 @@ async def test_the_password_appears_in_no_log_repr_or_error(
     assert secret not in repr(responder)
     for text in (str(raised.value), str(unreached.value), caplog.text):
         assert secret not in text
+
+
+def test_a_url_may_name_the_nodes_of_a_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mqtt_rpc import config
+
+    settings = config.parse_url("mqtts://svc:secret@n1:8884,n2,n3:9000?client_id=web-1", config.CLIENT_OPTIONS)
+    assert settings["hosts"] == [("n1", 8884), ("n2", 8883), ("n3", 9000)]
+    assert (settings["username"], settings["password"], settings["tls"], settings["client_id"]) == ("svc", "secret", True, "web-1")
+    with pytest.raises(ValueError, match="port"):
+        config.parse_url("mqtt://n1:1883,n2:http", config.CLIENT_OPTIONS)
+    monkeypatch.setenv("MQTT_RPC_URL", "mqtt://n1:1883,n2:1884")
+    assert "mqtt://n1:1883,n2:1884" in repr(MqttRpcClient())
+    # An explicit host wins over the URL's nodes, as over its one host.
+    assert "mqtt://elsewhere:1883 " in repr(MqttRpcClient("elsewhere"))
+    with pytest.raises(ValueError, match="not both"):
+        MqttRpcClient("elsewhere", hosts=[("n1", 1883)])

@@ -130,6 +130,8 @@ def parse_url(url: str, options: Mapping[str, Converter], tolerated: FrozenSet[s
         # Several nodes of one cluster: each read as if it were the only one.
         hosts = [_address(parts._replace(netloc=node), scheme) for node in nodes]
         first = parse_url(urlunsplit(parts._replace(netloc=userinfo + at + nodes[0])), options, tolerated)
+        # `hosts` stands for host and port (which `resolve` takes from its first node).
+        del first["host"], first["port"]
         return {**first, "hosts": hosts}
     settings: Dict[str, Any] = dict(zip(("host", "port"), _address(parts, scheme)))
     if scheme == "mqtts":
