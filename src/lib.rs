@@ -8,6 +8,7 @@ pub mod link;
 pub mod metrics;
 pub mod pending;
 pub mod pool;
+pub mod presence;
 pub mod protocol;
 pub mod quota;
 pub mod responder;
