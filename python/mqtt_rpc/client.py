@@ -711,8 +711,8 @@ class MqttRpcClient(_ClientState):
     async def _control(
         self, verb: str, name: Optional[str], instance: Optional[str], timeout: float
     ) -> List[Dict[str, Any]]:
-        topic = services.control_topic(self._settings["service_prefix"], verb, name, instance)
-        return services.answers(await self.gather_all(topic, {}, timeout, 1 if instance else None), verb)
+        topic, max_replies = services.control_request(self._settings["service_prefix"], verb, name, instance)
+        return services.answers(await self.gather_all(topic, {}, timeout, max_replies), verb)
 
     async def notify(self, topic: str, payload: Payload) -> None:
         """Publishes a one-way notification: the JSON object as it is, with no

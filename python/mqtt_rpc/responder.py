@@ -363,7 +363,7 @@ class Responder:
     ) -> None:
         # This task's own context: the handler, and the calls it makes, see its request.
         serving(context)
-        answer = await self._answer(handler, request, reply, span)
+        answer = await self._answer(handler, request, reply, context, span)
         if answer is None:
             return
         if answer[0] == "result":
@@ -386,12 +386,16 @@ class Responder:
             await self._run(self._handlers[index], request, reply, context, span)
 
     async def _answer(
-        self, handler: Handler, request: Dict[str, Any], reply: _core.ReplyHandle, span: Optional[ServerSpan]
+        self,
+        handler: Handler,
+        request: Dict[str, Any],
+        reply: _core.ReplyHandle,
+        context: RequestContext,
+        span: Optional[ServerSpan],
     ) -> Optional["Answer"]:
         assert self._turns is not None
         async with self._turns:
-            remaining = reply.remaining()
-            if remaining is not None and remaining <= 0:
+            if context.remaining() <= 0:
                 # Its caller stopped waiting while it waited for a turn: no handler, no answer.
                 if reply.expire():
                     self._on_drop("requests_expired")
@@ -404,9 +408,9 @@ class Responder:
                     result = await handler(*arguments)
                 else:
                     # A plain function may block: run it in a worker thread, not on the loop,
-                    # with this task's context (its span, for the calls the handler makes).
-                    context = contextvars.copy_context()
-                    result = await asyncio.get_running_loop().run_in_executor(None, context.run, handler, *arguments)
+                    # with this task's context (its span and request, for the calls it makes).
+                    copied = contextvars.copy_context()
+                    result = await asyncio.get_running_loop().run_in_executor(None, copied.run, handler, *arguments)
                     if inspect.isawaitable(result):
                         result = await result
                 # NaN and infinities are not JSON: refused here, answered as the handler's error.

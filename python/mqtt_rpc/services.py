@@ -5,22 +5,20 @@ is in docs/services.md."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import _core
-
-#: Where control requests go unless the client and the responders are told otherwise.
-DEFAULT_SERVICE_PREFIX = "mqtt-rpc/_srv"
 
 #: The `type` of each verb's answer.
 ANSWER_TYPES = {"PING": "io.mqtt-rpc.ping", "INFO": "io.mqtt-rpc.info", "STATS": "io.mqtt-rpc.stats"}
 
 
-def control_topic(prefix: str, verb: str, name: Optional[str], instance: Optional[str]) -> str:
+def control_request(prefix: str, verb: str, name: Optional[str], instance: Optional[str]) -> Tuple[str, Optional[int]]:
     """The topic of a ``verb`` request to every service, the instances of ``name``, or the
-    one ``instance`` of ``name``. Raises `PayloadError` (a ValueError) for a name or id
-    that cannot be one topic level."""
-    return _core.control_topic(prefix, verb, name, instance)
+    one ``instance`` of ``name``, and the answers to gather (one instance answers once:
+    the call need not wait out its timeout). Raises `PayloadError` (a ValueError) for a
+    name or id that cannot be one topic level."""
+    return _core.control_topic(prefix, verb, name, instance), 1 if instance else None
 
 
 def answers(replies: List[Dict[str, Any]], verb: str) -> List[Dict[str, Any]]:

@@ -167,8 +167,8 @@ class SyncMqttRpcClient(_ClientState):
         return self._control("STATS", name, instance, timeout)
 
     def _control(self, verb: str, name: Optional[str], instance: Optional[str], timeout: float) -> List[Dict[str, Any]]:
-        topic = services.control_topic(self._client._settings["service_prefix"], verb, name, instance)
-        return services.answers(self.gather_all(topic, {}, timeout, 1 if instance else None), verb)
+        topic, max_replies = services.control_request(self._client._settings["service_prefix"], verb, name, instance)
+        return services.answers(self.gather_all(topic, {}, timeout, max_replies), verb)
 
     def notify(self, topic: str, payload: Payload) -> None:
         """As `MqttRpcClient.notify`: publishes without waiting for any answer."""

@@ -273,6 +273,7 @@ pub fn client_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     defaults.set_item("fail_fast", o.fail_fast)?;
     defaults.set_item("aws_topic_rules", o.aws_topic_rules)?;
     defaults.set_item("cancel_on_abandon", o.cancel_on_abandon)?;
+    defaults.set_item("service_prefix", DEFAULT_SERVICE_PREFIX)?;
     defaults.set_item("inbox_prefix", crate::client::DEFAULT_INBOX_PREFIX)?;
     Ok(defaults)
 }
@@ -286,6 +287,7 @@ pub fn responder_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     defaults.set_item("max_queued", limits.max_queued)?;
     defaults.set_item("reply_cache_size", limits.reply_cache_size)?;
     defaults.set_item("reply_cache_ttl", limits.reply_cache_ttl.as_secs_f64())?;
+    defaults.set_item("service_prefix", DEFAULT_SERVICE_PREFIX)?;
     Ok(defaults)
 }
 

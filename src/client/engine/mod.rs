@@ -522,8 +522,8 @@ impl<W: Waiter> Engine<W> {
             return;
         };
         call.stage = Stage::Published;
-        let (expiry_seconds, timeout_ms) =
-            protocol::deadline_on_the_wire(call.deadline.saturating_duration_since(now));
+        // In wire form only where the request carries it (not on a default 3.1.1 call).
+        let left = call.deadline.saturating_duration_since(now);
         let topic = call.topic.clone();
         let sent = Sent {
             request_id: request_id.to_owned(),
@@ -532,19 +532,23 @@ impl<W: Waiter> Engine<W> {
         match deadline_in {
             DeadlineCarrier::Nowhere => {}
             DeadlineCarrier::Body => {
+                let (_, timeout_ms) = protocol::deadline_on_the_wire(left);
                 request.body = protocol::with_timeout_member(request.body, timeout_ms);
             }
-            DeadlineCarrier::UserProperty => request.user_properties.push((
-                protocol::TIMEOUT_MS_MEMBER.to_owned(),
-                timeout_ms.to_string(),
-            )),
+            DeadlineCarrier::UserProperty => {
+                let (_, timeout_ms) = protocol::deadline_on_the_wire(left);
+                let member = protocol::TIMEOUT_MS_MEMBER.to_owned();
+                request
+                    .user_properties
+                    .push((member, timeout_ms.to_string()));
+            }
         }
         let (response_topic, correlation_data, message_expiry) = match protocol {
             Protocol::V311 => (None, None, None),
             Protocol::V5 => (
                 Some(self.reply_topic(&topic, request_id)),
                 Some(Bytes::copy_from_slice(request_id.as_bytes())),
-                Some(expiry_seconds),
+                Some(protocol::deadline_on_the_wire(left).0),
             ),
         };
         self.transmits.push_back(Transmit::Publish {
