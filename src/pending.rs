@@ -1,7 +1,8 @@
 //! The pending-call table: every call from the moment it is accepted until its one outcome.
 //!
-//! A call is in exactly one stage: waiting for an in-flight slot (`max_in_flight` bounds
-//! what is published and unanswered), waiting for its reply filter's SUBACK, or published.
+//! A call is in exactly one stage: waiting for its device to come online (it holds no
+//! slot), waiting for an in-flight slot (`max_in_flight` bounds what is published and
+//! unanswered), waiting for its reply filter's SUBACK, or published.
 //! All stages count in `len()`, which is what `client.pending` reports. Deadlines live
 //! beside the calls so one timer can sweep them; removing a call removes its deadline, its
 //! place in the slot queue and its slot, so nothing outlives the call.
@@ -19,6 +20,8 @@ type IdHasher = foldhash::fast::RandomState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
+    /// Its device is known offline: it waits for it, until `wait_until` at most.
+    WaitingForDevice,
     WaitingForSlot,
     WaitingForSubscription,
     /// Holds its slot and its reply filter; waits for the publish-rate limit to let it go.
@@ -35,7 +38,12 @@ pub struct Call<W> {
     pub request: Option<Outgoing>,
     pub started: Instant,
     pub deadline: Instant,
+    /// When the timer must look at it: its deadline, or earlier the end of its wait for
+    /// its device.
+    timer: Instant,
     pub stage: Stage,
+    /// The device it waits for, in `WaitingForDevice`.
+    pub waiting_for: Option<String>,
     pub waiter: W,
     /// A scatter-gather call: it collects answers until its deadline or its limit.
     pub gather: Option<Gather>,
@@ -87,11 +95,15 @@ impl<W> Call<W> {
     }
 }
 
-/// Whether a new call may go ahead now or must wait for a slot.
+/// Whether a new call may go ahead now or must wait (for a slot, or for its device).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     Admitted,
     Queued,
+    /// Until its device comes online, or `wait_until`.
+    WaitForDevice {
+        wait_until: Instant,
+    },
 }
 
 #[derive(Debug)]
@@ -143,8 +155,9 @@ impl<W> PendingTable<W> {
         self.calls.get_mut(request_id)
     }
 
-    /// Adds a call; it takes a slot at once if one is free, else queues for one.
-    /// Returns whether this call's deadline is now the earliest (the timer must know).
+    /// Adds a call; it takes a slot at once if one is free, else queues for one (or, told
+    /// `WaitForDevice`, takes neither until `device_online`). Returns how it was admitted
+    /// and whether this call's timer is now the earliest (the timer must know).
     pub fn insert(
         &mut self,
         request_id: String,
@@ -152,26 +165,27 @@ impl<W> PendingTable<W> {
         request: Outgoing,
         (started, deadline): (Instant, Instant),
         waiter: W,
+        wait_for_device: Option<(String, Instant)>,
     ) -> (Admission, bool) {
         let seq = self.next_seq;
         self.next_seq += 1;
+        let (waiting_for, wait_until) = wait_for_device.unzip();
+        let timer = wait_until.map_or(deadline, |until| until.min(deadline));
         let earliest = self
             .deadlines
             .keys()
             .next()
-            .is_none_or(|(first, _)| deadline < *first);
-        let admission = if self.in_flight < self.max_in_flight && self.slot_queue.is_empty() {
-            self.in_flight += 1;
-            Admission::Admitted
-        } else {
-            self.slot_queue.push_back(request_id.clone());
-            Admission::Queued
+            .is_none_or(|(first, _)| timer < *first);
+        let admission = match wait_until {
+            Some(until) => Admission::WaitForDevice { wait_until: until },
+            None => self.take_slot_or_queue(&request_id),
         };
         let stage = match admission {
             Admission::Admitted => Stage::WaitingForSubscription,
             Admission::Queued => Stage::WaitingForSlot,
+            Admission::WaitForDevice { .. } => Stage::WaitingForDevice,
         };
-        self.deadlines.insert((deadline, seq), request_id.clone());
+        self.deadlines.insert((timer, seq), request_id.clone());
         self.calls.insert(
             request_id,
             Call {
@@ -179,7 +193,9 @@ impl<W> PendingTable<W> {
                 request: Some(request),
                 started,
                 deadline,
+                timer,
                 stage,
+                waiting_for,
                 waiter,
                 gather: None,
                 seq,
@@ -188,16 +204,50 @@ impl<W> PendingTable<W> {
         (admission, earliest)
     }
 
+    fn take_slot_or_queue(&mut self, request_id: &str) -> Admission {
+        if self.in_flight < self.max_in_flight && self.slot_queue.is_empty() {
+            self.in_flight += 1;
+            Admission::Admitted
+        } else {
+            self.slot_queue.push_back(request_id.to_owned());
+            Admission::Queued
+        }
+    }
+
+    /// A call that waited for its device goes on: it takes a slot or queues for one, and
+    /// its timer is its deadline again. None if it was not waiting.
+    pub fn device_online(&mut self, request_id: &str) -> Option<Admission> {
+        let call = self.calls.get(request_id)?;
+        if call.stage != Stage::WaitingForDevice {
+            return None;
+        }
+        let (old_timer, deadline, seq) = (call.timer, call.deadline, call.seq);
+        let admission = self.take_slot_or_queue(request_id);
+        let call = self.calls.get_mut(request_id)?;
+        call.stage = match admission {
+            Admission::Admitted => Stage::WaitingForSubscription,
+            _ => Stage::WaitingForSlot,
+        };
+        call.timer = deadline;
+        call.waiting_for = None;
+        self.deadlines.remove(&(old_timer, seq));
+        self.deadlines
+            .insert((deadline, seq), request_id.to_owned());
+        Some(admission)
+    }
+
     /// Takes a call out of the table, whatever its stage, releasing its slot.
     pub fn remove(&mut self, request_id: &str) -> Option<Call<W>> {
         let call = self.calls.remove(request_id)?;
-        self.deadlines.remove(&(call.deadline, call.seq));
-        if call.stage == Stage::WaitingForSlot {
-            if let Some(pos) = self.slot_queue.iter().position(|id| id == request_id) {
-                self.slot_queue.remove(pos);
+        self.deadlines.remove(&(call.timer, call.seq));
+        match call.stage {
+            Stage::WaitingForDevice => {}
+            Stage::WaitingForSlot => {
+                if let Some(pos) = self.slot_queue.iter().position(|id| id == request_id) {
+                    self.slot_queue.remove(pos);
+                }
             }
-        } else {
-            self.in_flight -= 1;
+            _ => self.in_flight -= 1,
         }
         Some(call)
     }
@@ -220,7 +270,8 @@ impl<W> PendingTable<W> {
         self.deadlines.keys().next().map(|(deadline, _)| *deadline)
     }
 
-    /// The calls whose deadline is at or before `now`, earliest first (still in the table).
+    /// The calls whose timer is at or before `now`, earliest first (still in the table):
+    /// their deadline, or the end of their wait for their device.
     pub fn expired(&self, now: Instant) -> Vec<String> {
         self.deadlines
             .range(..=(now, u64::MAX))
@@ -280,19 +331,40 @@ mod tests {
         let later = now + Duration::from_secs(10);
         assert_eq!(
             table
-                .insert("a".into(), topic(), Outgoing::default(), (now, later), ())
+                .insert(
+                    "a".into(),
+                    topic(),
+                    Outgoing::default(),
+                    (now, later),
+                    (),
+                    None
+                )
                 .0,
             Admission::Admitted
         );
         assert_eq!(
             table
-                .insert("b".into(), topic(), Outgoing::default(), (now, later), ())
+                .insert(
+                    "b".into(),
+                    topic(),
+                    Outgoing::default(),
+                    (now, later),
+                    (),
+                    None
+                )
                 .0,
             Admission::Admitted
         );
         assert_eq!(
             table
-                .insert("c".into(), topic(), Outgoing::default(), (now, later), ())
+                .insert(
+                    "c".into(),
+                    topic(),
+                    Outgoing::default(),
+                    (now, later),
+                    (),
+                    None
+                )
                 .0,
             Admission::Queued
         );
@@ -313,8 +385,22 @@ mod tests {
     fn removing_a_queued_call_frees_nothing_and_leaves_no_trace() {
         let now = Instant::now();
         let mut table = PendingTable::new(1);
-        table.insert("a".into(), topic(), Outgoing::default(), (now, now), ());
-        table.insert("b".into(), topic(), Outgoing::default(), (now, now), ());
+        table.insert(
+            "a".into(),
+            topic(),
+            Outgoing::default(),
+            (now, now),
+            (),
+            None,
+        );
+        table.insert(
+            "b".into(),
+            topic(),
+            Outgoing::default(),
+            (now, now),
+            (),
+            None,
+        );
         assert!(table.remove("b").is_some());
         assert_eq!(table.in_flight(), 1);
         assert!(table.remove("a").is_some());
@@ -328,17 +414,78 @@ mod tests {
     fn a_new_call_joins_the_queue_behind_waiting_ones() {
         let now = Instant::now();
         let mut table = PendingTable::new(1);
-        table.insert("a".into(), topic(), Outgoing::default(), (now, now), ());
-        table.insert("b".into(), topic(), Outgoing::default(), (now, now), ());
+        table.insert(
+            "a".into(),
+            topic(),
+            Outgoing::default(),
+            (now, now),
+            (),
+            None,
+        );
+        table.insert(
+            "b".into(),
+            topic(),
+            Outgoing::default(),
+            (now, now),
+            (),
+            None,
+        );
         table.remove("a");
         // A slot is free but "b" waited first: "c" must not jump the queue.
         assert_eq!(
             table
-                .insert("c".into(), topic(), Outgoing::default(), (now, now), ())
+                .insert(
+                    "c".into(),
+                    topic(),
+                    Outgoing::default(),
+                    (now, now),
+                    (),
+                    None
+                )
                 .0,
             Admission::Queued
         );
         assert_eq!(table.admit_next(), Some("b".to_string()));
+    }
+
+    #[test]
+    fn a_call_waiting_for_its_device_holds_no_slot_until_it_comes_online() {
+        let now = Instant::now();
+        let deadline = now + Duration::from_secs(10);
+        let wait_until = now + Duration::from_secs(2);
+        let mut table = PendingTable::new(1);
+        let (admission, earliest) = table.insert(
+            "w".into(),
+            topic(),
+            Outgoing::default(),
+            (now, deadline),
+            (),
+            Some(("cam1".into(), wait_until)),
+        );
+        assert_eq!(admission, Admission::WaitForDevice { wait_until });
+        assert!(earliest);
+        assert_eq!((table.in_flight(), table.queued()), (0, 0));
+        // Its timer is the end of its wait, not its deadline.
+        assert_eq!(table.next_deadline(), Some(wait_until));
+        let (admission, _) = table.insert(
+            "a".into(),
+            topic(),
+            Outgoing::default(),
+            (now, deadline),
+            (),
+            None,
+        );
+        assert_eq!(admission, Admission::Admitted);
+        // Online: the slot is taken, so it queues, and its timer is its deadline again.
+        assert_eq!(table.device_online("w"), Some(Admission::Queued));
+        assert_eq!(table.device_online("w"), None);
+        assert_eq!(table.next_deadline(), Some(deadline));
+        assert!(table.expired(wait_until).is_empty());
+        table.remove("a");
+        assert_eq!(table.admit_next().as_deref(), Some("w"));
+        table.remove("w");
+        assert!(table.is_empty() && table.next_deadline().is_none());
+        assert_eq!(table.in_flight(), 0);
     }
 
     #[test]
@@ -351,6 +498,7 @@ mod tests {
             Outgoing::default(),
             (now, now + Duration::from_secs(5)),
             (),
+            None,
         );
         assert!(earliest);
         let (_, earliest) = table.insert(
@@ -359,6 +507,7 @@ mod tests {
             Outgoing::default(),
             (now, now + Duration::from_secs(1)),
             (),
+            None,
         );
         assert!(earliest);
         let (_, earliest) = table.insert(
@@ -367,6 +516,7 @@ mod tests {
             Outgoing::default(),
             (now, now + Duration::from_secs(3)),
             (),
+            None,
         );
         assert!(!earliest);
         assert_eq!(table.next_deadline(), Some(now + Duration::from_secs(1)));
@@ -395,8 +545,22 @@ mod tests {
     fn drain_empties_everything() {
         let now = Instant::now();
         let mut table = PendingTable::new(1);
-        table.insert("a".into(), topic(), Outgoing::default(), (now, now), ());
-        table.insert("b".into(), topic(), Outgoing::default(), (now, now), ());
+        table.insert(
+            "a".into(),
+            topic(),
+            Outgoing::default(),
+            (now, now),
+            (),
+            None,
+        );
+        table.insert(
+            "b".into(),
+            topic(),
+            Outgoing::default(),
+            (now, now),
+            (),
+            None,
+        );
         assert_eq!(table.drain().len(), 2);
         assert!(table.is_empty());
         assert_eq!(table.in_flight(), 0);

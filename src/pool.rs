@@ -13,6 +13,7 @@
 use crate::client::{CallError, ClientOptions, EventSink, Prepared, RpcClient, Stats, Waiter};
 use crate::link::BrokerAddress;
 use crate::metrics::{cumulative, merged_percentile, Cumulative, LatencyHistogram};
+use crate::presence::Presence;
 use crate::protocol::{Headers, InputError};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,6 +25,13 @@ use tokio::task::JoinSet;
 pub struct PoolPrepared {
     connection: usize,
     prepared: Prepared,
+}
+
+impl PoolPrepared {
+    /// The request itself, to name its device or let it wait for it.
+    pub fn request_mut(&mut self) -> &mut Prepared {
+        &mut self.prepared
+    }
 }
 
 /// The pool's counters: the sum over its connections, and each connection's own.
@@ -178,6 +186,25 @@ impl<W: Waiter> RpcPool<W> {
 
     pub fn notify(&self, topic: &str, payload: &[u8], headers: Headers) -> Result<(), CallError> {
         self.clients[self.pick(topic)].notify(topic, payload, headers)
+    }
+
+    /// What the presence source last said of `device`. Every connection subscribes the
+    /// source and hears the same events; the first one's view is read.
+    pub fn presence(&self, device: &str) -> Option<Presence> {
+        self.clients[0].presence(device)
+    }
+
+    /// A device's presence from the application's own source, told to every connection.
+    pub fn report_presence(
+        &self,
+        device: &str,
+        online: bool,
+        since_ms: Option<i64>,
+        reason: Option<String>,
+    ) {
+        for client in &self.clients {
+            client.report_presence(device, online, since_ms, reason.clone());
+        }
     }
 
     /// The caller gave up on a call, whichever connection holds it.

@@ -5,14 +5,155 @@
 //! order) and a retained status topic set by the device and its Last Will
 //! (`{device}/status` = `online` / `offline`). The cache is bounded (least recently used
 //! devices are forgotten first) and a malformed event changes nothing: the caller counts it.
-//! Issue 21 wires this to the client; until then it is tested on its own.
+//! The client's engine keeps one `PresenceBook` and asks it before a call is sent.
 
+use crate::protocol::{self, InputError};
 use lru::LruCache;
 use serde_json::Value;
 use std::num::NonZeroUsize;
 
 /// Devices remembered unless told otherwise: a fleet's worth, a few MB at most.
 pub const DEFAULT_PRESENCE_CAPACITY: usize = 100_000;
+
+/// Where AWS IoT Core publishes lifecycle events.
+pub const DEFAULT_AWS_PRESENCE_PREFIX: &str = "$aws/events/presence";
+
+/// The retained status topic of a device, and its two payloads, unless told otherwise.
+pub const DEFAULT_STATUS_TOPIC: &str = "{device}/status";
+pub const DEFAULT_STATUS_ONLINE: &str = "online";
+pub const DEFAULT_STATUS_OFFLINE: &str = "offline";
+
+/// Where a client learns which devices are connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceSource {
+    /// AWS IoT Core's lifecycle events under `prefix` (`{prefix}/connected/{clientId}`,
+    /// `{prefix}/disconnected/{clientId}`): one subscription, `{prefix}/+/+`.
+    AwsLifecycle { prefix: String },
+    /// A retained message on `topic` (one level of it is `{device}`), set to `online` by
+    /// the device and to `offline` by it or its Last Will.
+    RetainedStatus {
+        topic: String,
+        online: Vec<u8>,
+        offline: Vec<u8>,
+    },
+    /// The application reports it (`PresenceBook::report`); nothing is subscribed.
+    Reported,
+}
+
+impl PresenceSource {
+    /// The filter that brings its messages, if it has one.
+    pub fn filter(&self) -> Option<String> {
+        match self {
+            PresenceSource::AwsLifecycle { prefix } => Some(format!("{prefix}/+/+")),
+            PresenceSource::RetainedStatus { topic, .. } => Some(
+                topic
+                    .split('/')
+                    .map(|level| if level == "{device}" { "+" } else { level })
+                    .collect::<Vec<_>>()
+                    .join("/"),
+            ),
+            PresenceSource::Reported => None,
+        }
+    }
+
+    /// Refuses a source whose topics cannot work, before anything connects.
+    pub fn validate(&self) -> Result<(), InputError> {
+        let bad = |why: String| Err(InputError::InvalidFilter(why));
+        match self {
+            PresenceSource::AwsLifecycle { prefix } => protocol::validate_request_topic(prefix)
+                .or_else(|e| bad(format!("presence_prefix: {e}"))),
+            PresenceSource::RetainedStatus {
+                topic,
+                online,
+                offline,
+            } => {
+                let devices = topic.split('/').filter(|l| *l == "{device}").count();
+                if devices != 1 {
+                    return bad(format!(
+                        "presence topic '{topic}' must have exactly one level that is {{device}}"
+                    ));
+                }
+                protocol::validate_request_topic(&topic.replace("{device}", "device"))
+                    .or_else(|e| bad(format!("presence topic: {e}")))?;
+                if online.is_empty() || offline.is_empty() || online == offline {
+                    return bad(
+                        "the online and offline payloads must differ and not be empty".into(),
+                    );
+                }
+                Ok(())
+            }
+            PresenceSource::Reported => Ok(()),
+        }
+    }
+}
+
+/// The device a request topic addresses unless the caller says otherwise: its first level
+/// (the seed's `{device_id}/device/control/set`).
+pub fn device_of_topic(topic: &str) -> &str {
+    topic.split('/').next().unwrap_or(topic)
+}
+
+/// A source and what it said: the engine's presence state.
+pub struct PresenceBook {
+    pub source: PresenceSource,
+    pub cache: PresenceCache,
+}
+
+impl PresenceBook {
+    pub fn new(source: PresenceSource, capacity: usize) -> Self {
+        PresenceBook {
+            source,
+            cache: PresenceCache::new(capacity),
+        }
+    }
+
+    /// Applies a message that arrived on the source's filter; returns the device it was
+    /// about (now known online, offline, or no longer known).
+    pub fn on_message(&mut self, topic: &str, payload: &[u8]) -> Result<String, Malformed> {
+        match &self.source {
+            PresenceSource::AwsLifecycle { .. } => self.cache.aws_lifecycle_event(payload),
+            PresenceSource::RetainedStatus {
+                topic: template,
+                online,
+                offline,
+            } => {
+                let device = device_in_topic(template, topic).ok_or(Malformed::NoDevice)?;
+                if payload.is_empty() {
+                    // The retained status was cleared: nothing is known any more.
+                    self.cache.forget(device);
+                } else {
+                    self.cache.status(device, payload, online, offline)?;
+                }
+                Ok(device.to_owned())
+            }
+            PresenceSource::Reported => Err(Malformed::NoDevice),
+        }
+    }
+
+    /// What the application says of a device (any source of its own); the latest report
+    /// wins.
+    pub fn report(
+        &mut self,
+        device: &str,
+        online: bool,
+        since_ms: Option<i64>,
+        reason: Option<String>,
+    ) {
+        let presence = Presence {
+            online,
+            since_ms,
+            reason: reason.filter(|_| !online),
+            order: None,
+        };
+        self.cache.devices.put(device.to_owned(), presence);
+    }
+
+    /// Whether the source's messages must be read again after a connection that lost its
+    /// session: then what was kept may be stale and is dropped.
+    pub fn subscribed(&self) -> bool {
+        !matches!(self.source, PresenceSource::Reported)
+    }
+}
 
 /// What a source said of a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +180,8 @@ pub enum Malformed {
     NoOrder,
     /// A status payload that is neither the online nor the offline one.
     UnknownStatus,
+    /// A status topic that does not fit the template (no device level).
+    NoDevice,
 }
 
 /// The latest presence of each device seen, at most `capacity` devices.
@@ -65,6 +208,14 @@ impl PresenceCache {
 
     pub fn is_empty(&self) -> bool {
         self.devices.is_empty()
+    }
+
+    pub fn forget(&mut self, device: &str) {
+        self.devices.pop(device);
+    }
+
+    pub fn clear(&mut self) {
+        self.devices.clear();
     }
 
     /// Applies an AWS IoT Core lifecycle event; returns the device it was about. An event

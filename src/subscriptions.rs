@@ -3,7 +3,9 @@
 //!
 //! Subscribe once, never per call: the first call to a request topic makes its filter
 //! `Subscribing` and every call that comes before the SUBACK joins the same wait. With a
-//! user-given `reply_filter` there is one pinned entry that all calls share.
+//! user-given `reply_filter` there is one pinned entry that all calls share. A filter held
+//! for something else (presence events) is pinned apart: it shares the SUBACK matching and
+//! the reconnects, but neither counts as a reply filter nor takes a place under the limit.
 //!
 //! rumqttc's `subscribe()` returns nothing to wait on, but its event loop reports each
 //! SUBSCRIBE it writes with its packet id, in the order they were requested; so requested
@@ -47,6 +49,8 @@ struct Entry {
     in_use: usize,
     last_used: u64,
     pinned: bool,
+    /// Pinned apart: not a reply filter (not counted, not under the limit).
+    apart: bool,
 }
 
 /// What a call must do about its reply filter.
@@ -93,6 +97,8 @@ pub struct ReplySubscriptions {
     max_idle_held: usize,
     clock: u64,
     online: bool,
+    /// Entries pinned apart.
+    apart: usize,
 }
 
 impl ReplySubscriptions {
@@ -104,16 +110,17 @@ impl ReplySubscriptions {
             max_idle_held: max_reply_subscriptions.max(1),
             clock: 0,
             online: true,
+            apart: 0,
         }
     }
 
-    /// Filters held or being subscribed.
+    /// Reply filters held or being subscribed.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() - self.apart
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     pub fn contains(&self, key: &str) -> bool {
@@ -127,7 +134,7 @@ impl ReplySubscriptions {
     /// Room for one more filter: the limit is never exceeded, so when it is reached the
     /// least recently used idle filter goes first, and with none idle there is no room.
     pub fn make_room(&mut self) -> Room {
-        if self.entries.len() < self.max_idle_held {
+        if self.len() < self.max_idle_held {
             return Room::Available;
         }
         let dropped = self.evict_down_to(self.max_idle_held - 1);
@@ -140,7 +147,25 @@ impl ReplySubscriptions {
 
     /// Registers the one filter that covers every reply; it is never evicted.
     pub fn pin(&mut self, filter: &str) -> Arc<str> {
+        self.pin_entry(filter, false)
+    }
+
+    /// Registers a filter held for the client's life that is not a reply filter.
+    pub fn pin_apart(&mut self, filter: &str) -> Arc<str> {
+        self.pin_entry(filter, true)
+    }
+
+    /// Whether a pinned filter still waits for its SUBACK (the first connection is ready
+    /// once none does).
+    pub fn pinned_pending(&self) -> bool {
+        (self.entries.values()).any(|e| e.pinned && !matches!(e.state, State::Active))
+    }
+
+    fn pin_entry(&mut self, filter: &str, apart: bool) -> Arc<str> {
         let key: Arc<str> = Arc::from(filter);
+        if apart && !self.entries.contains_key(&key) {
+            self.apart += 1;
+        }
         self.entries.insert(
             key.clone(),
             Entry {
@@ -151,6 +176,7 @@ impl ReplySubscriptions {
                 in_use: 0,
                 last_used: 0,
                 pinned: true,
+                apart,
             },
         );
         self.requested.push_back(key.clone());
@@ -202,6 +228,7 @@ impl ReplySubscriptions {
                 in_use: 1,
                 last_used: now,
                 pinned: false,
+                apart: false,
             },
         );
         if !self.online {
@@ -219,9 +246,17 @@ impl ReplySubscriptions {
         match self.entries.remove(key) {
             Some(Entry {
                 state: State::Subscribing { waiting },
+                apart,
                 ..
-            }) => waiting,
-            _ => Vec::new(),
+            }) => {
+                self.apart -= usize::from(apart);
+                waiting
+            }
+            Some(Entry { apart, .. }) => {
+                self.apart -= usize::from(apart);
+                Vec::new()
+            }
+            None => Vec::new(),
         }
     }
 
@@ -247,7 +282,7 @@ impl ReplySubscriptions {
 
     fn evict_down_to(&mut self, most: usize) -> Vec<String> {
         let mut dropped = Vec::new();
-        while self.entries.len() > most {
+        while self.len() > most {
             let oldest_idle = self
                 .entries
                 .iter()
@@ -295,6 +330,9 @@ impl ReplySubscriptions {
             Settled::Granted(waiting)
         } else {
             let filter = entry.filter.clone();
+            if entry.apart {
+                self.apart -= 1;
+            }
             self.entries.remove(&key);
             Settled::Refused { filter, waiting }
         }

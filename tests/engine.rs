@@ -2,7 +2,9 @@
 //! core v2 review found in the old client, each shown gone.
 
 use mqtt_rpc::client::engine::{DeadlineCarrier, Engine, EngineConfig, Transmit};
+use mqtt_rpc::client::ConnectionEvent;
 use mqtt_rpc::link::Protocol;
+use mqtt_rpc::presence::PresenceSource;
 use mqtt_rpc::protocol::InputError;
 use mqtt_rpc::{CallError, Outcome, Waiter};
 use std::time::{Duration, Instant};
@@ -24,6 +26,8 @@ fn engine(max_in_flight: usize, max_reply_subscriptions: usize) -> Engine<Number
         publishes_per_second: None,
         cancel_on_abandon: false,
         deadline_in: DeadlineCarrier::Nowhere,
+        presence: None,
+        presence_capacity: 1,
     });
     engine.on_connected(false, Instant::now());
     engine
@@ -163,6 +167,8 @@ fn notifications_beyond_the_rate_queue_are_refused() {
         publishes_per_second: Some(1),
         cancel_on_abandon: false,
         deadline_in: DeadlineCarrier::Nowhere,
+        presence: None,
+        presence_capacity: 1,
     });
     engine.on_connected(false, now);
     let mut queued = 0;
@@ -204,6 +210,8 @@ fn a_request_carries_the_time_left_when_it_is_published() {
             publishes_per_second: None,
             cancel_on_abandon: false,
             deadline_in,
+            presence: None,
+            presence_capacity: 1,
         });
         engine.on_connected(false, start_at);
         engine.start(
@@ -241,4 +249,203 @@ fn a_request_carries_the_time_left_when_it_is_published() {
             assert_eq!(user_properties, &expected);
         }
     }
+}
+
+/// An engine that reads retained `{device}/status` messages, connected, its presence
+/// filter held.
+fn engine_with_presence(max_in_flight: usize) -> Engine<Numbered> {
+    let now = Instant::now();
+    let mut engine = Engine::new(EngineConfig {
+        client_id: "test".into(),
+        protocol: Protocol::V311,
+        qos: 0,
+        inbox_prefix: None,
+        max_in_flight,
+        max_reply_subscriptions: 10,
+        publishes_per_second: None,
+        cancel_on_abandon: false,
+        deadline_in: DeadlineCarrier::Nowhere,
+        presence: Some(PresenceSource::RetainedStatus {
+            topic: "{device}/status".into(),
+            online: b"online".to_vec(),
+            offline: b"offline".to_vec(),
+        }),
+        presence_capacity: 100,
+    });
+    engine.hold_presence_filter();
+    engine.on_connected(false, now);
+    let [Transmit::Subscribe { filter, .. }] = &transmits(&mut engine)[..] else {
+        panic!("the presence filter is subscribed first");
+    };
+    assert_eq!(filter, "+/status");
+    engine.on_subscribe_sent(1);
+    engine.on_suback(1, true, now);
+    assert_eq!(engine.take_ready().map(|r| r.is_ok()), Some(true));
+    engine
+}
+
+fn start_to(
+    engine: &mut Engine<Numbered>,
+    n: usize,
+    wait: Option<Duration>,
+    (now, deadline): (Instant, Instant),
+) {
+    let id = format!("call-{n}");
+    let body = format!("{{\"request_id\": \"{id}\"}}").into_bytes();
+    engine.start_to_device(
+        "cam1",
+        wait,
+        id,
+        "cam1/set",
+        body,
+        (now, deadline),
+        Numbered(n),
+    );
+}
+
+fn outcomes(engine: &mut Engine<Numbered>) -> Vec<(usize, Outcome)> {
+    engine
+        .take_wakeups()
+        .into_iter()
+        .map(|(w, o)| (w.0, o))
+        .collect()
+}
+
+/// A call to a device its status says is offline ends at once, sending nothing; one told
+/// to wait holds no slot until the device's status says online, then goes out with its
+/// deadline unchanged.
+#[test]
+fn a_call_to_an_offline_device_ends_at_once_or_waits_for_it() {
+    let now = Instant::now();
+    let deadline = now + Duration::from_secs(10);
+    let mut engine = engine_with_presence(1);
+    engine.on_presence_message("cam1/status", b"offline", now);
+    start_to(&mut engine, 1, None, (now, deadline));
+    let ended = outcomes(&mut engine);
+    assert!(matches!(
+        &ended[..],
+        [(1, Err(CallError::DeviceOffline { device, waited: false, .. }))] if device == "cam1"
+    ));
+    assert!(transmits(&mut engine).is_empty());
+    start_to(
+        &mut engine,
+        2,
+        Some(Duration::from_secs(5)),
+        (now, deadline),
+    );
+    assert!(transmits(&mut engine).is_empty());
+    assert_eq!((engine.pending(), engine.in_flight()), (1, 0));
+    assert_eq!(engine.next_timeout(now), Some(now + Duration::from_secs(5)));
+    // Another device's news changes nothing for it.
+    engine.on_presence_message("cam2/status", b"online", now);
+    assert!(transmits(&mut engine).is_empty());
+    engine.on_presence_message("cam1/status", b"online", now + Duration::from_secs(1));
+    assert!(matches!(
+        &transmits(&mut engine)[..],
+        [Transmit::Subscribe { filter, .. }] if filter == "cam1/set/response/+"
+    ));
+    assert_eq!(engine.next_timeout(now), Some(deadline));
+    let stats = engine.stats();
+    assert_eq!(
+        (
+            stats.calls_started,
+            stats.calls_device_offline,
+            stats.calls_waited_for_device
+        ),
+        (2, 1, 1)
+    );
+}
+
+/// A wait shorter than the call's timeout ends with `DeviceOffline` (the device is still
+/// known offline); a wait as long as the timeout ends as any call does, timed out.
+#[test]
+fn a_wait_for_a_device_ends_offline_at_its_end_or_timed_out_at_the_deadline() {
+    let now = Instant::now();
+    let deadline = now + Duration::from_secs(10);
+    let mut engine = engine_with_presence(4);
+    engine.on_presence_message("cam1/status", b"offline", now);
+    start_to(
+        &mut engine,
+        1,
+        Some(Duration::from_secs(2)),
+        (now, deadline),
+    );
+    start_to(
+        &mut engine,
+        2,
+        Some(Duration::from_secs(60)),
+        (now, deadline),
+    );
+    engine.handle_timeout(now + Duration::from_secs(2));
+    assert!(matches!(
+        &outcomes(&mut engine)[..],
+        [(1, Err(CallError::DeviceOffline { waited: true, .. }))]
+    ));
+    engine.handle_timeout(deadline);
+    assert!(matches!(
+        &outcomes(&mut engine)[..],
+        [(2, Err(CallError::Timeout { .. }))]
+    ));
+    assert_eq!(engine.pending(), 0);
+    // Nothing is left waiting: the device coming online starts nothing.
+    engine.on_presence_message("cam1/status", b"online", deadline);
+    assert!(transmits(&mut engine).is_empty());
+}
+
+/// A device never heard of is called as before; unreadable presence messages change
+/// nothing, are counted, and the first is told once.
+#[test]
+fn unknown_devices_are_called_and_bad_presence_messages_counted() {
+    let now = Instant::now();
+    let mut engine = engine_with_presence(4);
+    engine.take_events();
+    start_to(&mut engine, 1, None, (now, now + Duration::from_secs(10)));
+    assert!(matches!(
+        &transmits(&mut engine)[..],
+        [Transmit::Subscribe { .. }]
+    ));
+    for junk in [&b"maybe"[..], b"ONLINE", b"{}"] {
+        engine.on_presence_message("cam1/status", junk, now);
+    }
+    assert_eq!(engine.presence("cam1"), None);
+    assert_eq!(engine.stats().presence_events_malformed, 3);
+    let first_drops: Vec<_> = engine.take_events();
+    assert_eq!(
+        first_drops,
+        [ConnectionEvent::FirstDrop {
+            counter: "presence_events_malformed"
+        }]
+    );
+}
+
+/// After a reconnect that lost the session, what was known may be stale: it is forgotten,
+/// calls held for a device go on (as to a device of unknown state) and the presence filter
+/// is subscribed again, so retained statuses come again.
+#[test]
+fn a_lost_session_forgets_presence_and_releases_held_calls() {
+    let now = Instant::now();
+    let mut engine = engine_with_presence(4);
+    engine.on_presence_message("cam1/status", b"offline", now);
+    start_to(
+        &mut engine,
+        1,
+        Some(Duration::from_secs(5)),
+        (now, now + Duration::from_secs(9)),
+    );
+    assert!(engine.on_connection_lost(CallError::NotConnected("gone".into()), "gone"));
+    engine.on_connected(false, now);
+    assert_eq!(engine.presence("cam1"), None);
+    let filters: Vec<String> = transmits(&mut engine)
+        .into_iter()
+        .filter_map(|t| match t {
+            Transmit::Subscribe { filter, .. } => Some(filter),
+            _ => None,
+        })
+        .collect();
+    assert!(filters.contains(&"+/status".to_owned()), "{filters:?}");
+    assert!(
+        filters.contains(&"cam1/set/response/+".to_owned()),
+        "{filters:?}"
+    );
+    assert_eq!(engine.next_timeout(now), Some(now + Duration::from_secs(9)));
 }

@@ -137,6 +137,8 @@ impl World {
                 DeadlineCarrier::UserProperty,
                 DeadlineCarrier::Body,
             ][rng.gen_range(0..3)],
+            presence: None,
+            presence_capacity: 1,
         });
         let mut world = World {
             rng,

@@ -9,11 +9,13 @@
 from ._core import __version__
 from .client import CallStream, ConnectionEvent, MqttRpcClient, Retry
 from .context import RequestContext, current_request
+from .presence import AwsLifecycle, DevicePresence, PresenceSource, RetainedStatus
 from .responder import Responder, RpcHandlerError
 from .sync import SyncMqttRpcClient
 from .errors import (
     BrokerRefusedError,
     ConnectionLostError,
+    DeviceOfflineError,
     MqttRpcError,
     NoRespondersError,
     NotConnectedError,
@@ -36,6 +38,10 @@ __all__ = [
     "Retry",
     "CallStream",
     "ConnectionEvent",
+    "AwsLifecycle",
+    "RetainedStatus",
+    "PresenceSource",
+    "DevicePresence",
     "MqttRpcError",
     "RpcTimeoutError",
     "RemoteError",
@@ -45,6 +51,7 @@ __all__ = [
     "ConnectionLostError",
     "SubscriptionRefusedError",
     "NoRespondersError",
+    "DeviceOfflineError",
     "PublishRejectedError",
     "PayloadError",
     "ReplyValidationError",

@@ -50,10 +50,14 @@ class CoreClient:
         timeout: float,
         request_id: Optional[str] = None,
         headers: Optional[_Headers] = None,
+        device: Optional[str] = None,
+        wait_for_device: Optional[float] = None,
     ) -> Tuple["asyncio.Future[Dict[str, Any]]", str]:
         """Starts a call and returns its future and request id (`request_id`: a retry's,
-        to send the same request again; `headers`: trace context). Raises `PayloadError` or
-        `ValueError` before anything is published."""
+        to send the same request again; `headers`: trace context). With a presence source,
+        `device` names the device it addresses instead of the topic's first level (`""`:
+        none), and `wait_for_device` lets it wait for a device known offline. Raises
+        `PayloadError` or `ValueError` before anything is published."""
     def start_stream(
         self,
         event_loop: asyncio.AbstractEventLoop,
@@ -62,6 +66,7 @@ class CoreClient:
         timeout: float,
         on_progress: Callable[[Dict[str, Any]], None],
         headers: Optional[_Headers] = None,
+        device: Optional[str] = None,
     ) -> Tuple["asyncio.Future[Dict[str, Any]]", str]:
         """Starts a call whose progress messages go to `on_progress` before its answer."""
     def start_gather(
@@ -83,11 +88,18 @@ class CoreClient:
         timeout: float,
         return_exceptions: bool,
         headers: Optional[List[_Headers]] = None,
+        devices: Optional[List[str]] = None,
     ) -> Tuple["asyncio.Future[List[Any]]", List[str]]:
         """Starts a batch in one crossing; the future resolves to the results in input
-        order. `headers`, if given, has each request's."""
+        order. `headers` and `devices`, if given, have each request's."""
     def call_blocking(
-        self, topic: str, payload: Union[str, bytes, bytearray], timeout: float, headers: Optional[_Headers] = None
+        self,
+        topic: str,
+        payload: Union[str, bytes, bytearray],
+        timeout: float,
+        headers: Optional[_Headers] = None,
+        device: Optional[str] = None,
+        wait_for_device: Optional[float] = None,
     ) -> Dict[str, Any]:
         """A call that blocks the calling thread (GIL released) until its outcome."""
     def gather_blocking(
@@ -105,6 +117,12 @@ class CoreClient:
         """Closes, blocking the calling thread (GIL released)."""
     def notify(self, topic: str, payload: Union[str, bytes, bytearray], headers: Optional[_Headers] = None) -> None:
         """Publishes a one-way notification (no request_id, no answer)."""
+    def presence(self, device: str) -> Optional[Tuple[bool, Optional[int], Optional[str]]]:
+        """What the presence source last said of a device: `(online, since_ms, reason)`."""
+    def report_presence(
+        self, device: str, online: bool, since_ms: Optional[int] = None, reason: Optional[str] = None
+    ) -> None:
+        """A device's presence from the application's own source."""
     def forget(self, request_id: str) -> bool:
         """Drops a call whose caller stopped waiting; returns whether it was pending."""
     @property

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Callable, Deque, Dict, FrozenSet, Iterable, List, Optional, Sequence, Protocol, Tuple, Type, TypeVar, Union, overload
 
-from . import _core, _observer, config, services, typed
+from . import _core, _observer, config, presence as _presence, services, typed
 from ._observer import ClientSpan, Headers, Observer, Peer
 from .config import records_given_arguments
 from .context import bounded_timeout
+from .presence import DeviceOf, DevicePresence, Presence, PresenceSource
 from .errors import (
     ConnectionLostError,
     NoRespondersError,
@@ -150,6 +151,22 @@ class _ClientState:
         ``latency_p90_ms``, ``latency_p99_ms``; None before the first answer)."""
         return self._core.stats()
 
+    def presence(self, device_id: str) -> Optional[DevicePresence]:
+        """What the client's presence source last said of ``device_id``: a `DevicePresence`
+        (``online``, ``since``, ``reason``), or None when it said nothing (or the client has
+        no source). A pool answers with its first connection's view; each connection reads
+        the same events."""
+        return _presence.known(self._core.presence(device_id))
+
+    def report_presence(
+        self, device_id: str, online: bool, *, since: Optional[float] = None, reason: Optional[str] = None
+    ) -> None:
+        """Tells the client a device's presence, from a source of your own (the client was
+        made with one: an object with ``run(report)``, whose ``report`` is this method).
+        ``since`` is Unix time in seconds. Calls waiting for the device go on once it is
+        online. Without such a source it does nothing."""
+        self._core.report_presence(device_id, online, _presence.since_ms(since), reason)
+
 
 class MqttRpcClient(_ClientState):
     """A request/response client over one MQTT connection.
@@ -218,6 +235,21 @@ class MqttRpcClient(_ClientState):
             always carry the time left as Message Expiry, rounded up to whole seconds.
         service_prefix: the topic levels under which `discover`, `ping` and
             `service_stats` address named responders (as their ``service_prefix``).
+        presence: where the client learns which devices are connected, so that a call to a
+            device known offline fails at once with `DeviceOfflineError` (or, with
+            ``wait_for_device=``, waits for it) instead of waiting out its timeout:
+            ``"aws-lifecycle"`` (AWS IoT Core's lifecycle events, `AwsLifecycle`),
+            ``"retained-status"`` (``{device}/status`` retained ``online``/``offline`` with
+            a Last Will, `RetainedStatus`), or an object with ``async run(report)``, a
+            source of your own (`PresenceSource`). A device it never mentioned is called as
+            always. One more subscription per connection.
+        presence_prefix: the topic levels of AWS's lifecycle events (with
+            ``presence="aws-lifecycle"``); tests publish them under a prefix of their own.
+        presence_capacity: devices whose presence is remembered, per connection; past it the
+            least recently used are forgotten (and called as unknown).
+        device_of: which device a request topic addresses, for the presence check: a
+            function of the topic returning the device id (None: no check for that call).
+            Default: the topic's first level (``dev1/device/control/set`` -> ``dev1``).
         connections: a pool of this many connections, with client ids
             ``{client_id}-0`` ... ``{client_id}-{N-1}``; each call goes to the connection with
             the most room, and its answer comes back on that connection. ``pending``,
@@ -273,6 +305,10 @@ class MqttRpcClient(_ClientState):
         cancel_on_abandon: bool = False,
         propagate_deadline: Optional[bool] = None,
         service_prefix: str = "mqtt-rpc/_srv",
+        presence: Optional[Presence] = None,
+        presence_prefix: str = "$aws/events/presence",
+        presence_capacity: int = 100_000,
+        device_of: Optional[DeviceOf] = None,
         connections: int = 1,
         quotas: Optional[str] = None,
         publishes_per_second: Optional[int] = None,
@@ -298,6 +334,10 @@ class MqttRpcClient(_ClientState):
         )
         self._on_connection_change = on_connection_change
         self._timeout = self._settings["timeout"]
+        self._device_of = device_of
+        source = self._settings["presence"]
+        self._source: Optional[PresenceSource] = None if isinstance(source, str) else source
+        self._source_task: Optional["asyncio.Task[None]"] = None
         self._peer = Peer(self._core.client_id, self._settings["host"], self._settings["port"])
 
     @classmethod
@@ -325,6 +365,8 @@ class MqttRpcClient(_ClientState):
             options["hosts"] = [tuple(address) for address in options["hosts"]]
         if s["reply_to"] == "inbox":
             options["inbox_prefix"] = s["inbox_prefix"]
+        if s["presence"] is not None:
+            options.update(_presence.core_options(s["presence"], "presence_prefix" in self._chosen))
         return _core.CoreClient(options, _weak_handler(self))
 
     def __repr__(self) -> str:
@@ -423,6 +465,9 @@ class MqttRpcClient(_ClientState):
             self._open = True
         finally:
             self._connecting = None
+        if self._source is not None:
+            task = _get_running_loop().create_task(_presence.run_source(self._source, self.report_presence))
+            self._source_task = task
 
     async def close(self, grace: float = 2.0) -> None:
         """Refuses new calls, waits up to ``grace`` seconds for the calls in flight to be
@@ -437,6 +482,10 @@ class MqttRpcClient(_ClientState):
         self._open = False
         self._closing = True
         running_loop = _get_running_loop()
+        source_task, self._source_task = self._source_task, None
+        if source_task is not None:
+            source_task.cancel()
+            await asyncio.wait({source_task})
         try:
             await self._core.close(running_loop, float(grace))
             self._core.detach(running_loop)
@@ -491,6 +540,7 @@ class MqttRpcClient(_ClientState):
         retry: Optional[Retry] = None,
         *,
         response_model: None = None,
+        wait_for_device: Optional[float] = None,
     ) -> Dict[str, Any]: ...
 
     @overload
@@ -502,6 +552,7 @@ class MqttRpcClient(_ClientState):
         retry: Optional[Retry] = None,
         *,
         response_model: Type[T],
+        wait_for_device: Optional[float] = None,
     ) -> T: ...
 
     @overload
@@ -513,6 +564,7 @@ class MqttRpcClient(_ClientState):
         retry: Optional[Retry] = None,
         *,
         response_model: Any,
+        wait_for_device: Optional[float] = None,
     ) -> Any: ...
 
     async def call(
@@ -523,6 +575,7 @@ class MqttRpcClient(_ClientState):
         retry: Optional[Retry] = None,
         *,
         response_model: Any = None,
+        wait_for_device: Optional[float] = None,
     ) -> Any:
         """Publishes ``payload`` to ``topic`` and returns the device's reply. Connects
         first if the client is not connected.
@@ -538,6 +591,10 @@ class MqttRpcClient(_ClientState):
             response_model: return the answer's ``result`` validated as this type (a
                 pydantic model, or any type ``pydantic.TypeAdapter`` takes) instead of the
                 whole reply dict. Needs pydantic.
+            wait_for_device: with a ``presence`` source, a call to a device known offline
+                waits up to this many seconds (within ``timeout``) for it to come online and
+                is then sent, instead of failing at once. Its deadline does not move: a
+                device that comes online too late ends it with `RpcTimeoutError`.
 
         Returns:
             The reply object as the device sent it (``request_id`` and ``result`` included),
@@ -545,6 +602,9 @@ class MqttRpcClient(_ClientState):
 
         Raises:
             RpcTimeoutError: no answer in time (also a ``TimeoutError``).
+            DeviceOfflineError: the ``presence`` source says the device is offline (it
+                stayed offline for all of ``wait_for_device``); nothing was sent. A
+                `NoRespondersError`, and so a ``LookupError``.
             RemoteError: the device answered with an error object.
             ReplyValidationError: the answer does not fit ``response_model`` (also a
                 ``ValueError``); it keeps the reply.
@@ -557,15 +617,17 @@ class MqttRpcClient(_ClientState):
             payload = typed.encode(payload)
         if response_model is not None:
             typed.check_model(response_model)
+        aim = _Aim(self._device(topic), wait_for_device)
         if not self._open:
             await self._connection()
         observer = _observer.current
         if observer is not None:
-            reply = await self._traced_call(observer, topic, payload, timeout, retry)
+            reply = await self._traced_call(observer, topic, payload, timeout, retry, aim)
         elif retry is not None:
-            reply = await self._call_with_retry(topic, payload, timeout, retry)
+            reply = await self._call_with_retry(topic, payload, timeout, retry, aim)
         else:
-            future, request_id = self._core.start_call(_get_running_loop(), topic, payload, timeout)
+            loop = _get_running_loop()
+            future, request_id = self._core.start_call(loop, topic, payload, timeout, None, None, *aim)
             try:
                 reply = await future
             except _CancelledError:
@@ -575,14 +637,21 @@ class MqttRpcClient(_ClientState):
             return reply
         return typed.validate(reply, response_model)
 
+    def _device(self, topic: str) -> Optional[str]:
+        """The device a call addresses, when ``device_of`` says (``""``: none); None
+        leaves it to the core: the topic's first level."""
+        if self._device_of is None:
+            return None
+        return self._device_of(topic) or ""
+
     async def _traced_call(
-        self, observer: Observer, topic: str, payload: Any, timeout: float, retry: Optional[Retry]
+        self, observer: Observer, topic: str, payload: Any, timeout: float, retry: Optional[Retry], aim: "_Aim"
     ) -> Dict[str, Any]:
         with observer.client_span("call", topic, self._peer) as span:
             if retry is not None:
-                return await self._call_with_retry(topic, payload, timeout, retry, span)
+                return await self._call_with_retry(topic, payload, timeout, retry, aim, span)
             loop = _get_running_loop()
-            future, request_id = self._core.start_call(loop, topic, payload, timeout, None, span.headers)
+            future, request_id = self._core.start_call(loop, topic, payload, timeout, None, span.headers, *aim)
             span.sent(request_id)
             try:
                 reply: Dict[str, Any] = await future
@@ -592,7 +661,7 @@ class MqttRpcClient(_ClientState):
             return reply
 
     async def _call_with_retry(
-        self, topic: str, payload: Any, timeout: float, retry: Retry, span: Optional[ClientSpan] = None
+        self, topic: str, payload: Any, timeout: float, retry: Retry, aim: "_Aim", span: Optional[ClientSpan] = None
     ) -> Dict[str, Any]:
         headers = None if span is None else span.headers
         loop = _get_running_loop()
@@ -607,7 +676,7 @@ class MqttRpcClient(_ClientState):
             if left <= 0:
                 break
             wait = left if attempt == retry.attempts else min(per_attempt, left)
-            future, request_id = self._core.start_call(loop, topic, payload, wait, request_id, headers)
+            future, request_id = self._core.start_call(loop, topic, payload, wait, request_id, headers, *aim)
             if span is not None and attempt == 1:
                 span.sent(request_id)
             try:
@@ -639,9 +708,10 @@ class MqttRpcClient(_ClientState):
         """
         call_timeout = bounded_timeout(self._timeout if timeout is None else timeout, topic)
         body = typed.encode(payload)
+        device = self._device(topic)
 
         def begin(core: _core.CoreClient, on_message: OnMessage, headers: Optional[Headers]) -> Tuple[Any, str]:
-            return core.start_stream(_get_running_loop(), topic, body, call_timeout, on_message, headers)
+            return core.start_stream(_get_running_loop(), topic, body, call_timeout, on_message, headers, device)
 
         return CallStream(self, begin, topic, "stream", idle_timeout=idle_timeout, ends_with_answer=True)
 
@@ -765,9 +835,11 @@ class MqttRpcClient(_ClientState):
             await self._connection()
         observer = _observer.current
         spans = [] if observer is None else [observer.client_span("call", topic, self._peer) for topic, _ in batch]
+        devices = None if self._device_of is None else [self._device(topic) or "" for topic, _ in batch]
         try:
+            headers = [span.headers or [] for span in spans] or None
             future, request_ids = self._core.start_many(
-                _get_running_loop(), batch, timeout, return_exceptions, [span.headers or [] for span in spans] or None
+                _get_running_loop(), batch, timeout, return_exceptions, headers, devices
             )
         except BaseException as error:
             _end_all(spans, error)
@@ -787,6 +859,16 @@ class MqttRpcClient(_ClientState):
         if response_model is None:
             return replies
         return [_validated_in_place(reply, response_model, return_exceptions) for reply in replies]
+
+
+class _Aim(Tuple[Optional[str], Optional[float]]):
+    """A call's device (from ``device_of``) and ``wait_for_device``, as the core's last two
+    arguments."""
+
+    def __new__(cls, device: Optional[str], wait_for_device: Optional[float]) -> "_Aim":
+        if wait_for_device is not None and not (isinstance(wait_for_device, (int, float)) and wait_for_device >= 0):
+            raise ValueError(f"wait_for_device must be a non-negative number of seconds, not {wait_for_device!r}")
+        return super().__new__(cls, (device, wait_for_device))
 
 
 def _end_all(spans: List[ClientSpan], error: BaseException) -> None:
@@ -990,7 +1072,9 @@ class CallStream:
 _OPTION_NAMES = frozenset(inspect.signature(MqttRpcClient.__init__).parameters) - {"self", "on_connection_change"}
 _RESPONDER_ONLY = frozenset(config.RESPONDER_OPTIONS) - frozenset(config.CLIENT_OPTIONS)
 #: Options the Python class handles itself (the call timeout, the reply mode, presets).
-_PYTHON_ONLY = frozenset({"timeout", "reply_to", "inbox_prefix", "quotas", "on_connection_change", "service_prefix"})
+_PYTHON_ONLY = frozenset(
+    {"timeout", "reply_to", "inbox_prefix", "quotas", "on_connection_change", "service_prefix", "presence", "device_of"}
+)
 
 
 def _checked(settings: Dict[str, Any], chosen: FrozenSet[str]) -> Tuple[Dict[str, Any], FrozenSet[str]]:
@@ -1025,6 +1109,7 @@ DROPPED = {
     "replies_dropped_malformed": "a message on a reply topic that is not a JSON object or names another request id",
     "replies_dropped_oversized": "a reply larger than max_packet_size",
     "messages_dropped": "a notification or cancellation: the publish-rate queue was full",
+    "presence_events_malformed": "a presence event it could not read (no clientId, not JSON, or an unknown status)",
     "interim_dropped": "a progress message or scatter-gather answer: too many waited for the event loop",
 }
 

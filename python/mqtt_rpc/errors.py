@@ -69,6 +69,30 @@ class NoRespondersError(MqttRpcError, LookupError):
         self.topic = topic
 
 
+class DeviceOfflineError(NoRespondersError):
+    """The client's presence source says the device is offline, so the request was not
+    sent (with ``wait_for_device``: the device did not come online while the call waited).
+    ``device`` is its id, ``since`` when it went offline (Unix time in seconds, if the
+    source said) and ``reason`` why (AWS's ``disconnectReason``, if it gave one). A
+    `NoRespondersError`, so code that catches that (or ``LookupError``) keeps working."""
+
+    def __init__(
+        self,
+        message: str,
+        topic: str | None = None,
+        device: str | None = None,
+        since: float | None = None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message, topic)
+        self.device = device
+        self.since = since
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.topic, self.device, self.since, self.reason))
+
+
 class PublishRejectedError(MqttRpcError):
     """The broker refused the request (MQTT 5 PUBACK with a failing reason code, such as
     135 "Not authorized" or 151 "Quota exceeded"): ``reason_code`` and ``reason`` say which."""
@@ -111,6 +135,7 @@ __all__ = [
     "ConnectionLostError",
     "SubscriptionRefusedError",
     "NoRespondersError",
+    "DeviceOfflineError",
     "PublishRejectedError",
     "PayloadError",
     "ReplyValidationError",

@@ -11,9 +11,10 @@ from typing import Any, Callable, Dict, List, Optional, Type, TypeVar, overload
 from . import _observer, services, typed
 from ._core import CoreClient
 from ._observer import Headers
-from .client import MqttRpcClient, Payload, _ClientState
+from .client import MqttRpcClient, Payload, _Aim, _ClientState
 from .context import bounded_timeout
 from .errors import NotConnectedError
+from .presence import PresenceSource
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -32,6 +33,11 @@ class SyncMqttRpcClient(_ClientState):
     def __init__(self, *args: Any, **options: Any) -> None:
         if options.get("on_connection_change") is not None:
             raise ValueError("on_connection_change needs an event loop: use MqttRpcClient")
+        if isinstance(options.get("presence"), PresenceSource):
+            raise ValueError(
+                "a presence source's run() needs an event loop: use presence=\"reported\" and "
+                "call report_presence() from your own source"
+            )
         self._client = MqttRpcClient(*args, **options)
         self._open = False
         self._closing = False
@@ -105,28 +111,61 @@ class SyncMqttRpcClient(_ClientState):
 
     @overload
     def call(
-        self, topic: str, payload: Payload, timeout: Optional[float] = None, *, response_model: None = None
+        self,
+        topic: str,
+        payload: Payload,
+        timeout: Optional[float] = None,
+        *,
+        response_model: None = None,
+        wait_for_device: Optional[float] = None,
     ) -> Dict[str, Any]: ...
 
     @overload
-    def call(self, topic: str, payload: Payload, timeout: Optional[float] = None, *, response_model: Type[T]) -> T: ...
+    def call(
+        self,
+        topic: str,
+        payload: Payload,
+        timeout: Optional[float] = None,
+        *,
+        response_model: Type[T],
+        wait_for_device: Optional[float] = None,
+    ) -> T: ...
 
     @overload
-    def call(self, topic: str, payload: Payload, timeout: Optional[float] = None, *, response_model: Any) -> Any: ...
+    def call(
+        self,
+        topic: str,
+        payload: Payload,
+        timeout: Optional[float] = None,
+        *,
+        response_model: Any,
+        wait_for_device: Optional[float] = None,
+    ) -> Any: ...
 
-    def call(self, topic: str, payload: Payload, timeout: Optional[float] = None, *, response_model: Any = None) -> Any:
+    def call(
+        self,
+        topic: str,
+        payload: Payload,
+        timeout: Optional[float] = None,
+        *,
+        response_model: Any = None,
+        wait_for_device: Optional[float] = None,
+    ) -> Any:
         """As `MqttRpcClient.call`, blocking this thread (not others) until the answer."""
         timeout = bounded_timeout(self._client._timeout if timeout is None else timeout, topic)
         body = typed.encode(payload)
         if response_model is not None:
             typed.check_model(response_model)
+        aim = _Aim(self._client._device(topic), wait_for_device)
         if not self._open:
             self.connect()
         observer = _observer.current
         if observer is None:
-            reply: Dict[str, Any] = self._core.call_blocking(topic, body, timeout)
+            reply: Dict[str, Any] = self._core.call_blocking(topic, body, timeout, None, *aim)
         else:
-            reply = self._traced("call", topic, lambda headers: self._core.call_blocking(topic, body, timeout, headers))
+            reply = self._traced(
+                "call", topic, lambda headers: self._core.call_blocking(topic, body, timeout, headers, *aim)
+            )
         if response_model is None:
             return reply
         return typed.validate(reply, response_model)

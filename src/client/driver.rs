@@ -9,7 +9,7 @@ use super::engine::{Engine, Transmit, Unsent};
 use super::{lock, CallError, Shared, Waiter};
 use crate::acks::{AckLedger, PubAckReason, Sent};
 use crate::link::{self, Events, Inbound, LinkError, LinkErrorKind, Properties};
-use crate::protocol::Reply;
+use crate::protocol::{self, Reply};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
@@ -39,6 +39,13 @@ pub(super) async fn drive_events<W: Waiter>(shared: Arc<Shared<W>>, mut events: 
                 while let Some(inbound) = next.take() {
                     next = events.buffered();
                     match inbound {
+                        Inbound::Message { topic, payload, .. } if shared.is_presence(&topic) => {
+                            // Replies read before it are the engine's first, in order.
+                            if !replies.is_empty() {
+                                on_replies(&shared, &mut replies);
+                            }
+                            on_presence(&shared, &topic, &payload);
+                        }
                         Inbound::Message {
                             topic,
                             payload,
@@ -128,6 +135,14 @@ fn on_replies<W: Waiter>(shared: &Shared<W>, replies: &mut Vec<Result<Arrived, U
             }
         }
     });
+}
+
+/// A message on the presence filter, to the engine (a read-sized payload at most).
+fn on_presence<W: Waiter>(shared: &Shared<W>, topic: &str, payload: &[u8]) {
+    if payload.len() > shared.options.connection.max_packet_size {
+        return shared.run(|engine, _| engine.on_oversized_presence_message());
+    }
+    shared.run(|engine, now| engine.on_presence_message(topic, payload, now));
 }
 
 fn on_inbound<W: Waiter>(shared: &Shared<W>, inbound: Inbound) {
@@ -340,6 +355,12 @@ impl<W: Waiter> Shared<W> {
         if let Some(acks) = &self.acks {
             update(&mut lock(acks));
         }
+    }
+
+    /// Whether a message is the presence source's rather than a reply.
+    fn is_presence(&self, topic: &str) -> bool {
+        (self.presence_filter.as_deref())
+            .is_some_and(|filter| protocol::topic_matches(filter, topic))
     }
 
     /// The largest request to send: ours, or the broker's if it announced a smaller one

@@ -36,6 +36,15 @@ pub enum CallError {
     NoResponders { topic: Arc<str> },
     /// MQTT 5: the broker acknowledged the request with a failing reason code.
     PublishRejected { topic: Arc<str>, reason_code: u8 },
+    /// The client's presence source says the device is offline: the request was not sent
+    /// (`waited`: the call waited for the device, and it did not come online in time).
+    DeviceOffline {
+        topic: Arc<str>,
+        device: String,
+        since_ms: Option<i64>,
+        reason: Option<String>,
+        waited: bool,
+    },
 }
 
 impl CallError {
@@ -82,11 +91,37 @@ impl fmt::Display for CallError {
                 "the broker rejected the request to '{topic}': PUBACK reason {reason_code} ({})",
                 acks::reason_name(*reason_code)
             ),
+            CallError::DeviceOffline {
+                device,
+                since_ms,
+                reason,
+                waited,
+                ..
+            } => {
+                write!(f, "device '{device}' is offline")?;
+                if let Some(since) = since_ms.and_then(rfc3339) {
+                    write!(f, " since {since}")?;
+                }
+                if let Some(reason) = reason {
+                    write!(f, " ({reason})")?;
+                }
+                match waited {
+                    true => f.write_str(": it did not come online while the call waited"),
+                    false => f.write_str(": the request was not sent"),
+                }
+            }
         }
     }
 }
 
 impl std::error::Error for CallError {}
+
+/// Milliseconds since the Unix epoch as an RFC 3339 time, if they are one.
+fn rfc3339(ms: i64) -> Option<String> {
+    let ms = u64::try_from(ms).ok()?;
+    let at = std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(ms))?;
+    Some(humantime::format_rfc3339_millis(at).to_string())
+}
 
 /// Why a throttled call never went out, as its timeout message says it.
 pub fn throttled_reason(rate: usize) -> String {

@@ -25,6 +25,7 @@ use crate::link::{
     self, BrokerAddress, ConnectedTo, Events, LinkErrorKind, Outbox, Properties, Protocol,
 };
 use crate::metrics::LatencyHistogram;
+use crate::presence::{self, Presence};
 use crate::protocol::{self, Headers, InputError, Outgoing};
 use engine::{DeadlineCarrier, Engine, EngineConfig};
 use serde_json::{Map, Value};
@@ -92,6 +93,23 @@ pub struct Prepared {
     request: Outgoing,
     /// A scatter-gather request, and how many answers end it (`None`: its deadline).
     gather: Option<Option<usize>>,
+    /// With a presence source: the device it addresses (by default the topic's first
+    /// level), and how long it may wait for that device to come online.
+    device: Option<String>,
+    wait_for_device: Option<Duration>,
+}
+
+impl Prepared {
+    /// Names the device the request addresses (None: no presence check for it).
+    pub fn set_device(&mut self, device: Option<String>) {
+        self.device = device;
+    }
+
+    /// Of a device known offline, wait up to `wait` (within the call's timeout) for it to
+    /// come online instead of failing at once.
+    pub fn set_wait_for_device(&mut self, wait: Option<Duration>) {
+        self.wait_for_device = wait;
+    }
 }
 
 /// What the front and the driver's tasks share.
@@ -122,6 +140,8 @@ struct Shared<W> {
     ready: Mutex<Option<oneshot::Sender<Result<(), CallError>>>>,
     /// Why the connection was last lost (or could not be made).
     last_loss: Mutex<Option<LinkErrorKind>>,
+    /// The filter of the presence source's messages, if it has one.
+    presence_filter: Option<String>,
     tls_error: Option<String>,
 }
 
@@ -138,6 +158,9 @@ impl<W: Waiter> RpcClient<W> {
     pub fn new(options: ClientOptions) -> Result<Self, InputError> {
         if let Some(filter) = &options.reply_filter {
             protocol::validate_filter(filter)?;
+        }
+        if let Some(source) = &options.presence {
+            source.validate()?;
         }
         if let Some(prefix) = &options.inbox_prefix {
             if options.reply_filter.is_some() {
@@ -185,8 +208,11 @@ impl<W: Waiter> RpcClient<W> {
             publishes_per_second: options.quotas.publishes_per_second,
             cancel_on_abandon: options.cancel_on_abandon,
             deadline_in: options.deadline_carrier(),
+            presence: options.presence.clone(),
+            presence_capacity: options.presence_capacity,
         });
         let latency = engine.latency().clone();
+        let presence_filter = options.presence.as_ref().and_then(|s| s.filter());
         let shared = Shared {
             acks,
             engine: Mutex::new(engine),
@@ -204,6 +230,7 @@ impl<W: Waiter> RpcClient<W> {
             event_sink: OnceLock::new(),
             ready: Mutex::new(None),
             last_loss: Mutex::new(None),
+            presence_filter,
             tls_error,
         };
         Ok(RpcClient {
@@ -254,6 +281,7 @@ impl<W: Waiter> RpcClient<W> {
         if let Some(filter) = &pinned_filter {
             shared.run(|engine, _| engine.pin(filter));
         }
+        shared.run(|engine, _| engine.hold_presence_filter());
         {
             let mut tasks = lock(&self.tasks);
             tasks.push(tokio::spawn(driver::drive_events(shared.clone(), events)));
@@ -402,11 +430,17 @@ impl<W: Waiter> RpcClient<W> {
         if size > limit {
             return Err(CallError::Input(InputError::TooLarge { size, limit }));
         }
+        let device = match (&shared.options.presence, gather) {
+            (Some(_), None) => Some(presence::device_of_topic(topic).to_owned()),
+            _ => None,
+        };
         Ok(Prepared {
             request_id,
             topic: topic.to_owned(),
             request,
             gather,
+            device,
+            wait_for_device: None,
         })
     }
 
@@ -474,6 +508,8 @@ impl<W: Waiter> RpcClient<W> {
             topic,
             request,
             gather,
+            device,
+            wait_for_device,
         } = prepared;
         let started = Instant::now();
         // A timeout too long to represent waits, in practice, for ever.
@@ -481,9 +517,20 @@ impl<W: Waiter> RpcClient<W> {
             .checked_add(timeout)
             .unwrap_or(started + Duration::from_secs(86_400 * 365));
         let id = request_id.clone();
-        self.shared.run(|engine, _| {
-            engine.start(id, &topic, request, gather, (started, deadline), waiter)
-        });
+        let times = (started, deadline);
+        self.shared
+            .run(|engine, _| match device.filter(|_| gather.is_none()) {
+                Some(device) => engine.start_to_device(
+                    &device,
+                    wait_for_device,
+                    id,
+                    &topic,
+                    request,
+                    times,
+                    waiter,
+                ),
+                None => engine.start(id, &topic, request, gather, times, waiter),
+            });
         request_id
     }
 
@@ -495,6 +542,24 @@ impl<W: Waiter> RpcClient<W> {
             .run(|engine, now| engine.forget(request_id, now));
         // The waiter may hold a caller's object: it goes here, outside the lock.
         waiter.is_some()
+    }
+
+    /// What the presence source last said of `device` (None: nothing, or no source).
+    pub fn presence(&self, device: &str) -> Option<Presence> {
+        self.shared.engine().presence(device)
+    }
+
+    /// Tells the client a device's presence from a source of the application's own (with
+    /// `PresenceSource::Reported`); calls waiting for it go on once it is online.
+    pub fn report_presence(
+        &self,
+        device: &str,
+        online: bool,
+        since_ms: Option<i64>,
+        reason: Option<String>,
+    ) {
+        self.shared
+            .run(|engine, now| engine.report_presence(device, online, since_ms, reason, now));
     }
 
     /// Calls not yet ended, in every stage (waiting for a slot, a SUBACK, or the answer).

@@ -2,6 +2,7 @@
 
 use super::engine::DeadlineCarrier;
 use crate::link::{ConnectionOptions, Protocol};
+use crate::presence::{PresenceSource, DEFAULT_PRESENCE_CAPACITY};
 use crate::quota::Quotas;
 use std::time::Duration;
 
@@ -45,6 +46,11 @@ pub struct ClientOptions {
     /// devices see exactly the bytes the hand-written client sent. MQTT 5 requests always
     /// carry Message Expiry.
     pub propagate_deadline: Option<bool>,
+    /// Where the client learns which devices are connected: a call to a device known
+    /// offline then fails at once (or waits for it). None: every device is called.
+    pub presence: Option<PresenceSource>,
+    /// Devices whose presence is remembered; the least recently used go first.
+    pub presence_capacity: usize,
 }
 
 impl ClientOptions {
@@ -74,6 +80,8 @@ impl Default for ClientOptions {
             aws_topic_rules: false,
             cancel_on_abandon: false,
             propagate_deadline: None,
+            presence: None,
+            presence_capacity: DEFAULT_PRESENCE_CAPACITY,
         }
     }
 }

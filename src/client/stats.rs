@@ -17,6 +17,14 @@ pub struct Stats {
     /// MQTT 5 calls ended at once by a PUBACK: no subscriber, or rejected by the broker.
     pub calls_no_responders: u64,
     pub calls_rejected: u64,
+    /// Calls ended at once because their device was known offline (or stayed offline
+    /// while they waited for it), and calls that waited for their device.
+    pub calls_device_offline: u64,
+    pub calls_waited_for_device: u64,
+    /// Presence events that could not be read (no `clientId`, not JSON, an unknown status).
+    pub presence_events_malformed: u64,
+    /// Devices whose presence is known (a gauge, at most the presence capacity).
+    pub presence_devices: u64,
     pub replies_dropped_stray: u64,
     pub replies_dropped_duplicate: u64,
     pub replies_dropped_malformed: u64,
@@ -44,7 +52,7 @@ pub struct Stats {
 
 impl Stats {
     /// The counters and the count gauges by the names users see, in a stable order.
-    pub fn counts(&self) -> [(&'static str, u64); 20] {
+    pub fn counts(&self) -> [(&'static str, u64); 24] {
         [
             ("calls_started", self.calls_started),
             ("calls_succeeded", self.calls_succeeded),
@@ -54,6 +62,10 @@ impl Stats {
             ("calls_failed", self.calls_failed),
             ("calls_no_responders", self.calls_no_responders),
             ("calls_rejected", self.calls_rejected),
+            ("calls_device_offline", self.calls_device_offline),
+            ("calls_waited_for_device", self.calls_waited_for_device),
+            ("presence_events_malformed", self.presence_events_malformed),
+            ("presence_devices", self.presence_devices),
             ("replies_dropped_stray", self.replies_dropped_stray),
             ("replies_dropped_duplicate", self.replies_dropped_duplicate),
             ("replies_dropped_malformed", self.replies_dropped_malformed),
@@ -82,6 +94,11 @@ impl Stats {
         self.calls_failed += other.calls_failed;
         self.calls_no_responders += other.calls_no_responders;
         self.calls_rejected += other.calls_rejected;
+        self.calls_device_offline += other.calls_device_offline;
+        self.calls_waited_for_device += other.calls_waited_for_device;
+        self.presence_events_malformed += other.presence_events_malformed;
+        // Every connection of a pool reads the same events: the devices are the same ones.
+        self.presence_devices = self.presence_devices.max(other.presence_devices);
         self.replies_dropped_stray += other.replies_dropped_stray;
         self.replies_dropped_duplicate += other.replies_dropped_duplicate;
         self.replies_dropped_malformed += other.replies_dropped_malformed;
@@ -115,16 +132,19 @@ pub enum Dropped {
     Oversized,
     /// A notification or cancellation the publish-rate queue had no room for.
     Message,
+    /// A presence event that could not be read.
+    PresenceEvent,
 }
 
 impl Dropped {
     #[cfg(test)]
-    const ALL: [Dropped; 5] = [
+    const ALL: [Dropped; 6] = [
         Dropped::Stray,
         Dropped::Duplicate,
         Dropped::Malformed,
         Dropped::Oversized,
         Dropped::Message,
+        Dropped::PresenceEvent,
     ];
 
     /// The name of its counter in `Stats`.
@@ -135,6 +155,7 @@ impl Dropped {
             Dropped::Malformed => "replies_dropped_malformed",
             Dropped::Oversized => "replies_dropped_oversized",
             Dropped::Message => "messages_dropped",
+            Dropped::PresenceEvent => "presence_events_malformed",
         }
     }
 }

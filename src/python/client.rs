@@ -54,6 +54,28 @@ enum CallKind<'a> {
 /// A call with one answer and a fresh request id.
 const NEW_CALL: CallKind<'static> = CallKind::Call { request_id: None };
 
+/// What Python says of the device a call addresses: `device` overrides the core's choice
+/// (the topic's first level; `""`: no device, no presence check), and `wait_for_device`
+/// lets a call to a device known offline wait for it.
+#[derive(Default)]
+struct Aim<'a> {
+    device: Option<&'a str>,
+    wait_for_device: Option<f64>,
+}
+
+impl Aim<'_> {
+    fn apply(&self, prepared: &mut PoolPrepared) -> PyResult<()> {
+        let request = prepared.request_mut();
+        if let Some(device) = self.device {
+            request.set_device((!device.is_empty()).then(|| device.to_owned()));
+        }
+        if let Some(wait) = self.wait_for_device {
+            request.set_wait_for_device(Some(seconds("wait_for_device", wait)?));
+        }
+        Ok(())
+    }
+}
+
 /// Says which request of a batch was refused, keeping the error's type.
 fn in_batch(py: Python<'_>, index: usize, error: PyErr) -> PyErr {
     let note = format!("request {index} of the batch: {}", error.value(py));
@@ -357,7 +379,8 @@ impl CoreClient {
     /// Starts a call; returns `(future, request_id)`. Bad input raises here, before
     /// anything is published. A retry passes its first attempt's `request_id`. `headers`
     /// (trace context) go as MQTT 5 user properties, or on 3.1.1 as members of the body.
-    #[pyo3(signature = (event_loop, topic, payload, timeout, request_id=None, headers=None))]
+    #[pyo3(signature = (event_loop, topic, payload, timeout, request_id=None, headers=None, device=None, wait_for_device=None))]
+    #[allow(clippy::too_many_arguments)]
     fn start_call<'py>(
         &self,
         event_loop: &Bound<'py, PyAny>,
@@ -366,9 +389,11 @@ impl CoreClient {
         timeout: &Bound<'py, PyAny>,
         request_id: Option<&str>,
         headers: Option<Headers>,
+        device: Option<&str>,
+        wait_for_device: Option<f64>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let py = event_loop.py();
-        let prepared = self.prepare(
+        let mut prepared = self.prepare(
             py,
             topic,
             payload,
@@ -376,12 +401,18 @@ impl CoreClient {
             CallKind::Call { request_id },
             headers,
         )?;
+        let aim = Aim {
+            device,
+            wait_for_device,
+        };
+        aim.apply(&mut prepared.0)?;
         self.start_future(event_loop, prepared, timeout, None)
     }
 
     /// Starts a call whose progress messages are handed to `on_progress` (on the loop, in
     /// order, before the answer); returns `(future, request_id)` as `start_call`.
-    #[pyo3(signature = (event_loop, topic, payload, timeout, on_progress, headers=None))]
+    #[pyo3(signature = (event_loop, topic, payload, timeout, on_progress, headers=None, device=None))]
+    #[allow(clippy::too_many_arguments)]
     fn start_stream<'py>(
         &self,
         event_loop: &Bound<'py, PyAny>,
@@ -390,9 +421,15 @@ impl CoreClient {
         timeout: &Bound<'py, PyAny>,
         on_progress: Py<PyAny>,
         headers: Option<Headers>,
+        device: Option<&str>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let py = event_loop.py();
-        let prepared = self.prepare(py, topic, payload, timeout, NEW_CALL, headers)?;
+        let mut prepared = self.prepare(py, topic, payload, timeout, NEW_CALL, headers)?;
+        let aim = Aim {
+            device,
+            ..Aim::default()
+        };
+        aim.apply(&mut prepared.0)?;
         self.start_future(event_loop, prepared, timeout, Some(Arc::new(on_progress)))
     }
 
@@ -420,7 +457,8 @@ impl CoreClient {
     /// Starts a batch of `(topic, payload)` calls in one crossing; returns `(future,
     /// request_ids)`, the future resolving to the list of results in input order. Every
     /// request is checked before any is sent. `headers`, if given, has each request's.
-    #[pyo3(signature = (event_loop, requests, timeout, return_exceptions, headers=None))]
+    #[pyo3(signature = (event_loop, requests, timeout, return_exceptions, headers=None, devices=None))]
+    #[allow(clippy::too_many_arguments)]
     fn start_many<'py>(
         &self,
         event_loop: &Bound<'py, PyAny>,
@@ -428,17 +466,25 @@ impl CoreClient {
         timeout: &Bound<'py, PyAny>,
         return_exceptions: bool,
         headers: Option<Vec<Headers>>,
+        devices: Option<Vec<String>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let py = event_loop.py();
         let duration = timeout_seconds(timeout)?;
         let mut headers = headers.unwrap_or_default().into_iter();
+        let mut devices = devices.unwrap_or_default().into_iter();
         let mut prepared = Vec::with_capacity(requests.len());
         for (index, (topic, payload)) in requests.iter().enumerate() {
             let body = payload_bytes(payload).map_err(|e| in_batch(py, index, e))?;
-            let request = self
+            let mut request = self
                 .inner
                 .prepare(topic, &body, None, headers.next().unwrap_or_default())
                 .map_err(|error| in_batch(py, index, call_error(py, &error, Some(timeout))))?;
+            let device = devices.next();
+            let aim = Aim {
+                device: device.as_deref(),
+                ..Aim::default()
+            };
+            aim.apply(&mut request)?;
             prepared.push(request);
         }
         let bridge = self.bridge(event_loop)?;
@@ -467,7 +513,8 @@ impl CoreClient {
 
     /// A call that blocks its thread (with the GIL released) until the answer: for code
     /// without an event loop. Ctrl-C and other signals interrupt it.
-    #[pyo3(signature = (topic, payload, timeout, headers=None))]
+    #[pyo3(signature = (topic, payload, timeout, headers=None, device=None, wait_for_device=None))]
+    #[allow(clippy::too_many_arguments)]
     fn call_blocking(
         &self,
         py: Python<'_>,
@@ -475,8 +522,15 @@ impl CoreClient {
         payload: &Bound<'_, PyAny>,
         timeout: &Bound<'_, PyAny>,
         headers: Option<Headers>,
+        device: Option<&str>,
+        wait_for_device: Option<f64>,
     ) -> PyResult<Py<PyAny>> {
-        let prepared = self.prepare(py, topic, payload, timeout, NEW_CALL, headers)?;
+        let mut prepared = self.prepare(py, topic, payload, timeout, NEW_CALL, headers)?;
+        let aim = Aim {
+            device,
+            wait_for_device,
+        };
+        aim.apply(&mut prepared.0)?;
         let outcome = self.wait_blocking(py, prepared, |_| Ok(()))?;
         outcome_to_py(py, &outcome, timeout)
     }
@@ -539,6 +593,29 @@ impl CoreClient {
         self.inner
             .notify(topic, &body, headers.unwrap_or_default())
             .map_err(|error| call_error(py, &error, None))
+    }
+
+    /// What the presence source last said of `device`: `(online, since_ms, reason)`, or
+    /// None when nothing is known.
+    fn presence(&self, device: &str) -> Option<(bool, Option<i64>, Option<String>)> {
+        let known = self.inner.presence(device)?;
+        Some((known.online, known.since_ms, known.reason))
+    }
+
+    /// A device's presence from the application's own source.
+    #[pyo3(signature = (device, online, since_ms=None, reason=None))]
+    fn report_presence(
+        &self,
+        device: &str,
+        online: bool,
+        since_ms: Option<i64>,
+        reason: Option<String>,
+    ) -> PyResult<()> {
+        if device.is_empty() {
+            return Err(value_error("a device id cannot be empty"));
+        }
+        self.inner.report_presence(device, online, since_ms, reason);
+        Ok(())
     }
 
     /// The caller stopped waiting (its task was cancelled): drop the call now.

@@ -82,6 +82,22 @@ fn build(py: Python<'_>, error: &CallError, timeout: Option<&Bound<'_, PyAny>>) 
                 crate::acks::reason_name(*reason_code),
             ),
         ),
+        CallError::DeviceOffline {
+            topic,
+            device,
+            since_ms,
+            reason,
+            ..
+        } => PyErr::from_type(
+            exception_type(py, "DeviceOfflineError")?,
+            (
+                error.to_string(),
+                topic.to_string(),
+                device.clone(),
+                since_ms.map(|ms| ms as f64 / 1000.0),
+                reason.clone(),
+            ),
+        ),
     })
 }
 

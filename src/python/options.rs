@@ -8,6 +8,7 @@ use super::arguments::{parse_protocol, seconds};
 use super::errors::value_error;
 use crate::client::ClientOptions;
 use crate::link::{self, ConnectionOptions, Protocol};
+use crate::presence::{self, PresenceSource};
 use crate::quota::Quotas;
 use crate::responder::{RequestLimits, ResponderOptions, ServiceIdentity, DEFAULT_SERVICE_PREFIX};
 use crate::tls::TlsOptions;
@@ -164,6 +165,10 @@ pub fn client_options(options: &Bound<'_, PyDict>) -> PyResult<(ClientOptions, u
         }
     }
     o.propagate_deadline = reader.take::<bool>("propagate_deadline")?;
+    o.presence = presence_source(&mut reader)?;
+    if let Some(capacity) = reader.take::<usize>("presence_capacity")? {
+        o.presence_capacity = capacity.max(1);
+    }
     o.quotas = Quotas {
         publishes_per_second: reader.take("publishes_per_second")?,
         max_unacked_publishes: reader.take("max_unacked_publishes")?,
@@ -181,6 +186,52 @@ pub fn client_options(options: &Bound<'_, PyDict>) -> PyResult<(ClientOptions, u
         ));
     }
     Ok((o, connections))
+}
+
+/// The presence source: `presence` names it (`aws-lifecycle`, `retained-status`,
+/// `reported`); the options of another source than the one named are refused.
+fn presence_source(reader: &mut Reader<'_>) -> PyResult<Option<PresenceSource>> {
+    let prefix = reader.take::<String>("presence_prefix")?;
+    let topic = reader.take::<String>("presence_topic")?;
+    let online = reader.take::<String>("presence_online")?;
+    let offline = reader.take::<String>("presence_offline")?;
+    let kind = reader.take::<String>("presence")?;
+    let status_options = topic.is_some() || online.is_some() || offline.is_some();
+    let source = match kind.as_deref() {
+        None if prefix.is_none() && !status_options => return Ok(None),
+        Some("aws-lifecycle") if !status_options => PresenceSource::AwsLifecycle {
+            prefix: prefix.unwrap_or_else(|| presence::DEFAULT_AWS_PRESENCE_PREFIX.to_owned()),
+        },
+        Some("retained-status") if prefix.is_none() => PresenceSource::RetainedStatus {
+            topic: topic.unwrap_or_else(|| presence::DEFAULT_STATUS_TOPIC.to_owned()),
+            online: online
+                .unwrap_or_else(|| presence::DEFAULT_STATUS_ONLINE.to_owned())
+                .into_bytes(),
+            offline: offline
+                .unwrap_or_else(|| presence::DEFAULT_STATUS_OFFLINE.to_owned())
+                .into_bytes(),
+        },
+        Some("reported") if prefix.is_none() && !status_options => PresenceSource::Reported,
+        Some(other @ ("aws-lifecycle" | "retained-status" | "reported")) => {
+            return Err(value_error(format!(
+                "presence={other:?} does not take the options of another source \
+                 (presence_prefix is aws-lifecycle's; presence_topic, presence_online and \
+                 presence_offline are retained-status's)"
+            )))
+        }
+        None => {
+            return Err(value_error(
+                "presence_prefix, presence_topic, presence_online and presence_offline need presence=",
+            ))
+        }
+        Some(other) => {
+            return Err(value_error(format!(
+                "presence must be \"aws-lifecycle\", \"retained-status\" or a presence source, not {other:?}"
+            )))
+        }
+    };
+    source.validate().map_err(|e| value_error(e.to_string()))?;
+    Ok(Some(source))
 }
 
 /// A responder's options, serving `filters`.
@@ -275,6 +326,8 @@ pub fn client_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     defaults.set_item("cancel_on_abandon", o.cancel_on_abandon)?;
     defaults.set_item("service_prefix", DEFAULT_SERVICE_PREFIX)?;
     defaults.set_item("inbox_prefix", crate::client::DEFAULT_INBOX_PREFIX)?;
+    defaults.set_item("presence_prefix", presence::DEFAULT_AWS_PRESENCE_PREFIX)?;
+    defaults.set_item("presence_capacity", o.presence_capacity)?;
     Ok(defaults)
 }
 

@@ -12,6 +12,7 @@
 //! virtual time (tests/simulation.rs), the way quinn-proto's `Connection` does. Its inputs
 //! from the network are in `network.rs`.
 
+mod devices;
 mod network;
 
 use super::errors::{CallError, Outcome};
@@ -21,11 +22,12 @@ use crate::acks::Sent;
 use crate::link::Protocol;
 use crate::metrics::LatencyHistogram;
 use crate::pending::{Admission, Call, Gather, PendingTable, RecentlyAnswered, Stage};
+use crate::presence::{PresenceBook, PresenceSource};
 use crate::protocol::{self, Headers, InputError, Outgoing};
 use crate::quota::{PublishQueue, Throttled};
 use crate::subscriptions::{Need, ReplySubscriptions, Room};
 use bytes::Bytes;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -60,6 +62,9 @@ pub struct EngineConfig {
     /// Where a request carries the milliseconds its caller still waits (`timeout_ms`).
     /// MQTT 5 requests always carry Message Expiry besides.
     pub deadline_in: DeadlineCarrier,
+    /// Where the client learns which devices are connected, and how many it remembers.
+    pub presence: Option<PresenceSource>,
+    pub presence_capacity: usize,
 }
 
 /// Where a request carries `timeout_ms`, the milliseconds its caller still waits at publish.
@@ -168,6 +173,10 @@ pub struct Engine<W> {
     latency: Arc<LatencyHistogram>,
     /// A call now has the earliest deadline: the driver's timer must look again.
     timer_changed: bool,
+    /// What the presence source said of each device, if the client has one.
+    presence: Option<PresenceBook>,
+    /// The calls waiting for each device known offline (each ends by its deadline).
+    waiting_for_device: HashMap<String, Vec<String>>,
 }
 
 impl<W: Waiter> Engine<W> {
@@ -188,6 +197,9 @@ impl<W: Waiter> Engine<W> {
             ready: None,
             latency: Arc::default(),
             timer_changed: false,
+            presence: (config.presence.clone())
+                .map(|source| PresenceBook::new(source, config.presence_capacity)),
+            waiting_for_device: HashMap::new(),
             config,
         }
     }
@@ -217,6 +229,7 @@ impl<W: Waiter> Engine<W> {
             Dropped::Malformed => &mut counts.replies_dropped_malformed,
             Dropped::Oversized => &mut counts.replies_dropped_oversized,
             Dropped::Message => &mut counts.messages_dropped,
+            Dropped::PresenceEvent => &mut counts.presence_events_malformed,
         };
         *counter += 1;
         if *counter == 1 {
@@ -290,6 +303,7 @@ impl<W: Waiter> Engine<W> {
             reply_subscriptions: self.subscriptions.len() as u64,
             reply_subscriptions_limit: self.subscriptions.limit(),
             publish_rate_limit: self.publishes.per_second(),
+            presence_devices: self.presence.as_ref().map_or(0, |p| p.cache.len() as u64),
             ..self.counts.clone()
         }
     }
@@ -332,10 +346,34 @@ impl<W: Waiter> Engine<W> {
         topic: &str,
         request: impl Into<Outgoing>,
         gather: Option<Option<usize>>,
-        (started, deadline): (Instant, Instant),
+        times: (Instant, Instant),
         waiter: W,
     ) {
         self.counts.calls_started += 1;
+        self.insert(
+            request_id,
+            topic,
+            request.into(),
+            gather,
+            times,
+            waiter,
+            None,
+        );
+    }
+
+    /// Enters a started call in the table: admitted to a slot, queued for one, or (with
+    /// `wait_for_device`) held until its device comes online.
+    #[allow(clippy::too_many_arguments)]
+    fn insert(
+        &mut self,
+        request_id: String,
+        topic: &str,
+        request: Outgoing,
+        gather: Option<Option<usize>>,
+        (started, deadline): (Instant, Instant),
+        waiter: W,
+        wait_for_device: Option<(String, Instant)>,
+    ) {
         if self.calls.contains(&request_id) {
             self.counts.calls_failed += 1;
             let error = CallError::Input(InputError::RequestIdInUse(request_id));
@@ -346,19 +384,29 @@ impl<W: Waiter> Engine<W> {
             .subscriptions
             .key_for(topic)
             .unwrap_or_else(|| Arc::from(topic));
+        let device = wait_for_device.as_ref().map(|(device, _)| device.clone());
         let (admission, earliest) = self.calls.insert(
             request_id.clone(),
             topic_key,
-            request.into(),
+            request,
             (started, deadline),
             waiter,
+            wait_for_device,
         );
         if let (Some(max_replies), Some(call)) = (gather, self.calls.get_mut(&request_id)) {
             call.gather = Some(Gather::new(max_replies));
         }
         self.timer_changed |= earliest;
-        if admission == Admission::Admitted {
-            self.admit(&request_id, started);
+        match admission {
+            Admission::Admitted => self.admit(&request_id, started),
+            Admission::Queued => {}
+            Admission::WaitForDevice { .. } => {
+                let device = device.unwrap_or_default();
+                self.waiting_for_device
+                    .entry(device)
+                    .or_default()
+                    .push(request_id);
+            }
         }
     }
 
@@ -408,6 +456,7 @@ impl<W: Waiter> Engine<W> {
             ));
         }
         self.waiting_for_room.clear();
+        self.waiting_for_device.clear();
     }
 
     // --- inputs: time --------------------------------------------------------------------
@@ -422,6 +471,14 @@ impl<W: Waiter> Engine<W> {
             if call.gather.is_some() && call.stage == Stage::Published {
                 // A scatter-gather call ends at its deadline with what it collected.
                 self.gather_ended(request_id, call.waiter);
+                continue;
+            }
+            if call.stage == Stage::WaitingForDevice && now < call.deadline {
+                // Its wait for the device ended before its deadline: still offline.
+                let device = call.waiting_for.as_deref().unwrap_or_default();
+                let error = self.offline_error(&call.topic, device, true);
+                self.counts.calls_device_offline += 1;
+                self.wakeups.push((call.waiter, Err(error)));
                 continue;
             }
             self.counts.calls_timed_out += 1;
@@ -585,6 +642,11 @@ impl<W: Waiter> Engine<W> {
         let call = self.calls.remove(request_id)?;
         if call.stage == Stage::WaitingForToken {
             self.publishes.remove_call(request_id);
+        }
+        if let Some(device) = &call.waiting_for {
+            // It held nothing but its place among the calls waiting for its device.
+            self.stop_waiting(device, request_id);
+            return Some(call);
         }
         if !self.waiting_for_room.is_empty() {
             self.waiting_for_room.retain(|id| id != request_id);

@@ -17,8 +17,8 @@ impl<W: Waiter> Engine<W> {
     pub fn on_connected(&mut self, session_present: bool, now: Instant) {
         self.connected = true;
         if self.connecting {
-            // The first connection: ready now, or once the pinned filter's SUBACK arrives.
-            if self.pinned.is_none() {
+            // The first connection: ready now, or once the pinned filters' SUBACKs arrive.
+            if !self.subscriptions.pinned_pending() {
                 self.connecting = false;
                 self.ready = Some(Ok(()));
             }
@@ -29,6 +29,9 @@ impl<W: Waiter> Engine<W> {
             return;
         }
         self.counts.reconnects += 1;
+        if !session_present {
+            self.presence_session_lost(now);
+        }
         let (ready, to_subscribe) = self.subscriptions.reconnected(session_present);
         for (key, filter) in to_subscribe {
             self.transmits
@@ -74,7 +77,7 @@ impl<W: Waiter> Engine<W> {
                 for id in waiting {
                     self.publish(&id, now);
                 }
-                if self.pinned.is_some() && self.connecting {
+                if self.connecting && !self.subscriptions.pinned_pending() {
                     self.connecting = false;
                     self.ready = Some(Ok(()));
                 }
