@@ -449,3 +449,44 @@ fn a_lost_session_forgets_presence_and_releases_held_calls() {
     );
     assert_eq!(engine.next_timeout(now), Some(now + Duration::from_secs(9)));
 }
+
+/// A presence filter the broker refuses fails the first connection, naming the filter
+/// (Mosquitto grants what its ACL denies, so this is shown here rather than on a broker).
+#[test]
+fn a_refused_presence_filter_fails_the_first_connection_by_name() {
+    let now = Instant::now();
+    let mut engine = Engine::<Numbered>::new(EngineConfig {
+        client_id: "test".into(),
+        protocol: Protocol::V5,
+        qos: 0,
+        inbox_prefix: None,
+        max_in_flight: 4,
+        max_reply_subscriptions: 4,
+        publishes_per_second: None,
+        cancel_on_abandon: false,
+        deadline_in: DeadlineCarrier::Nowhere,
+        presence: Some(PresenceSource::AwsLifecycle {
+            prefix: "$aws/events/presence".into(),
+        }),
+        presence_capacity: 10,
+    });
+    engine.pin("inbox/test/+");
+    engine.hold_presence_filter();
+    engine.on_connected(false, now);
+    assert_eq!(transmits(&mut engine).len(), 2);
+    engine.on_subscribe_sent(1);
+    engine.on_subscribe_sent(2);
+    // The reply filter alone does not make the connection ready.
+    engine.on_suback(1, true, now);
+    assert!(engine.take_ready().is_none());
+    engine.on_suback(2, false, now);
+    let Some(Err(refused)) = engine.take_ready() else {
+        panic!("connect() must fail");
+    };
+    assert!(
+        refused.to_string().contains("'$aws/events/presence/+/+'"),
+        "{refused}"
+    );
+    // The presence filter takes no place among the reply filters.
+    assert_eq!(engine.reply_subscriptions(), 1);
+}

@@ -13,7 +13,11 @@
 //! 4. no bound exceeded: in-flight calls, reply subscriptions, waiting publishes; and no
 //!    call waits for a slot while one is free;
 //! 5. a reconnect into a kept session subscribes no filter that session holds (failed
-//!    reconnect attempts included).
+//!    reconnect attempts included);
+//! 6. with presence (reported at random), a call ends with "device offline" only if its
+//!    device was reported offline when it started (then at once) or still is when its wait
+//!    ends (then exactly then, before its deadline), never after it was sent; and no call
+//!    is held for a device last reported online.
 //!
 //! A failure names its seed; `MQTT_RPC_SIM_SEED=<seed> cargo test simulation` replays it.
 //! `MQTT_RPC_SIM_SECONDS` sets how long the random part runs (default 5 s).
@@ -23,6 +27,7 @@ use mqtt_rpc::client::engine::{
     DeadlineCarrier, Engine, EngineConfig, Transmit, MAX_QUEUED_MESSAGES,
 };
 use mqtt_rpc::link::Protocol;
+use mqtt_rpc::presence::PresenceSource;
 use mqtt_rpc::protocol::{self, InputError, Reply};
 use mqtt_rpc::{CallError, Outcome, Waiter};
 use rand::rngs::StdRng;
@@ -50,6 +55,12 @@ struct SimCall {
     duplicate_of_live: bool,
     /// When it ended, and how.
     ended: Option<(Duration, Outcome)>,
+    started: Duration,
+    /// Started for a device (with presence): the device, whether it was reported offline
+    /// then, and when its wait for the device ends (if it may wait).
+    device: Option<&'static str>,
+    offline_at_start: bool,
+    wait_end: Option<Duration>,
 }
 
 /// What the network will do later, at its due time.
@@ -103,6 +114,10 @@ struct World {
     /// Off while the first connection is made (its failure ends `connect()` instead).
     faults: bool,
     steps: u64,
+    /// The client has a presence source (reported by the world); the devices it last
+    /// reported offline.
+    presence: bool,
+    offline: HashSet<&'static str>,
 }
 
 impl World {
@@ -123,6 +138,7 @@ impl World {
         let max_in_flight = rng.gen_range(1..=8);
         let max_subscriptions = rng.gen_range(1..=4);
         let publishes_per_second = rng.gen_bool(0.3).then(|| rng.gen_range(5..=200));
+        let presence = rng.gen_bool(0.5);
         let engine = Engine::new(EngineConfig {
             client_id: "sim".into(),
             protocol,
@@ -137,8 +153,9 @@ impl World {
                 DeadlineCarrier::UserProperty,
                 DeadlineCarrier::Body,
             ][rng.gen_range(0..3)],
-            presence: None,
-            presence_capacity: 1,
+            presence: presence.then_some(PresenceSource::Reported),
+            // Fewer than the devices: some are forgotten, and then called as unknown.
+            presence_capacity: 4,
         });
         let mut world = World {
             rng,
@@ -165,6 +182,8 @@ impl World {
             refused_transmits: false,
             faults: false,
             steps: 0,
+            presence,
+            offline: HashSet::new(),
         };
         if let Some(filter) = world.pinned.clone() {
             world.engine.pin(&filter);
@@ -273,6 +292,25 @@ impl World {
             Err(CallError::Input(InputError::RequestIdInUse(_))) => {
                 assert!(call.duplicate_of_live, "id in use refused for a fresh id")
             }
+            Err(CallError::DeviceOffline { waited, device, .. }) => {
+                assert_eq!(
+                    Some(device.as_str()),
+                    call.device,
+                    "offline: another device"
+                );
+                assert!(
+                    !self.delivered.contains(&call.request_id),
+                    "offline once sent"
+                );
+                if *waited {
+                    assert_eq!(Some(now), call.wait_end, "a wait ended off its end");
+                    assert!(now < call.deadline, "a wait outlived its deadline");
+                    assert!(self.offline.contains(device.as_str()), "online, yet held");
+                } else {
+                    assert!(call.offline_at_start, "offline, yet reported online");
+                    assert_eq!(now, call.started, "an offline device's call waited");
+                }
+            }
             other => panic!("call {index}: an outcome nothing here explains: {other:?}"),
         }
         if !call.duplicate_of_live && self.live_ids.get(&call.request_id) == Some(&index) {
@@ -294,6 +332,11 @@ impl World {
             self.max_subscriptions
         );
         assert!(self.engine.throttled() <= self.max_in_flight + MAX_QUEUED_MESSAGES);
+        for device in TOPICS.map(device_of) {
+            if !self.offline.contains(device) {
+                assert_eq!(self.engine.held_for(device), 0, "held for {device}, online");
+            }
+        }
         let live = self.calls.iter().filter(|c| c.ended.is_none()).count();
         assert_eq!(
             self.engine.pending(),
@@ -313,6 +356,9 @@ impl World {
         };
         let timeout = Duration::from_millis(self.rng.gen_range(1..3_000));
         let gather = self.rng.gen_bool(0.1);
+        let device = (self.presence && !gather && self.rng.gen_bool(0.7)).then(|| device_of(topic));
+        let wait = (device.is_some() && self.rng.gen_bool(0.5))
+            .then(|| Duration::from_millis(self.rng.gen_range(0..3_000)));
         let index = self.calls.len();
         self.calls.push(SimCall {
             request_id: request_id.clone(),
@@ -320,12 +366,23 @@ impl World {
             gather,
             duplicate_of_live,
             ended: None,
+            started: self.now,
+            device,
+            offline_at_start: device.is_some_and(|d| self.offline.contains(d)),
+            wait_end: wait.map(|w| self.now + w),
         });
         if !duplicate_of_live {
             self.live_ids.insert(request_id.clone(), index);
         }
         let body = json!({"request_id": request_id}).to_string().into_bytes();
         let now = self.instant();
+        if let Some(device) = device {
+            let times = (now, now + timeout);
+            let waiter = SimWaiter(index);
+            self.engine
+                .start_to_device(device, wait, request_id, topic, body, times, waiter);
+            return;
+        }
         self.engine.start(
             request_id,
             topic,
@@ -349,6 +406,19 @@ impl World {
             self.calls[index].ended =
                 Some((self.now, Err(CallError::NotConnected("forgotten".into()))));
         }
+    }
+
+    /// The world tells the client a device's presence.
+    fn report(&mut self) {
+        let device = device_of(TOPICS[self.rng.gen_range(0..TOPICS.len())]);
+        let online = self.rng.gen_bool(0.5);
+        if online {
+            self.offline.remove(device);
+        } else {
+            self.offline.insert(device);
+        }
+        let now = self.instant();
+        self.engine.report_presence(device, online, None, None, now);
     }
 
     /// Moves time on, never past the engine's next timeout (which then fires exactly).
@@ -622,7 +692,7 @@ impl World {
 
     fn step(&mut self) {
         self.steps += 1;
-        match self.rng.gen_range(0..100) {
+        match self.rng.gen_range(0..104) {
             0..=14 => self.start_call(),
             15..=17 => self.forget_call(),
             18..=37 => self.advance(),
@@ -631,6 +701,7 @@ impl World {
             88..=91 => self.junk(),
             92 => self.disconnect(),
             93..=96 => self.reconnect(),
+            100..=103 if self.presence => self.report(),
             _ => {
                 let topic = TOPICS[self.rng.gen_range(0..TOPICS.len())];
                 let now = self.instant();
@@ -672,6 +743,11 @@ impl World {
             assert!(call.ended.is_some(), "call {index} never ended");
         }
     }
+}
+
+/// The device a request topic addresses: its first level.
+fn device_of(topic: &'static str) -> &'static str {
+    topic.split('/').next().unwrap_or(topic)
 }
 
 /// Runs one seed; a failed invariant panics with the seed in the message.

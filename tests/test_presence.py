@@ -13,6 +13,7 @@ import uuid
 from typing import Any, AsyncIterator, Callable, Iterator, Optional
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from mqtt_rpc import (
     AwsLifecycle,
@@ -24,6 +25,7 @@ from mqtt_rpc import (
     RpcTimeoutError,
     SyncMqttRpcClient,
 )
+from mqtt_rpc.metrics import PrometheusCollector
 from mqtt_rpc.presence import Report
 from mqtt_rpc.testing import MosquittoBroker, ResponderDevice
 from presence_events import AwsEvents, StatusDevice
@@ -235,6 +237,13 @@ def test_the_blocking_client(broker: MosquittoBroker, device: str) -> None:
             client.call(topic(device), {})
         client.report_presence(device, True)
         assert client.call(topic(device), {"b": 1})["result"]["request"]["b"] == 1
+        # The exporters show the new outcome and gauge.
+        registry = CollectorRegistry()
+        registry.register(PrometheusCollector(client))
+        scraped = generate_latest(registry).decode()
+        me = f'client_id="{client.client_id}"'
+        assert f'mqtt_rpc_client_calls_total{{{me},outcome="device_offline"}} 1.0' in scraped
+        assert f"mqtt_rpc_client_presence_devices{{{me}}} 1.0" in scraped
 
 
 async def test_the_presence_cache_is_bounded(broker: MosquittoBroker, aws_events: AwsEvents) -> None:
@@ -274,3 +283,4 @@ def test_the_readme_snippet_runs(broker: MosquittoBroker, tmp_path: Any) -> None
     assert offline == "offline: door1 battery low"
     assert ast.literal_eval(answer) == {"locked": True}
     assert known == "DevicePresence(online=True, since=None, reason=None)"
+

@@ -56,7 +56,9 @@ class ConnectionLostError(MqttRpcError, ConnectionError):
 
 
 class SubscriptionRefusedError(MqttRpcError):
-    """The broker refused the reply subscription, so no answer could ever arrive."""
+    """The broker refused a subscription the client needs: a reply filter (a call's answer
+    could never arrive), or at `connect()` the ``presence`` source's filter. The message
+    names the filter."""
 
 
 class NoRespondersError(MqttRpcError, LookupError):

@@ -20,11 +20,13 @@ What is exported (Prometheus names; OpenTelemetry uses the same with dots):
 
 - clients: ``mqtt_rpc_client_calls_started_total``, ``mqtt_rpc_client_calls_total``
   by ``outcome`` (succeeded, timed_out, failed_remotely, cancelled, failed, no_responders,
-  rejected), ``mqtt_rpc_client_call_duration_seconds`` (a histogram of answered calls),
+  rejected, device_offline), ``mqtt_rpc_client_call_duration_seconds`` (a histogram of
+  answered calls),
   ``mqtt_rpc_client_dropped_total`` by ``kind`` (the ``stats()`` counter's name),
   ``mqtt_rpc_client_messages_received_total`` by ``kind`` (progress, gathered),
-  ``mqtt_rpc_client_calls_throttled_total``, ``mqtt_rpc_client_reconnects_total``, and the
-  gauges ``mqtt_rpc_client_pending``, ``mqtt_rpc_client_reply_subscriptions``,
+  ``mqtt_rpc_client_calls_throttled_total``, ``mqtt_rpc_client_calls_waited_for_device_total``,
+  ``mqtt_rpc_client_reconnects_total``, and the gauges ``mqtt_rpc_client_pending``,
+  ``mqtt_rpc_client_reply_subscriptions``, ``mqtt_rpc_client_presence_devices``,
   ``mqtt_rpc_client_connected``;
 - responders: ``mqtt_rpc_responder_requests_total``,
   ``mqtt_rpc_responder_notifications_total``, ``mqtt_rpc_responder_dropped_total`` by
@@ -62,7 +64,16 @@ DEFAULT_BUCKETS: Tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
 
-_OUTCOMES = ("succeeded", "timed_out", "failed_remotely", "cancelled", "failed", "no_responders", "rejected")
+_OUTCOMES = (
+    "succeeded",
+    "timed_out",
+    "failed_remotely",
+    "cancelled",
+    "failed",
+    "no_responders",
+    "rejected",
+    "device_offline",
+)
 _CLIENT_DROPS = (
     "replies_dropped_stray",
     "replies_dropped_duplicate",
@@ -70,6 +81,7 @@ _CLIENT_DROPS = (
     "replies_dropped_oversized",
     "messages_dropped",
     "interim_dropped",
+    "presence_events_malformed",
 )
 _RESPONDER_DROPS = (
     "dropped_malformed",
@@ -171,10 +183,20 @@ def _read_client(families: _Families, client: Any, bounds: Sequence[float]) -> N
     families.add(
         ("client", "calls_throttled"), "counter", "Calls that waited for the publish-rate limit.", me, stats["calls_throttled"]
     )
+    families.add(
+        ("client", "calls_waited_for_device"),
+        "counter",
+        "Calls held for a device known offline (wait_for_device).",
+        me,
+        stats["calls_waited_for_device"],
+    )
     families.add(("client", "reconnects"), "counter", "Reconnections after a lost connection.", me, stats["reconnects"])
     families.add(("client", "pending"), "gauge", "Calls not yet ended.", me, stats["pending"])
     families.add(
         ("client", "reply_subscriptions"), "gauge", "Reply filters held or being subscribed.", me, stats["reply_subscriptions"]
+    )
+    families.add(
+        ("client", "presence_devices"), "gauge", "Devices whose presence is known.", me, stats["presence_devices"]
     )
     families.add(("client", "connected"), "gauge", "1 while the connection is up.", me, 1.0 if client.connected else 0.0)
 
@@ -378,9 +400,11 @@ _FAMILIES: Tuple[Tuple[Tuple[str, ...], str, str], ...] = (
     (("client", "dropped"), "counter", ""),
     (("client", "messages_received"), "counter", ""),
     (("client", "calls_throttled"), "counter", ""),
+    (("client", "calls_waited_for_device"), "counter", ""),
     (("client", "reconnects"), "counter", ""),
     (("client", "pending"), "gauge", ""),
     (("client", "reply_subscriptions"), "gauge", ""),
+    (("client", "presence_devices"), "gauge", ""),
     (("client", "connected"), "gauge", ""),
     (("responder", "requests"), "counter", ""),
     (("responder", "notifications"), "counter", ""),

@@ -80,7 +80,8 @@ impl fmt::Display for CallError {
             | CallError::Refused(why) => f.write_str(why),
             CallError::SubscribeRefused { filter } => write!(
                 f,
-                "the broker refused the reply subscription '{filter}', so no answer can arrive"
+                "the broker refused the subscription '{filter}' (its SUBACK said so: is the \
+                 client allowed to subscribe to it?)"
             ),
             CallError::NoResponders { topic } => write!(
                 f,

@@ -31,6 +31,11 @@ impl<W: Waiter> Engine<W> {
         self.presence.as_mut()?.cache.get(device).cloned()
     }
 
+    /// Calls held until `device` comes online.
+    pub fn held_for(&self, device: &str) -> usize {
+        self.waiting_for_device.get(device).map_or(0, Vec::len)
+    }
+
     /// A message on the presence filter: applied, or dropped and counted if unreadable.
     pub fn on_presence_message(&mut self, topic: &str, payload: &[u8], now: Instant) {
         let Some(book) = self.presence.as_mut() else {
@@ -78,7 +83,8 @@ impl<W: Waiter> Engine<W> {
         waiter: W,
     ) {
         let offline = self.presence(device).is_some_and(|p| !p.online);
-        if !offline {
+        // A request id in use is refused as `start` refuses it, whatever the device.
+        if !offline || self.calls.contains(&request_id) {
             return self.start(
                 request_id,
                 topic,
