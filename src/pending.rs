@@ -320,6 +320,15 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// A call without a device to wait for.
+    fn enter(
+        table: &mut PendingTable<()>,
+        id: &str,
+        times: (Instant, Instant),
+    ) -> (Admission, bool) {
+        table.insert(id.into(), topic(), Outgoing::default(), times, (), None)
+    }
+
     fn topic() -> Arc<str> {
         Arc::from("dev/set")
     }
@@ -329,45 +338,9 @@ mod tests {
         let now = Instant::now();
         let mut table = PendingTable::new(2);
         let later = now + Duration::from_secs(10);
-        assert_eq!(
-            table
-                .insert(
-                    "a".into(),
-                    topic(),
-                    Outgoing::default(),
-                    (now, later),
-                    (),
-                    None
-                )
-                .0,
-            Admission::Admitted
-        );
-        assert_eq!(
-            table
-                .insert(
-                    "b".into(),
-                    topic(),
-                    Outgoing::default(),
-                    (now, later),
-                    (),
-                    None
-                )
-                .0,
-            Admission::Admitted
-        );
-        assert_eq!(
-            table
-                .insert(
-                    "c".into(),
-                    topic(),
-                    Outgoing::default(),
-                    (now, later),
-                    (),
-                    None
-                )
-                .0,
-            Admission::Queued
-        );
+        assert_eq!(enter(&mut table, "a", (now, later)).0, Admission::Admitted);
+        assert_eq!(enter(&mut table, "b", (now, later)).0, Admission::Admitted);
+        assert_eq!(enter(&mut table, "c", (now, later)).0, Admission::Queued);
         assert_eq!(table.len(), 3);
         assert_eq!(table.in_flight(), 2);
         assert_eq!(table.admit_next(), None);
@@ -385,22 +358,8 @@ mod tests {
     fn removing_a_queued_call_frees_nothing_and_leaves_no_trace() {
         let now = Instant::now();
         let mut table = PendingTable::new(1);
-        table.insert(
-            "a".into(),
-            topic(),
-            Outgoing::default(),
-            (now, now),
-            (),
-            None,
-        );
-        table.insert(
-            "b".into(),
-            topic(),
-            Outgoing::default(),
-            (now, now),
-            (),
-            None,
-        );
+        enter(&mut table, "a", (now, now));
+        enter(&mut table, "b", (now, now));
         assert!(table.remove("b").is_some());
         assert_eq!(table.in_flight(), 1);
         assert!(table.remove("a").is_some());
@@ -414,37 +373,11 @@ mod tests {
     fn a_new_call_joins_the_queue_behind_waiting_ones() {
         let now = Instant::now();
         let mut table = PendingTable::new(1);
-        table.insert(
-            "a".into(),
-            topic(),
-            Outgoing::default(),
-            (now, now),
-            (),
-            None,
-        );
-        table.insert(
-            "b".into(),
-            topic(),
-            Outgoing::default(),
-            (now, now),
-            (),
-            None,
-        );
+        enter(&mut table, "a", (now, now));
+        enter(&mut table, "b", (now, now));
         table.remove("a");
         // A slot is free but "b" waited first: "c" must not jump the queue.
-        assert_eq!(
-            table
-                .insert(
-                    "c".into(),
-                    topic(),
-                    Outgoing::default(),
-                    (now, now),
-                    (),
-                    None
-                )
-                .0,
-            Admission::Queued
-        );
+        assert_eq!(enter(&mut table, "c", (now, now)).0, Admission::Queued);
         assert_eq!(table.admit_next(), Some("b".to_string()));
     }
 
@@ -467,14 +400,7 @@ mod tests {
         assert_eq!((table.in_flight(), table.queued()), (0, 0));
         // Its timer is the end of its wait, not its deadline.
         assert_eq!(table.next_deadline(), Some(wait_until));
-        let (admission, _) = table.insert(
-            "a".into(),
-            topic(),
-            Outgoing::default(),
-            (now, deadline),
-            (),
-            None,
-        );
+        let (admission, _) = enter(&mut table, "a", (now, deadline));
         assert_eq!(admission, Admission::Admitted);
         // Online: the slot is taken, so it queues, and its timer is its deadline again.
         assert_eq!(table.device_online("w"), Some(Admission::Queued));
@@ -492,32 +418,11 @@ mod tests {
     fn deadlines_expire_in_order_and_report_the_earliest() {
         let now = Instant::now();
         let mut table = PendingTable::new(10);
-        let (_, earliest) = table.insert(
-            "late".into(),
-            topic(),
-            Outgoing::default(),
-            (now, now + Duration::from_secs(5)),
-            (),
-            None,
-        );
+        let (_, earliest) = enter(&mut table, "late", (now, now + Duration::from_secs(5)));
         assert!(earliest);
-        let (_, earliest) = table.insert(
-            "soon".into(),
-            topic(),
-            Outgoing::default(),
-            (now, now + Duration::from_secs(1)),
-            (),
-            None,
-        );
+        let (_, earliest) = enter(&mut table, "soon", (now, now + Duration::from_secs(1)));
         assert!(earliest);
-        let (_, earliest) = table.insert(
-            "mid".into(),
-            topic(),
-            Outgoing::default(),
-            (now, now + Duration::from_secs(3)),
-            (),
-            None,
-        );
+        let (_, earliest) = enter(&mut table, "mid", (now, now + Duration::from_secs(3)));
         assert!(!earliest);
         assert_eq!(table.next_deadline(), Some(now + Duration::from_secs(1)));
         let expired = table.expired(now + Duration::from_secs(3));
@@ -545,22 +450,8 @@ mod tests {
     fn drain_empties_everything() {
         let now = Instant::now();
         let mut table = PendingTable::new(1);
-        table.insert(
-            "a".into(),
-            topic(),
-            Outgoing::default(),
-            (now, now),
-            (),
-            None,
-        );
-        table.insert(
-            "b".into(),
-            topic(),
-            Outgoing::default(),
-            (now, now),
-            (),
-            None,
-        );
+        enter(&mut table, "a", (now, now));
+        enter(&mut table, "b", (now, now));
         assert_eq!(table.drain().len(), 2);
         assert!(table.is_empty());
         assert_eq!(table.in_flight(), 0);

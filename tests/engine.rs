@@ -15,19 +15,28 @@ impl Waiter for Numbered {
     fn complete(self, _outcome: Outcome) {}
 }
 
-fn engine(max_in_flight: usize, max_reply_subscriptions: usize) -> Engine<Numbered> {
-    let mut engine = Engine::new(EngineConfig {
+/// The engine's configuration in these tests; each test changes what it is about.
+fn config() -> EngineConfig {
+    EngineConfig {
         client_id: "test".into(),
         protocol: Protocol::V311,
         qos: 0,
         inbox_prefix: None,
-        max_in_flight,
-        max_reply_subscriptions,
+        max_in_flight: 10,
+        max_reply_subscriptions: 10,
         publishes_per_second: None,
         cancel_on_abandon: false,
         deadline_in: DeadlineCarrier::Nowhere,
         presence: None,
         presence_capacity: 1,
+    }
+}
+
+fn engine(max_in_flight: usize, max_reply_subscriptions: usize) -> Engine<Numbered> {
+    let mut engine = Engine::new(EngineConfig {
+        max_in_flight,
+        max_reply_subscriptions,
+        ..config()
     });
     engine.on_connected(false, Instant::now());
     engine
@@ -158,17 +167,8 @@ fn a_request_id_in_use_is_refused_and_the_first_call_kept() {
 fn notifications_beyond_the_rate_queue_are_refused() {
     let now = Instant::now();
     let mut engine = Engine::<Numbered>::new(EngineConfig {
-        client_id: "test".into(),
-        protocol: Protocol::V311,
-        qos: 0,
-        inbox_prefix: None,
-        max_in_flight: 10,
-        max_reply_subscriptions: 10,
         publishes_per_second: Some(1),
-        cancel_on_abandon: false,
-        deadline_in: DeadlineCarrier::Nowhere,
-        presence: None,
-        presence_capacity: 1,
+        ..config()
     });
     engine.on_connected(false, now);
     let mut queued = 0;
@@ -201,17 +201,9 @@ fn a_request_carries_the_time_left_when_it_is_published() {
     ] {
         let start_at = Instant::now();
         let mut engine = Engine::<Numbered>::new(EngineConfig {
-            client_id: "test".into(),
             protocol,
-            qos: 0,
-            inbox_prefix: None,
-            max_in_flight: 10,
-            max_reply_subscriptions: 10,
-            publishes_per_second: None,
-            cancel_on_abandon: false,
             deadline_in,
-            presence: None,
-            presence_capacity: 1,
+            ..config()
         });
         engine.on_connected(false, start_at);
         engine.start(
@@ -256,21 +248,14 @@ fn a_request_carries_the_time_left_when_it_is_published() {
 fn engine_with_presence(max_in_flight: usize) -> Engine<Numbered> {
     let now = Instant::now();
     let mut engine = Engine::new(EngineConfig {
-        client_id: "test".into(),
-        protocol: Protocol::V311,
-        qos: 0,
-        inbox_prefix: None,
         max_in_flight,
-        max_reply_subscriptions: 10,
-        publishes_per_second: None,
-        cancel_on_abandon: false,
-        deadline_in: DeadlineCarrier::Nowhere,
         presence: Some(PresenceSource::RetainedStatus {
             topic: "{device}/status".into(),
             online: b"online".to_vec(),
             offline: b"offline".to_vec(),
         }),
         presence_capacity: 100,
+        ..config()
     });
     engine.hold_presence_filter();
     engine.on_connected(false, now);
@@ -456,19 +441,12 @@ fn a_lost_session_forgets_presence_and_releases_held_calls() {
 fn a_refused_presence_filter_fails_the_first_connection_by_name() {
     let now = Instant::now();
     let mut engine = Engine::<Numbered>::new(EngineConfig {
-        client_id: "test".into(),
         protocol: Protocol::V5,
-        qos: 0,
-        inbox_prefix: None,
-        max_in_flight: 4,
-        max_reply_subscriptions: 4,
-        publishes_per_second: None,
-        cancel_on_abandon: false,
-        deadline_in: DeadlineCarrier::Nowhere,
         presence: Some(PresenceSource::AwsLifecycle {
             prefix: "$aws/events/presence".into(),
         }),
         presence_capacity: 10,
+        ..config()
     });
     engine.pin("inbox/test/+");
     engine.hold_presence_filter();

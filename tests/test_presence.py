@@ -268,6 +268,8 @@ def test_bad_presence_options_are_refused_before_connecting() -> None:
         MqttRpcClient("localhost", presence="retained-status", presence_prefix="a/b")
     with pytest.raises(TypeError, match="presence must be"):
         MqttRpcClient("localhost", presence=42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no presence source"):
+        MqttRpcClient("localhost").report_presence("cam1", False)
     with pytest.raises(ValueError, match="wait_for_device"):
         asyncio.run(MqttRpcClient("localhost").call("a/b", {}, wait_for_device=-1))
     class Source:

@@ -109,6 +109,9 @@ class Retry:
 class _ClientState:
     """What both clients report about themselves, read from the core."""
 
+    #: The ``presence=`` the client was made with.
+    _presence_source: Optional[Presence]
+
     _core: _core.CoreClient
 
     @property
@@ -164,7 +167,9 @@ class _ClientState:
         """Tells the client a device's presence, from a source of your own (the client was
         made with one: an object with ``run(report)``, whose ``report`` is this method).
         ``since`` is Unix time in seconds. Calls waiting for the device go on once it is
-        online. Without such a source it does nothing."""
+        online. Raises ValueError on a client made without ``presence=``."""
+        if self._presence_source is None:
+            raise ValueError('the client has no presence source: make it with presence="reported" (or a source)')
         self._core.report_presence(device_id, online, _presence.since_ms(since), reason)
 
 
@@ -335,7 +340,7 @@ class MqttRpcClient(_ClientState):
         self._on_connection_change = on_connection_change
         self._timeout = self._settings["timeout"]
         self._device_of = device_of
-        source = self._settings["presence"]
+        self._presence_source = source = self._settings["presence"]
         self._source: Optional[PresenceSource] = None if isinstance(source, str) else source
         self._source_task: Optional["asyncio.Task[None]"] = None
         self._peer = Peer(self._core.client_id, self._settings["host"], self._settings["port"])
@@ -617,7 +622,7 @@ class MqttRpcClient(_ClientState):
             payload = typed.encode(payload)
         if response_model is not None:
             typed.check_model(response_model)
-        aim = _Aim(self._device(topic), wait_for_device)
+        aim = self._aim(topic, wait_for_device)
         if not self._open:
             await self._connection()
         observer = _observer.current
@@ -627,7 +632,10 @@ class MqttRpcClient(_ClientState):
             reply = await self._call_with_retry(topic, payload, timeout, retry, aim)
         else:
             loop = _get_running_loop()
-            future, request_id = self._core.start_call(loop, topic, payload, timeout, None, None, *aim)
+            if aim:
+                future, request_id = self._core.start_call(loop, topic, payload, timeout, None, None, *aim)
+            else:
+                future, request_id = self._core.start_call(loop, topic, payload, timeout)
             try:
                 reply = await future
             except _CancelledError:
@@ -637,6 +645,15 @@ class MqttRpcClient(_ClientState):
             return reply
         return typed.validate(reply, response_model)
 
+    def _aim(self, topic: str, wait_for_device: Optional[float]) -> Tuple[Any, ...]:
+        """The core's last two call arguments, ``device`` and ``wait_for_device``, or ()
+        when neither is given (the usual case, which then converts two arguments fewer)."""
+        if wait_for_device is not None and not (isinstance(wait_for_device, (int, float)) and wait_for_device >= 0):
+            raise ValueError(f"wait_for_device must be a non-negative number of seconds, not {wait_for_device!r}")
+        if self._device_of is None and wait_for_device is None:
+            return ()
+        return (self._device(topic), wait_for_device)
+
     def _device(self, topic: str) -> Optional[str]:
         """The device a call addresses, when ``device_of`` says (``""``: none); None
         leaves it to the core: the topic's first level."""
@@ -645,7 +662,7 @@ class MqttRpcClient(_ClientState):
         return self._device_of(topic) or ""
 
     async def _traced_call(
-        self, observer: Observer, topic: str, payload: Any, timeout: float, retry: Optional[Retry], aim: "_Aim"
+        self, observer: Observer, topic: str, payload: Any, timeout: float, retry: Optional[Retry], aim: Tuple[Any, ...]
     ) -> Dict[str, Any]:
         with observer.client_span("call", topic, self._peer) as span:
             if retry is not None:
@@ -661,7 +678,7 @@ class MqttRpcClient(_ClientState):
             return reply
 
     async def _call_with_retry(
-        self, topic: str, payload: Any, timeout: float, retry: Retry, aim: "_Aim", span: Optional[ClientSpan] = None
+        self, topic: str, payload: Any, timeout: float, retry: Retry, aim: Tuple[Any, ...], span: Optional[ClientSpan] = None
     ) -> Dict[str, Any]:
         headers = None if span is None else span.headers
         loop = _get_running_loop()
@@ -859,16 +876,6 @@ class MqttRpcClient(_ClientState):
         if response_model is None:
             return replies
         return [_validated_in_place(reply, response_model, return_exceptions) for reply in replies]
-
-
-class _Aim(Tuple[Optional[str], Optional[float]]):
-    """A call's device (from ``device_of``) and ``wait_for_device``, as the core's last two
-    arguments."""
-
-    def __new__(cls, device: Optional[str], wait_for_device: Optional[float]) -> "_Aim":
-        if wait_for_device is not None and not (isinstance(wait_for_device, (int, float)) and wait_for_device >= 0):
-            raise ValueError(f"wait_for_device must be a non-negative number of seconds, not {wait_for_device!r}")
-        return super().__new__(cls, (device, wait_for_device))
 
 
 def _end_all(spans: List[ClientSpan], error: BaseException) -> None:

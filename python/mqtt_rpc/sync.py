@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Optional, Type, TypeVar, overload
 from . import _observer, services, typed
 from ._core import CoreClient
 from ._observer import Headers
-from .client import MqttRpcClient, Payload, _Aim, _ClientState
+from .client import MqttRpcClient, Payload, _ClientState
 from .context import bounded_timeout
 from .errors import NotConnectedError
 from .presence import PresenceSource
@@ -57,6 +57,10 @@ class SyncMqttRpcClient(_ClientState):
     @property
     def _core(self) -> CoreClient:  # type: ignore[override]
         return self._client._core
+
+    @property
+    def _presence_source(self) -> Optional[Any]:  # type: ignore[override]
+        return self._client._presence_source
 
     def __repr__(self) -> str:
         state = "connected" if self._open else "not connected"
@@ -156,7 +160,7 @@ class SyncMqttRpcClient(_ClientState):
         body = typed.encode(payload)
         if response_model is not None:
             typed.check_model(response_model)
-        aim = _Aim(self._client._device(topic), wait_for_device)
+        aim = self._client._aim(topic, wait_for_device)
         if not self._open:
             self.connect()
         observer = _observer.current

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import select
 import shutil
 import socket
 import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 

@@ -93,16 +93,28 @@ pub struct Prepared {
     request: Outgoing,
     /// A scatter-gather request, and how many answers end it (`None`: its deadline).
     gather: Option<Option<usize>>,
-    /// With a presence source: the device it addresses (by default the topic's first
-    /// level), and how long it may wait for that device to come online.
-    device: Option<String>,
+    /// With a presence source: the device it addresses, and how long it may wait for
+    /// that device to come online.
+    device: Device,
     wait_for_device: Option<Duration>,
+}
+
+/// The device a request addresses, for the presence check.
+#[derive(Debug)]
+enum Device {
+    /// No check (no presence source, a scatter-gather call, or the caller said so).
+    Unchecked,
+    /// The topic's first level, read when the call starts (nothing allocated).
+    FirstLevel,
+    Named(String),
 }
 
 impl Prepared {
     /// Names the device the request addresses (None: no presence check for it).
     pub fn set_device(&mut self, device: Option<String>) {
-        self.device = device;
+        if self.gather.is_none() {
+            self.device = device.map_or(Device::Unchecked, Device::Named);
+        }
     }
 
     /// Of a device known offline, wait up to `wait` (within the call's timeout) for it to
@@ -431,8 +443,8 @@ impl<W: Waiter> RpcClient<W> {
             return Err(CallError::Input(InputError::TooLarge { size, limit }));
         }
         let device = match (&shared.options.presence, gather) {
-            (Some(_), None) => Some(presence::device_of_topic(topic).to_owned()),
-            _ => None,
+            (Some(_), None) => Device::FirstLevel,
+            _ => Device::Unchecked,
         };
         Ok(Prepared {
             request_id,
@@ -518,19 +530,17 @@ impl<W: Waiter> RpcClient<W> {
             .unwrap_or(started + Duration::from_secs(86_400 * 365));
         let id = request_id.clone();
         let times = (started, deadline);
-        self.shared
-            .run(|engine, _| match device.filter(|_| gather.is_none()) {
-                Some(device) => engine.start_to_device(
-                    &device,
-                    wait_for_device,
-                    id,
-                    &topic,
-                    request,
-                    times,
-                    waiter,
-                ),
-                None => engine.start(id, &topic, request, gather, times, waiter),
-            });
+        let device = match &device {
+            Device::Unchecked => None,
+            Device::FirstLevel => Some(presence::device_of_topic(&topic)),
+            Device::Named(name) => Some(name.as_str()),
+        };
+        self.shared.run(|engine, _| match device {
+            Some(device) => {
+                engine.start_to_device(device, wait_for_device, id, &topic, request, times, waiter)
+            }
+            None => engine.start(id, &topic, request, gather, times, waiter),
+        });
         request_id
     }
 
