@@ -150,9 +150,14 @@ impl ReplySubscriptions {
         self.pin_entry(filter, false)
     }
 
-    /// Registers a filter held for the client's life that is not a reply filter.
-    pub fn pin_apart(&mut self, filter: &str) -> Arc<str> {
-        self.pin_entry(filter, true)
+    /// Registers a filter held for the client's life that is not a reply filter; None if
+    /// that filter is held already (then nothing is to be subscribed).
+    pub fn pin_apart(&mut self, filter: &str) -> Option<Arc<str>> {
+        if self.entries.contains_key(filter) {
+            return None;
+        }
+        self.apart += 1;
+        Some(self.pin_entry(filter, true))
     }
 
     /// Whether a pinned filter still waits for its SUBACK (the first connection is ready
@@ -163,9 +168,6 @@ impl ReplySubscriptions {
 
     fn pin_entry(&mut self, filter: &str, apart: bool) -> Arc<str> {
         let key: Arc<str> = Arc::from(filter);
-        if apart && !self.entries.contains_key(&key) {
-            self.apart += 1;
-        }
         self.entries.insert(
             key.clone(),
             Entry {
@@ -511,6 +513,32 @@ mod tests {
         assert!(subs.evict_idle().is_empty());
         assert_eq!(subs.len(), 2);
         assert_eq!(subs.release("t2", "t2"), vec!["t2/response/+".to_string()]);
+        assert_eq!(subs.len(), 1);
+    }
+
+    #[test]
+    fn a_filter_pinned_apart_takes_no_place_among_the_reply_filters() {
+        let mut subs = ReplySubscriptions::new(1);
+        let key = subs.pin_apart("+/status").unwrap();
+        assert_eq!(
+            subs.pin_apart("+/status"),
+            None,
+            "held already: not subscribed twice"
+        );
+        assert!(subs.is_empty() && subs.pinned_pending());
+        subs.sent(1);
+        assert!(matches!(
+            subs.acknowledged(1, false),
+            Settled::Refused { .. }
+        ));
+        assert!(!subs.contains(&key) && !subs.pinned_pending());
+        subs.pin_apart("+/status").unwrap();
+        subs.sent(2);
+        assert!(matches!(subs.acknowledged(2, true), Settled::Granted(_)));
+        assert!(!subs.pinned_pending());
+        // The one place under the limit is still free for a reply filter.
+        assert_eq!(subs.make_room(), Room::Available);
+        hold(&mut subs, "a/set", 3);
         assert_eq!(subs.len(), 1);
     }
 

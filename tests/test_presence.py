@@ -229,6 +229,15 @@ async def test_device_of_names_the_device_and_none_skips_the_check(broker: Mosqu
         assert messages[-1]["request_id"]
 
 
+async def test_presence_from_the_url(broker: MosquittoBroker, aws_events: AwsEvents, device: str) -> None:
+    url = f"mqtt://{broker.host}:{broker.port}?presence=aws-lifecycle&presence_prefix={aws_events.prefix}"
+    async with MqttRpcClient.from_url(url) as client:
+        aws_events.publish(device, "disconnected", 3, 30, reason="CLIENT_INITIATED_DISCONNECT")
+        await until(lambda: client.presence(device) is not None, "the disconnect")
+        with pytest.raises(DeviceOfflineError, match="CLIENT_INITIATED_DISCONNECT"):
+            await client.call(topic(device), {})
+
+
 def test_the_blocking_client(broker: MosquittoBroker, device: str) -> None:
     with SyncMqttRpcClient(broker.host, broker.port, presence="reported") as client:
         client.report_presence(device, False, reason="maintenance")

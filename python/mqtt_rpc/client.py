@@ -245,9 +245,10 @@ class MqttRpcClient(_ClientState):
             ``wait_for_device=``, waits for it) instead of waiting out its timeout:
             ``"aws-lifecycle"`` (AWS IoT Core's lifecycle events, `AwsLifecycle`),
             ``"retained-status"`` (``{device}/status`` retained ``online``/``offline`` with
-            a Last Will, `RetainedStatus`), or an object with ``async run(report)``, a
-            source of your own (`PresenceSource`). A device it never mentioned is called as
-            always. One more subscription per connection.
+            a Last Will, `RetainedStatus`), an object with ``async run(report)``, a source
+            of your own (`PresenceSource`), or ``"reported"``: your code calls
+            `report_presence`. A device it never mentioned is called as always. One more
+            subscription per connection (none for a source of your own).
         presence_prefix: the topic levels of AWS's lifecycle events (with
             ``presence="aws-lifecycle"``); tests publish them under a prefix of their own.
         presence_capacity: devices whose presence is remembered, per connection; past it the

@@ -173,6 +173,11 @@ impl<W: Waiter> RpcClient<W> {
         }
         if let Some(source) = &options.presence {
             source.validate()?;
+            if source.filter().is_some() && source.filter() == options.reply_filter {
+                return Err(InputError::InvalidFilter(
+                    "the presence filter cannot also be the reply_filter".into(),
+                ));
+            }
         }
         if let Some(prefix) = &options.inbox_prefix {
             if options.reply_filter.is_some() {

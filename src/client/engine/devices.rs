@@ -21,9 +21,11 @@ impl<W: Waiter> Engine<W> {
         let Some(filter) = self.presence.as_ref().and_then(|book| book.source.filter()) else {
             return;
         };
-        let key = self.subscriptions.pin_apart(&filter);
-        self.transmits
-            .push_back(Transmit::Subscribe { key, filter });
+        // A filter already held (the reply filter, were it the same) is not subscribed twice.
+        if let Some(key) = self.subscriptions.pin_apart(&filter) {
+            self.transmits
+                .push_back(Transmit::Subscribe { key, filter });
+        }
     }
 
     /// What the presence source last said of `device` (None: nothing, or no source).
