@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import paho.mqtt.client as paho
 import pytest
@@ -23,6 +23,7 @@ from mqtt_rpc import MqttRpcClient, Responder, RpcTimeoutError, SyncMqttRpcClien
 from mqtt_rpc.context import RequestContext, serving
 from mqtt_rpc.testing import MosquittoBroker, ResponderDevice
 from raw_device import RawDevice
+from waiting import until
 
 
 def unique(level: str) -> str:
@@ -53,14 +54,6 @@ class RawCaller:
     def stop(self) -> None:
         self._client.loop_stop()
         self._client.disconnect()
-
-
-async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    """Waits for a condition on state the test cannot be told about (a responder's queue)."""
-    give_up = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < give_up, "the condition never held"
-        await asyncio.sleep(0.005)
 
 
 @pytest.mark.parametrize("raw_device", [("5", "+/expiry5/set")], indirect=True)

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import time
 import uuid
-from typing import Any, AsyncIterator, Callable, Iterator, Optional
+from typing import Any, AsyncIterator, Iterator, Optional
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -30,6 +29,7 @@ from mqtt_rpc.presence import Report
 from mqtt_rpc.testing import MosquittoBroker, ResponderDevice
 from presence_events import AwsEvents, StatusDevice
 from readme_snippet import run_readme_snippet
+from waiting import until
 
 
 @pytest.fixture
@@ -59,14 +59,6 @@ async def aws_client(request: pytest.FixtureRequest, broker: MosquittoBroker, aw
     async with client:
         yield client
         assert client.pending == 0
-
-
-async def until(condition: Callable[[], Any], what: str) -> None:
-    """Waits for a state the broker's delivery brings about (bounded, never a fixed sleep)."""
-    give_up = time.monotonic() + 10
-    while not condition():
-        assert time.monotonic() < give_up, f"still waiting for {what}"
-        await asyncio.sleep(0.005)
 
 
 def stat(client: Any, name: str) -> int:

@@ -117,12 +117,13 @@ class CoreClient:
         """Closes, blocking the calling thread (GIL released)."""
     def notify(self, topic: str, payload: Union[str, bytes, bytearray], headers: Optional[_Headers] = None) -> None:
         """Publishes a one-way notification (no request_id, no answer)."""
-    def presence(self, device: str) -> Optional[Tuple[bool, Optional[int], Optional[str]]]:
-        """What the presence source last said of a device: `(online, since_ms, reason)`."""
+    def presence(self, device: str) -> Optional[Tuple[bool, Optional[float], Optional[str]]]:
+        """What the presence source last said of a device: `(online, since, reason)`, with
+        `since` in Unix seconds."""
     def report_presence(
-        self, device: str, online: bool, since_ms: Optional[int] = None, reason: Optional[str] = None
+        self, device: str, online: bool, since: Optional[float] = None, reason: Optional[str] = None
     ) -> None:
-        """A device's presence from the application's own source."""
+        """A device's presence from the application's own source (`since` in Unix seconds)."""
     def forget(self, request_id: str) -> bool:
         """Drops a call whose caller stopped waiting; returns whether it was pending."""
     @property

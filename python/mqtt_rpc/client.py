@@ -159,7 +159,8 @@ class _ClientState:
         (``online``, ``since``, ``reason``), or None when it said nothing (or the client has
         no source). A pool answers with its first connection's view; each connection reads
         the same events."""
-        return _presence.known(self._core.presence(device_id))
+        known = self._core.presence(device_id)
+        return None if known is None else DevicePresence(*known)
 
     def report_presence(
         self, device_id: str, online: bool, *, since: Optional[float] = None, reason: Optional[str] = None
@@ -170,7 +171,7 @@ class _ClientState:
         online. Raises ValueError on a client made without ``presence=``."""
         if self._presence_source is None:
             raise ValueError('the client has no presence source: make it with presence="reported" (or a source)')
-        self._core.report_presence(device_id, online, _presence.since_ms(since), reason)
+        self._core.report_presence(device_id, online, since, reason)
 
 
 class MqttRpcClient(_ClientState):
@@ -341,8 +342,7 @@ class MqttRpcClient(_ClientState):
         self._on_connection_change = on_connection_change
         self._timeout = self._settings["timeout"]
         self._device_of = device_of
-        self._presence_source = source = self._settings["presence"]
-        self._source: Optional[PresenceSource] = None if isinstance(source, str) else source
+        self._presence_source = self._settings["presence"]
         self._source_task: Optional["asyncio.Task[None]"] = None
         self._peer = Peer(self._core.client_id, self._settings["host"], self._settings["port"])
 
@@ -471,8 +471,10 @@ class MqttRpcClient(_ClientState):
             self._open = True
         finally:
             self._connecting = None
-        if self._source is not None:
-            task = _get_running_loop().create_task(_presence.run_source(self._source, self.report_presence))
+        source = self._presence_source
+        # Only a source of your own runs here; the core reads the others.
+        if isinstance(source, PresenceSource):
+            task = _get_running_loop().create_task(_presence.run_source(source, self.report_presence))
             self._source_task = task
 
     async def close(self, grace: float = 2.0) -> None:

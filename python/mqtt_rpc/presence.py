@@ -95,18 +95,6 @@ def core_options(presence: Presence, prefix_chosen: bool) -> Dict[str, Any]:
     )
 
 
-def known(state: Any) -> Optional[DevicePresence]:
-    """The core's ``(online, since_ms, reason)`` as a `DevicePresence`."""
-    if state is None:
-        return None
-    online, since_ms, reason = state
-    return DevicePresence(online, None if since_ms is None else since_ms / 1000, reason)
-
-
-def since_ms(since: Optional[float]) -> Optional[int]:
-    return None if since is None else int(since * 1000)
-
-
 async def run_source(source: PresenceSource, report: Report) -> None:
     """Runs a source of the application's own until it returns or is cancelled; what it
     raises is logged (once: the source has ended), never raised into a call."""

@@ -173,7 +173,10 @@ impl<W: Waiter> RpcClient<W> {
         }
         if let Some(source) = &options.presence {
             source.validate()?;
-            if source.filter().is_some() && source.filter() == options.reply_filter {
+            if source
+                .filter()
+                .is_some_and(|f| Some(&f) == options.reply_filter.as_ref())
+            {
                 return Err(InputError::InvalidFilter(
                     "the presence filter cannot also be the reply_filter".into(),
                 ));

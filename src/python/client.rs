@@ -2,7 +2,7 @@
 //! asyncio future on the caller's loop, and maps errors. The public, documented class is
 //! `mqtt_rpc.MqttRpcClient` (python/mqtt_rpc/client.py), which wraps this one.
 
-use super::arguments::{payload_bytes, seconds, timeout_seconds};
+use super::arguments::{payload_bytes, seconds, timeout_seconds, unix_ms, unix_seconds};
 use super::bridge::{
     outcome_to_py, Batch, Blocked, Completion, CompletionQueue, LoopBridge, PyWaiter,
 };
@@ -69,7 +69,8 @@ impl Aim<'_> {
         if let Some(device) = self.device {
             request.set_device((!device.is_empty()).then(|| device.to_owned()));
         }
-        if let Some(wait) = self.wait_for_device {
+        // Waiting 0 s is not waiting: the call fails at once, as without the option.
+        if let Some(wait) = self.wait_for_device.filter(|wait| *wait != 0.0) {
             request.set_wait_for_device(Some(seconds("wait_for_device", wait)?));
         }
         Ok(())
@@ -595,25 +596,26 @@ impl CoreClient {
             .map_err(|error| call_error(py, &error, None))
     }
 
-    /// What the presence source last said of `device`: `(online, since_ms, reason)`, or
-    /// None when nothing is known.
-    fn presence(&self, device: &str) -> Option<(bool, Option<i64>, Option<String>)> {
+    /// What the presence source last said of `device`: `(online, since, reason)` with
+    /// `since` in Unix seconds, or None when nothing is known.
+    fn presence(&self, device: &str) -> Option<(bool, Option<f64>, Option<String>)> {
         let known = self.inner.presence(device)?;
-        Some((known.online, known.since_ms, known.reason))
+        Some((known.online, known.since_ms.map(unix_seconds), known.reason))
     }
 
-    /// A device's presence from the application's own source.
-    #[pyo3(signature = (device, online, since_ms=None, reason=None))]
+    /// A device's presence from the application's own source (`since` in Unix seconds).
+    #[pyo3(signature = (device, online, since=None, reason=None))]
     fn report_presence(
         &self,
         device: &str,
         online: bool,
-        since_ms: Option<i64>,
+        since: Option<f64>,
         reason: Option<String>,
     ) -> PyResult<()> {
         if device.is_empty() {
             return Err(value_error("a device id cannot be empty"));
         }
+        let since_ms = since.map(|s| unix_ms("since", s)).transpose()?;
         self.inner.report_presence(device, online, since_ms, reason);
         Ok(())
     }

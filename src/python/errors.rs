@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
+use super::arguments::unix_seconds;
 use super::convert::value_to_py;
 
 static ERRORS_MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
@@ -94,7 +95,7 @@ fn build(py: Python<'_>, error: &CallError, timeout: Option<&Bound<'_, PyAny>>) 
                 error.to_string(),
                 topic.to_string(),
                 device.clone(),
-                since_ms.map(|ms| ms as f64 / 1000.0),
+                since_ms.map(unix_seconds),
                 reason.clone(),
             ),
         ),
