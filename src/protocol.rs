@@ -43,6 +43,8 @@ pub enum InputError {
     RequestIdInUse(String),
     /// A service name or instance id that cannot be one topic level of a control topic.
     InvalidServiceName(String),
+    /// More than a broker's quota allows (the message says which and by how much).
+    OverQuota(String),
 }
 
 impl fmt::Display for InputError {
@@ -84,7 +86,7 @@ impl fmt::Display for InputError {
             InputError::RequestIdInUse(id) => {
                 write!(f, "a call with request id {id:?} is still pending")
             }
-            InputError::InvalidServiceName(e) => write!(f, "{e}"),
+            InputError::InvalidServiceName(e) | InputError::OverQuota(e) => write!(f, "{e}"),
         }
     }
 }

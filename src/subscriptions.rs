@@ -5,7 +5,8 @@
 //! `Subscribing` and every call that comes before the SUBACK joins the same wait. With a
 //! user-given `reply_filter` there is one pinned entry that all calls share. A filter held
 //! for something else (presence events) is pinned apart: it shares the SUBACK matching and
-//! the reconnects, but neither counts as a reply filter nor takes a place under the limit.
+//! the reconnects, and is not a reply filter, but it takes a place under the limit: the
+//! limit is a broker's quota (AWS IoT Core: 50 per connection), which counts every filter.
 //!
 //! rumqttc's `subscribe()` returns nothing to wait on, but its event loop reports each
 //! SUBSCRIBE it writes with its packet id, in the order they were requested; so requested
@@ -49,7 +50,8 @@ struct Entry {
     in_use: usize,
     last_used: u64,
     pinned: bool,
-    /// Pinned apart: not a reply filter (not counted, not under the limit).
+    /// Pinned apart: not a reply filter (not in `len`), though it takes a place under the
+    /// limit.
     apart: bool,
 }
 
@@ -131,10 +133,15 @@ impl ReplySubscriptions {
         self.max_idle_held
     }
 
+    /// Every filter held or being subscribed, reply filters or not: what the limit counts.
+    pub fn held(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Room for one more filter: the limit is never exceeded, so when it is reached the
     /// least recently used idle filter goes first, and with none idle there is no room.
     pub fn make_room(&mut self) -> Room {
-        if self.len() < self.max_idle_held {
+        if self.held() < self.max_idle_held {
             return Room::Available;
         }
         let dropped = self.evict_down_to(self.max_idle_held - 1);
@@ -284,7 +291,7 @@ impl ReplySubscriptions {
 
     fn evict_down_to(&mut self, most: usize) -> Vec<String> {
         let mut dropped = Vec::new();
-        while self.len() > most {
+        while self.held() > most {
             let oldest_idle = self
                 .entries
                 .iter()
@@ -517,8 +524,8 @@ mod tests {
     }
 
     #[test]
-    fn a_filter_pinned_apart_takes_no_place_among_the_reply_filters() {
-        let mut subs = ReplySubscriptions::new(1);
+    fn a_filter_pinned_apart_is_no_reply_filter_but_takes_a_place_under_the_limit() {
+        let mut subs = ReplySubscriptions::new(2);
         let key = subs.pin_apart("+/status").unwrap();
         assert_eq!(
             subs.pin_apart("+/status"),
@@ -536,10 +543,18 @@ mod tests {
         subs.sent(2);
         assert!(matches!(subs.acknowledged(2, true), Settled::Granted(_)));
         assert!(!subs.pinned_pending());
-        // The one place under the limit is still free for a reply filter.
+        // One of the two places is left for a reply filter, and then none.
         assert_eq!(subs.make_room(), Room::Available);
         hold(&mut subs, "a/set", 3);
-        assert_eq!(subs.len(), 1);
+        assert_eq!((subs.len(), subs.held()), (1, 2));
+        assert!(
+            subs.release("a/set", "a/set").is_empty(),
+            "within the limit"
+        );
+        assert_eq!(subs.make_room(), Room::Evicted(vec![filter("a/set")]));
+        assert_eq!(subs.held(), 1, "the filter held apart stays");
+        hold(&mut subs, "b/set", 4); // in use by its call
+        assert_eq!(subs.make_room(), Room::Full);
     }
 
     #[test]

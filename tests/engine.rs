@@ -3,7 +3,7 @@
 
 use mqtt_rpc::client::engine::{DeadlineCarrier, Engine, EngineConfig, Transmit};
 use mqtt_rpc::client::ConnectionEvent;
-use mqtt_rpc::link::Protocol;
+use mqtt_rpc::link::{Protocol, Takeover};
 use mqtt_rpc::presence::PresenceSource;
 use mqtt_rpc::protocol::InputError;
 use mqtt_rpc::{CallError, Outcome, Waiter};
@@ -104,7 +104,11 @@ fn a_resubscribe_that_cannot_be_queued_leaves_later_subacks_matched() {
         engine.on_suback(n as u16 + 1, true, now);
     }
     transmits(&mut engine);
-    assert!(engine.on_connection_lost(CallError::NotConnected("gone".into()), "gone"));
+    assert!(engine.on_connection_lost(
+        CallError::NotConnected("gone".into()),
+        "gone",
+        Takeover::No
+    ));
     start(&mut engine, 2, "on-a", "a/set", now);
     start(&mut engine, 3, "on-b", "b/set", now);
     engine.on_connected(false, now);
@@ -417,7 +421,11 @@ fn a_lost_session_forgets_presence_and_releases_held_calls() {
         Some(Duration::from_secs(5)),
         (now, now + Duration::from_secs(9)),
     );
-    assert!(engine.on_connection_lost(CallError::NotConnected("gone".into()), "gone"));
+    assert!(engine.on_connection_lost(
+        CallError::NotConnected("gone".into()),
+        "gone",
+        Takeover::No
+    ));
     engine.on_connected(false, now);
     assert_eq!(engine.presence("cam1"), None);
     let filters: Vec<String> = transmits(&mut engine)

@@ -26,7 +26,7 @@ use mqtt_rpc::acks::{PubAckReason, Sent};
 use mqtt_rpc::client::engine::{
     DeadlineCarrier, Engine, EngineConfig, Transmit, MAX_QUEUED_MESSAGES,
 };
-use mqtt_rpc::link::Protocol;
+use mqtt_rpc::link::{Protocol, Takeover};
 use mqtt_rpc::presence::PresenceSource;
 use mqtt_rpc::protocol::{self, InputError, Reply};
 use mqtt_rpc::{CallError, Outcome, Waiter};
@@ -641,15 +641,19 @@ impl World {
     fn disconnect(&mut self) {
         if !self.connected {
             // A reconnect attempt that failed: the engine hears of the loss again.
-            assert!(self
-                .engine
-                .on_connection_lost(CallError::NotConnected("sim".into()), "sim"));
+            assert!(self.engine.on_connection_lost(
+                CallError::NotConnected("sim".into()),
+                "sim",
+                Takeover::No
+            ));
             return;
         }
         self.connected = false;
-        assert!(self
-            .engine
-            .on_connection_lost(CallError::NotConnected("sim".into()), "sim"));
+        assert!(self.engine.on_connection_lost(
+            CallError::NotConnected("sim".into()),
+            "sim",
+            Takeover::No
+        ));
         // rumqttc drops queued SUBSCRIBEs (the engine sends them again); SUBACKs in flight
         // are lost; replies in flight may be lost.
         self.outbox

@@ -219,6 +219,7 @@ async def test_stats_count_exactly_what_happened(client: MqttRpcClient, seed_dev
         "throttled_wait_ms": 0.0,
         "publish_rate_limit": None,
         "reconnects": 0,
+        "takeovers": 0,
         "pending": 0,
         "reply_subscriptions": 2,
         "reply_subscriptions_limit": 1000,

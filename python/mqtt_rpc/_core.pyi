@@ -3,7 +3,7 @@
 import asyncio
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union, final
 
-__all__ = ["CoreClient", "LoopBridge", "CoreResponder", "ReplyHandle", "client_defaults", "responder_defaults", "control_topic", "__version__"]
+__all__ = ["CoreClient", "LoopBridge", "CoreResponder", "ReplyHandle", "client_defaults", "responder_defaults", "expand_client_id", "control_topic", "__version__"]
 
 __version__: str
 
@@ -16,6 +16,9 @@ def client_defaults() -> Dict[str, Any]:
 
 def responder_defaults() -> Dict[str, Any]:
     """The core's defaults of the options only `Responder` takes, by name."""
+
+def expand_client_id(template: str) -> str:
+    """A client id with its placeholders (``{pid}``, ``{hostname}``, ``{random}``) filled in."""
 
 def control_topic(prefix: str, verb: str, name: Optional[str] = None, instance: Optional[str] = None) -> str:
     """The topic of a PING, INFO or STATS request to every service, one name, or one

@@ -38,3 +38,16 @@ class LogOncePerKind:
             suffix = f" ({unlogged} more like it since {self._interval:g} s ago, not logged)" if unlogged else ""
             self._logger.log(level, message + suffix, *args, exc_info=exc_info)
             state[0], state[1] = now, 0
+
+
+def taken_over(client_id: str) -> str:
+    """What is logged, once per episode, when another connection with our client id keeps
+    taking the connection over: the broker holds one connection per id, so two processes
+    sharing one (several workers or replicas started from one configuration) disconnect
+    each other for ever."""
+    return (
+        f"the connection of client id {client_id!r} was taken over by another connection with the "
+        "same client id, and keeps being: give each process its own id, for example "
+        "client_id='web-{pid}' or '?client_id=web-{hostname}-{pid}' in MQTT_RPC_URL; "
+        "reconnects back off meanwhile (stats()['takeovers'] counts them)"
+    )

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Callable, Deque, Dict, FrozenSet, Iterable, List, Optional, Sequence, Protocol, Tuple, Type, TypeVar, Union, overload
 
-from . import _core, _observer, config, presence as _presence, services, typed
+from . import _core, _logs, _observer, config, presence as _presence, quotas as _quotas, services, typed
+from .quotas import QUOTA_PRESETS
 from ._observer import ClientSpan, Headers, Observer, Peer
 from .config import records_given_arguments
 from .context import bounded_timeout
@@ -59,20 +60,9 @@ class ConnectionEvent:
     reason: str = ""
     #: The connection it is about (a pool has several).
     client_id: str = ""
-
-#: Per-connection limits of the brokers that publish theirs, for ``quotas=``.
-QUOTA_PRESETS: Dict[str, Dict[str, Any]] = {
-    # AWS IoT Core's message-broker quotas per connection: publish requests per second,
-    # subscriptions, payload size, unacknowledged QoS 1 publishes, and topic rules (at most
-    # 7 slashes and 256 bytes). One SUBSCRIBE carries one filter, under its 8 per packet.
-    "aws-iot-core": {
-        "publishes_per_second": 100,
-        "max_reply_subscriptions": 50,
-        "max_packet_size": 128 * 1024,
-        "max_unacked_publishes": 100,
-        "aws_topic_rules": True,
-    },
-}
+    #: Lost because another connection with the same client id connected (the broker
+    #: keeps one connection per id): give each process its own id (``client_id="web-{pid}"``).
+    taken_over: bool = False
 
 _get_running_loop = asyncio.get_running_loop
 _CancelledError = asyncio.CancelledError
@@ -513,8 +503,14 @@ class MqttRpcClient(_ClientState):
             )
             return
         connected = kind == "connected"
-        event = ConnectionEvent(connected, reconnect, session_present, detail, client_id)
-        if not connected:
+        taken_over = kind.startswith("taken_over")
+        event = ConnectionEvent(connected, reconnect, session_present, detail, client_id, taken_over)
+        if kind == "taken_over":
+            # Once per episode (until a connection stays up): the counter says how many.
+            logger.error("%s (%s)", _logs.taken_over(client_id), detail)
+        elif taken_over:
+            logger.debug("connection %s to %s taken over again; reconnecting", client_id, self._address)
+        elif not connected:
             logger.warning("connection %s to %s lost (%s); reconnecting", client_id, self._address, detail)
         elif reconnect:
             kept = "kept" if session_present else "not kept: subscribing again"
@@ -1091,15 +1087,11 @@ def _checked(settings: Dict[str, Any], chosen: FrozenSet[str]) -> Tuple[Dict[str
     """Applies a quota preset to the options not chosen explicitly, and checks the options
     that the core does not (the rest it checks when the core client is made). Returns the
     settings and the names chosen (the preset's included)."""
-    quotas = settings["quotas"]
-    if quotas is not None:
-        if quotas not in QUOTA_PRESETS:
-            raise ValueError(f"quotas must be one of {sorted(QUOTA_PRESETS)} or None, not {quotas!r}")
-        preset = QUOTA_PRESETS[quotas]
-        for name, value in preset.items():
-            if name not in chosen:
-                settings[name] = value
-        chosen = chosen | frozenset(preset)
+    preset = _quotas.preset(settings["quotas"], QUOTA_PRESETS)
+    for name, value in preset.items():
+        if name not in chosen:
+            settings[name] = value
+    chosen = chosen | frozenset(preset)
     connections, port, timeout = settings["connections"], settings["port"], settings["timeout"]
     if not (isinstance(connections, int) and connections >= 1):
         raise ValueError(f"connections must be a positive integer, not {connections!r}")

@@ -72,6 +72,7 @@ _SHARED: Dict[str, Converter] = {
     "certfile": _text,
     "keyfile": _text,
     "alpn_protocols": _word_list,
+    "quotas": _text,
 }
 
 CLIENT_OPTIONS: Dict[str, Converter] = {
@@ -95,7 +96,6 @@ CLIENT_OPTIONS: Dict[str, Converter] = {
     "presence_prefix": _text,
     "presence_capacity": _integer,
     "connections": _integer,
-    "quotas": _text,
     "publishes_per_second": _integer,
     "max_unacked_publishes": _integer,
 }

@@ -25,7 +25,7 @@ What is exported (Prometheus names; OpenTelemetry uses the same with dots):
   ``mqtt_rpc_client_dropped_total`` by ``kind`` (the ``stats()`` counter's name),
   ``mqtt_rpc_client_messages_received_total`` by ``kind`` (progress, gathered),
   ``mqtt_rpc_client_calls_throttled_total``, ``mqtt_rpc_client_calls_waited_for_device_total``,
-  ``mqtt_rpc_client_reconnects_total``, and the gauges ``mqtt_rpc_client_pending``,
+  ``mqtt_rpc_client_reconnects_total``, ``mqtt_rpc_client_takeovers_total``, and the gauges ``mqtt_rpc_client_pending``,
   ``mqtt_rpc_client_reply_subscriptions``, ``mqtt_rpc_client_presence_devices``,
   ``mqtt_rpc_client_connected``;
 - responders: ``mqtt_rpc_responder_requests_total``,
@@ -33,7 +33,7 @@ What is exported (Prometheus names; OpenTelemetry uses the same with dots):
   ``kind``, ``mqtt_rpc_responder_repeats_answered_total``,
   ``mqtt_rpc_responder_handlers_cancelled_total``,
   ``mqtt_rpc_responder_control_requests_total``, ``mqtt_rpc_responder_answers_total`` by
-  ``state`` (queued, sent, unsent), the gauge ``mqtt_rpc_responder_handlers_running``; and
+  ``state`` (queued, sent, unsent), ``mqtt_rpc_responder_takeovers_total``, the gauge ``mqtt_rpc_responder_handlers_running``; and
   per handler (label ``filter``) ``mqtt_rpc_handler_requests_total``,
   ``mqtt_rpc_handler_errors_total`` and ``mqtt_rpc_handler_duration_seconds`` (a
   histogram, from admission to answer).
@@ -83,6 +83,7 @@ _CLIENT_DROPS = (
     "interim_dropped",
     "presence_events_malformed",
 )
+_TAKEOVERS = "Connections lost to another connection with the same client id."
 _RESPONDER_DROPS = (
     "dropped_malformed",
     "dropped_oversized",
@@ -191,6 +192,7 @@ def _read_client(families: _Families, client: Any, bounds: Sequence[float]) -> N
         stats["calls_waited_for_device"],
     )
     families.add(("client", "reconnects"), "counter", "Reconnections after a lost connection.", me, stats["reconnects"])
+    families.add(("client", "takeovers"), "counter", _TAKEOVERS, me, stats["takeovers"])
     families.add(("client", "pending"), "gauge", "Calls not yet ended.", me, stats["pending"])
     families.add(
         ("client", "reply_subscriptions"), "gauge", "Reply filters held or being subscribed.", me, stats["reply_subscriptions"]
@@ -238,6 +240,7 @@ def _read_responder(families: _Families, responder: "Responder", bounds: Sequenc
         families.add(
             ("responder", "answers"), "counter", "Answers, by state.", {**me, "state": state}, stats[f"answers_{state}"]
         )
+    families.add(("responder", "takeovers"), "counter", _TAKEOVERS, me, stats["takeovers"])
     families.add(
         ("responder", "handlers_running"),
         "gauge",
@@ -402,6 +405,7 @@ _FAMILIES: Tuple[Tuple[Tuple[str, ...], str, str], ...] = (
     (("client", "calls_throttled"), "counter", ""),
     (("client", "calls_waited_for_device"), "counter", ""),
     (("client", "reconnects"), "counter", ""),
+    (("client", "takeovers"), "counter", ""),
     (("client", "pending"), "gauge", ""),
     (("client", "reply_subscriptions"), "gauge", ""),
     (("client", "presence_devices"), "gauge", ""),
@@ -413,6 +417,7 @@ _FAMILIES: Tuple[Tuple[Tuple[str, ...], str, str], ...] = (
     (("responder", "handlers_cancelled"), "counter", ""),
     (("responder", "control_requests"), "counter", ""),
     (("responder", "answers"), "counter", ""),
+    (("responder", "takeovers"), "counter", ""),
     (("responder", "handlers_running"), "gauge", ""),
     (("handler", "requests"), "counter", ""),
     (("handler", "errors"), "counter", ""),

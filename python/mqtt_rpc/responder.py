@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any, Awaitable, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, Type, Union
 
 from . import _core, _observer, config
+from . import _logs, quotas as _quotas
 from ._logs import LogOncePerKind
 from .context import RequestContext, serving
 from ._observer import Headers, Peer, ServerSpan
@@ -92,6 +93,12 @@ class Responder:
             is docs/services.md): its name (shared by its instances, each told apart by its
             client id), its version, and a JSON object of facts for operators.
         service_prefix: the topic levels those requests come under (as the client's).
+        quotas: ``"aws-iot-core"`` keeps AWS IoT Core's per-connection limits: every
+            filter (handlers and discovery) counts against its 50 subscriptions, and
+            `start` refuses a responder that needs more, before subscribing anything;
+            handler filters must fit its topic rules (7 slashes, 256 bytes, with the
+            answer's two extra levels) and the client id its 128 bytes; and no two
+            CONNECTs of the client id are closer than a second.
 
     A request whose caller has stopped waiting before its handler starts (its ``timeout_ms``
     or MQTT 5 Message Expiry has passed, say while it waited for a turn) is dropped without
@@ -130,6 +137,7 @@ class Responder:
         version: Optional[str] = None,
         metadata: Optional[Dict[str, Any]] = None,
         service_prefix: str = "mqtt-rpc/_srv",
+        quotas: Optional[str] = None,
     ) -> None:
         service = {"name": name, "version": version, "metadata": metadata}
         arguments = {key: value for key, value in locals().items() if key in config.RESPONDER_OPTIONS}
@@ -141,11 +149,13 @@ class Responder:
         if not (isinstance(settings["port"], int) and 0 < settings["port"] < 65536):
             raise ValueError(f"port must be a TCP port number (1-65535), not {settings['port']!r}")
         ca_certs, certfile, keyfile = settings["ca_certs"], settings["certfile"], settings["keyfile"]
+        client_id = settings["client_id"]
         self._options = dict(
             host=settings["host"],
             port=settings["port"],
             hosts=settings.get("hosts"),
-            client_id=settings["client_id"],
+            # Placeholders are filled in once: a responder started again keeps its id.
+            client_id=None if client_id is None else _core.expand_client_id(client_id),
             protocol=str(settings["protocol"]),
             qos=settings["qos"],
             keepalive=float(settings["keepalive"]),
@@ -164,6 +174,9 @@ class Responder:
         )
         for option in ("max_concurrency", "max_queued", "reply_cache_size", "reply_cache_ttl"):
             self._options[option] = settings[option]
+        preset = _quotas.preset(settings["quotas"], _quotas.RESPONDER_QUOTA_PRESETS)
+        self._options.update(preset)
+        self._chosen = self._chosen | frozenset(preset)
         self._service = _service_options(service, settings["service_prefix"])
         self._descriptions: List[Optional[str]] = []
         self._filters: List[str] = []
@@ -340,6 +353,10 @@ class Responder:
         task.add_done_callback(finished)
 
     def _on_drop(self, counter: str) -> None:
+        if counter == "takeovers":
+            # Once per episode (until a connection stays up): the counter says how many.
+            logger.error(_logs.taken_over(str(self.client_id)))
+            return
         # Counted, not raised: said once per kind, the counter says how many followed.
         logger.warning(
             "responder dropped %s; later ones are counted in stats()[%r], not logged",

@@ -37,7 +37,7 @@
 //! reconnect), so that whoever started it can wait for that line instead of sleeping, and
 //! `NOTIFICATION <topic> <payload>` for each request that asks for no answer.
 
-use mqtt_rpc::link::{ConnectionOptions, Protocol};
+use mqtt_rpc::link::{self, ConnectionOptions, Protocol};
 use mqtt_rpc::protocol::{self, RemoteError};
 use mqtt_rpc::responder::{
     reply_body, Incoming, IncomingRequest, PendingAnswer, Replier, ReplyRoute, RequestLimits,
@@ -109,7 +109,7 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "--qos" => args.qos = value("--qos")?.parse().map_err(|e| format!("--qos: {e}"))?,
-            "--client-id" => args.client_id = value("--client-id")?,
+            "--client-id" => args.client_id = link::expand_client_id(&value("--client-id")?)?,
             "--session-expiry" => {
                 let seconds: u64 = value("--session-expiry")?
                     .parse()
@@ -275,6 +275,14 @@ fn handle(args: &Args, seen_ids: &mut SeenIds, delayed: &mut Delayed, incoming: 
                 "mqtt-rpc-responder: dropped a request ({counter}); later ones are not reported"
             );
         }
+        Incoming::TakenOver => {
+            return eprintln!(
+                "mqtt-rpc-responder: ERROR: the connection of client id {:?} was taken over by \
+                 another connection with the same client id; give each process its own id \
+                 (--client-id 'name-{{pid}}')",
+                args.client_id
+            );
+        }
     };
     let IncomingRequest {
         topic,
@@ -379,6 +387,7 @@ async fn main() -> ExitCode {
         mqtt5_only: args.mqtt5_only,
         limits: args.limits.clone(),
         service: args.service.clone(),
+        ..ResponderOptions::default()
     };
     let responder = match Responder::new(options) {
         Ok(responder) => responder,

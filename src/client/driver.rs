@@ -8,7 +8,7 @@
 use super::engine::{Engine, Transmit, Unsent};
 use super::{lock, CallError, Shared, Waiter};
 use crate::acks::{AckLedger, PubAckReason, Sent};
-use crate::link::{self, Events, Inbound, LinkError, LinkErrorKind, Properties};
+use crate::link::{Backoff, Events, Inbound, LinkError, LinkErrorKind, Properties, Takeover};
 use crate::protocol::{self, Reply};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
@@ -17,10 +17,12 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
 /// Polls the event loop and hands every event to the engine. After the first connection,
-/// a lost connection is retried after `reconnect_delay` until the client is closed.
+/// a lost connection is retried after the backoff's delay (`link::Backoff`: longer while
+/// connections die young or are taken over) until the client is closed.
 pub(super) async fn drive_events<W: Waiter>(shared: Arc<Shared<W>>, mut events: Events) {
     let mut shutdown = shared.shutdown.subscribe();
-    let mut failed_attempts = 0u32;
+    let options = &shared.options;
+    let mut backoff = Backoff::new(options.reconnect_min_delay, options.reconnect_max_delay);
     let mut replies = Vec::new();
     loop {
         let next = tokio::select! {
@@ -31,7 +33,7 @@ pub(super) async fn drive_events<W: Waiter>(shared: Arc<Shared<W>>, mut events: 
         match next {
             Ok(inbound) => {
                 if matches!(inbound, Inbound::Connected { .. }) {
-                    failed_attempts = 0;
+                    backoff.connected(Instant::now());
                 }
                 // What one read brought is handled in one go: its replies under one lock
                 // of the engine, the other events in their order between them.
@@ -64,20 +66,14 @@ pub(super) async fn drive_events<W: Waiter>(shared: Arc<Shared<W>>, mut events: 
                 }
             }
             Err(why) => {
-                if !on_connection_lost(&shared, &why) {
+                let (delay, takeover) = backoff.lost(why.kind, Instant::now());
+                if !on_connection_lost(&shared, &why, takeover) {
                     break;
                 }
                 // Our SUBSCRIBEs are sent again on reconnect, by the engine, in a known order.
                 events.drop_queued_subscriptions();
                 let replays = events.pending_publishes();
                 shared.with_ledger(|l| l.connection_lost(&replays));
-                let options = &shared.options;
-                let delay = link::reconnect_delay(
-                    options.reconnect_min_delay,
-                    options.reconnect_max_delay,
-                    failed_attempts,
-                );
-                failed_attempts = failed_attempts.saturating_add(1);
                 tokio::select! {
                     _ = shutdown.wait_for(|stop| *stop) => break,
                     _ = tokio::time::sleep(delay) => {}
@@ -178,7 +174,7 @@ fn on_inbound<W: Waiter>(shared: &Shared<W>, inbound: Inbound) {
 }
 
 /// Returns whether to keep polling (and so reconnect).
-fn on_connection_lost<W: Waiter>(shared: &Shared<W>, why: &LinkError) -> bool {
+fn on_connection_lost<W: Waiter>(shared: &Shared<W>, why: &LinkError, takeover: Takeover) -> bool {
     shared.connected.store(false, Ordering::Release);
     *lock(&shared.last_loss) = Some(why.kind);
     let error = match why.kind {
@@ -186,10 +182,11 @@ fn on_connection_lost<W: Waiter>(shared: &Shared<W>, why: &LinkError) -> bool {
         LinkErrorKind::Refused => CallError::Refused(why.message.clone()),
         LinkErrorKind::SubscriptionRefused
         | LinkErrorKind::Closed
+        | LinkErrorKind::TakenOver
         | LinkErrorKind::TimedOut
         | LinkErrorKind::Other => CallError::NotConnected(why.message.clone()),
     };
-    let retry = shared.run(|engine, _| engine.on_connection_lost(error, &why.message));
+    let retry = shared.run(|engine, _| engine.on_connection_lost(error, &why.message, takeover));
     retry && !shared.closed.load(Ordering::Acquire)
 }
 

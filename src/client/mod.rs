@@ -22,7 +22,7 @@ pub use stats::Stats;
 
 use crate::acks::AckLedger;
 use crate::link::{
-    self, BrokerAddress, ConnectedTo, Events, LinkErrorKind, Outbox, Properties, Protocol,
+    self, BrokerAddress, ConnectedTo, Events, LinkErrorKind, Outbox, Properties, Protocol, Takeover,
 };
 use crate::metrics::LatencyHistogram;
 use crate::presence::{self, Presence};
@@ -66,6 +66,9 @@ pub enum ConnectionEvent {
     },
     Disconnected {
         reason: String,
+        /// Whether another connection with our client id took it over (and if this is
+        /// the first time since the connection was last stable: the one to report).
+        takeover: Takeover,
     },
     FirstDrop {
         /// The `Stats` counter of the kind, for example `replies_dropped_malformed`.

@@ -40,6 +40,8 @@ pub struct Stats {
     /// the connection would not take them.
     pub messages_dropped: u64,
     pub reconnects: u64,
+    /// Connections lost to another connection with the same client id.
+    pub takeovers: u64,
     pub publish_rate_limit: Option<usize>,
     pub reply_subscriptions_limit: usize,
     pub pending: u64,
@@ -52,7 +54,7 @@ pub struct Stats {
 
 impl Stats {
     /// The counters and the count gauges by the names users see, in a stable order.
-    pub fn counts(&self) -> [(&'static str, u64); 24] {
+    pub fn counts(&self) -> [(&'static str, u64); 25] {
         [
             ("calls_started", self.calls_started),
             ("calls_succeeded", self.calls_succeeded),
@@ -75,6 +77,7 @@ impl Stats {
             ("calls_throttled", self.calls_throttled),
             ("messages_dropped", self.messages_dropped),
             ("reconnects", self.reconnects),
+            ("takeovers", self.takeovers),
             ("pending", self.pending),
             ("reply_subscriptions", self.reply_subscriptions),
             (
@@ -114,6 +117,7 @@ impl Stats {
         self.replies_gathered += other.replies_gathered;
         self.messages_dropped += other.messages_dropped;
         self.reconnects += other.reconnects;
+        self.takeovers += other.takeovers;
         self.pending += other.pending;
         self.reply_subscriptions += other.reply_subscriptions;
     }

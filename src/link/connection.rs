@@ -158,6 +158,8 @@ pub struct Connection<W: Wire> {
     addresses: Vec<BrokerAddress>,
     next_address: usize,
     pub(super) connected_to: ConnectedTo,
+    /// When the last CONNECT attempt began (`min_connect_interval` counts from it).
+    last_attempt: Option<Instant>,
 }
 
 impl<W: Wire> Drop for Connection<W> {
@@ -208,6 +210,7 @@ impl<W: Wire> Connection<W> {
             inflight_limit: max_inflight,
             read_limit,
             write_limit: usize::MAX,
+            last_attempt: None,
         }
     }
 
@@ -250,6 +253,10 @@ impl<W: Wire> Connection<W> {
             let Some((host, port)) = self.addresses.get(self.next_address).cloned() else {
                 break;
             };
+            if let Some(last) = self.last_attempt {
+                tokio::time::sleep_until(last + self.options.min_connect_interval).await;
+            }
+            self.last_attempt = Some(Instant::now());
             let timeout = self.options.connect_timeout;
             let connected = tokio::time::timeout(timeout, self.connect(&host, port))
                 .await

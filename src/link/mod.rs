@@ -4,9 +4,12 @@
 //! versions). The socket is driven by `connection.rs`; what differs between 3.1.1 and 5
 //! lives in `v4.rs` and `v5.rs`.
 
+mod backoff;
 mod connection;
 mod v4;
 mod v5;
+
+pub use backoff::{Backoff, Takeover, STABLE_AFTER};
 
 use crate::tls::TlsOptions;
 use bytes::Bytes;
@@ -54,6 +57,9 @@ pub struct ConnectionOptions {
     pub session_expiry: Duration,
     /// TLS (and mutual TLS, with a client certificate); `None`: plain TCP.
     pub tls: Option<TlsOptions>,
+    /// The least time between two CONNECT attempts, whatever their cause (reconnects,
+    /// failover): AWS IoT Core throttles a client id that connects more than once a second.
+    pub min_connect_interval: Duration,
 }
 
 impl Default for ConnectionOptions {
@@ -71,6 +77,7 @@ impl Default for ConnectionOptions {
             connect_timeout: Duration::from_secs(10),
             session_expiry: Duration::ZERO,
             tls: None,
+            min_connect_interval: Duration::ZERO,
         }
     }
 }
@@ -119,6 +126,42 @@ pub fn default_session_expiry(protocol: Protocol) -> Duration {
 /// disconnect one for the other, over and over).
 pub fn default_client_id() -> String {
     format!("mqtt-rpc-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The longest client id AWS IoT Core accepts, in bytes.
+pub const AWS_MAX_CLIENT_ID: usize = 128;
+
+/// A client id with its placeholders filled in: `{pid}` (this process's id), `{hostname}`
+/// and `{random}` (8 lowercase hex digits, drawn once per call). Several workers or
+/// replicas started from one configuration then each get an id of their own, which the
+/// broker needs (it keeps one connection per id). An unknown placeholder, or a brace that
+/// opens none, is an error that names it.
+pub fn expand_client_id(template: &str) -> Result<String, String> {
+    let mut expanded = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find(['{', '}']) {
+        expanded.push_str(&rest[..open]);
+        let after = &rest[open..];
+        let close = after.find('}').filter(|_| after.starts_with('{'));
+        let Some(close) = close else {
+            return Err(format!(
+                "client_id {template:?} has an unmatched brace (placeholders are {{pid}}, {{hostname}} and {{random}})"
+            ));
+        };
+        match &after[1..close] {
+            "pid" => expanded.push_str(&std::process::id().to_string()),
+            "hostname" => expanded.push_str(&gethostname::gethostname().to_string_lossy()),
+            "random" => expanded.push_str(&uuid::Uuid::new_v4().simple().to_string()[..8]),
+            unknown => {
+                return Err(format!(
+                    "client_id {template:?}: unknown placeholder {{{unknown}}} (known: {{pid}}, {{hostname}}, {{random}})"
+                ))
+            }
+        }
+        rest = &after[close + 1..];
+    }
+    expanded.push_str(rest);
+    Ok(expanded)
 }
 
 /// What the connection reported, whatever the protocol version.
@@ -187,6 +230,9 @@ pub enum LinkErrorKind {
     /// The broker closed the connection (a broker without MQTT 5 does so at an MQTT 5
     /// CONNECT).
     Closed,
+    /// MQTT 5: the broker disconnected us because another connection with our client id
+    /// connected (DISCONNECT reason 0x8E, Session taken over).
+    TakenOver,
     /// No answer in time (a broker without MQTT 5 may ignore an MQTT 5 CONNECT).
     TimedOut,
     /// Anything else: the network, a timeout, the broker closing the connection.
@@ -461,6 +507,30 @@ fn outgoing_event(outgoing: Outgoing) -> Inbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_id_placeholders_are_filled_in() {
+        let pid = std::process::id().to_string();
+        assert_eq!(expand_client_id("web-{pid}").unwrap(), format!("web-{pid}"));
+        assert_eq!(expand_client_id("plain").unwrap(), "plain");
+        let random = expand_client_id("{random}-{random}").unwrap();
+        let (a, b) = random.split_once('-').unwrap();
+        assert!(
+            a.len() == 8
+                && a.chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        assert_ne!(a, b, "each placeholder draws its own");
+        let host = expand_client_id("{hostname}").unwrap();
+        assert!(!host.is_empty() && !host.contains('{'));
+        for bad in ["web-{worker}", "web-{pid", "web-}", "{}"] {
+            let error = expand_client_id(bad).unwrap_err();
+            assert!(error.contains(bad), "{error}");
+        }
+        assert!(expand_client_id("web-{worker}")
+            .unwrap_err()
+            .contains("{worker}"));
+    }
 
     #[test]
     fn reconnect_delays_double_up_to_the_maximum_with_jitter() {

@@ -6,7 +6,8 @@ use super::connection::{same_in_both_versions, Accepted, RequestKind, Wire};
 use super::{ConnectionOptions, Inbound, LinkError, LinkErrorKind};
 use bytes::BytesMut;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnectProperties, ConnectReturnCode, Login, Packet, PubAckReason, SubscribeReasonCode,
+    ConnectProperties, ConnectReturnCode, DisconnectReasonCode, Login, Packet, PubAckReason,
+    SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::Error as CodecError;
 use rumqttc::v5::{Event, MqttState, Request, StateError};
@@ -177,4 +178,29 @@ fn puback_code(reason: PubAckReason) -> u8 {
     }
 }
 
-same_in_both_versions!(state_error);
+/// The state machine's error as a `LinkError`; a DISCONNECT from the broker says why it
+/// closed the connection (only MQTT 5 has one).
+fn state_error(error: StateError) -> LinkError {
+    match &error {
+        StateError::ServerDisconnect {
+            reason_code,
+            reason_string,
+        } => {
+            let (kind, why) = match reason_code {
+                DisconnectReasonCode::SessionTakenOver => (
+                    LinkErrorKind::TakenOver,
+                    "session taken over by another connection with the same client id",
+                ),
+                _ => (LinkErrorKind::Closed, "the broker disconnected"),
+            };
+            let said = reason_string
+                .as_deref()
+                .map_or(String::new(), |text| format!(": {text}"));
+            LinkError::of(kind, format!("{why} ({reason_code:?}){said}"))
+        }
+        StateError::Io(io) | StateError::Deserialization(CodecError::Io(io)) => {
+            super::classify_io(io, error.to_string())
+        }
+        _ => LinkError::other(error.to_string()),
+    }
+}

@@ -11,6 +11,7 @@
 use super::convert::object_to_py;
 use super::errors::call_error;
 use crate::client::{CallError, ConnectionEvent, Outcome, Waiter};
+use crate::link::Takeover;
 use pyo3::intern;
 use pyo3::prelude::*;
 use std::io::{Read, Write};
@@ -475,7 +476,14 @@ fn deliver(py: Python<'_>, completion: Completion) {
                     reconnect,
                     session_present,
                 } => ("connected", reconnect, session_present, String::new()),
-                ConnectionEvent::Disconnected { reason } => ("disconnected", false, false, reason),
+                ConnectionEvent::Disconnected { reason, takeover } => {
+                    let kind = match takeover {
+                        Takeover::No => "disconnected",
+                        Takeover::Began { .. } => "taken_over",
+                        Takeover::Again => "taken_over_again",
+                    };
+                    (kind, false, false, reason)
+                }
                 ConnectionEvent::FirstDrop { counter } => ("dropped", false, false, counter.into()),
             };
             // The handler logs and calls the user's callback, catching what it raises: an

@@ -20,6 +20,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<responder::ReplyHandle>()?;
     m.add_function(wrap_pyfunction!(options::client_defaults, m)?)?;
     m.add_function(wrap_pyfunction!(options::responder_defaults, m)?)?;
+    m.add_function(wrap_pyfunction!(options::expand_client_id, m)?)?;
     m.add_function(wrap_pyfunction!(arguments::control_topic, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

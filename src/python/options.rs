@@ -84,7 +84,10 @@ fn connection_options(reader: &mut Reader<'_>) -> PyResult<ConnectionOptions> {
         c.failover = hosts.collect();
     }
     if let Some(client_id) = reader.take::<String>("client_id")? {
-        c.client_id = client_id;
+        c.client_id = link::expand_client_id(&client_id).map_err(value_error)?;
+    }
+    if let Some(interval) = reader.take_seconds("min_connect_interval")? {
+        c.min_connect_interval = interval;
     }
     if let Some(protocol) = reader.take::<String>("protocol")? {
         c.protocol = parse_protocol(&protocol)?;
@@ -175,6 +178,19 @@ pub fn client_options(options: &Bound<'_, PyDict>) -> PyResult<(ClientOptions, u
     };
     let connections = reader.take::<usize>("connections")?.unwrap_or(1);
     reader.finish()?;
+    if o.aws_topic_rules {
+        // A pool's connections add "-{i}" to the id.
+        let suffix = match connections {
+            0 | 1 => 0,
+            n => 1 + (n - 1).to_string().len(),
+        };
+        check_aws_client_id(&o.connection.client_id, suffix)?;
+    }
+    if o.presence.is_some() && o.max_reply_subscriptions < 2 {
+        return Err(value_error(
+            "max_reply_subscriptions must be at least 2 with presence: its filter takes one place",
+        ));
+    }
     if o.max_in_flight == 0 || o.max_reply_subscriptions == 0 || connections == 0 {
         return Err(value_error(
             "max_in_flight, max_reply_subscriptions and connections must be at least 1",
@@ -186,6 +202,23 @@ pub fn client_options(options: &Bound<'_, PyDict>) -> PyResult<(ClientOptions, u
         ));
     }
     Ok((o, connections))
+}
+
+/// AWS IoT Core refuses a client id longer than 128 bytes (with `suffix` bytes to come).
+fn check_aws_client_id(client_id: &str, suffix: usize) -> PyResult<()> {
+    if client_id.len() + suffix > link::AWS_MAX_CLIENT_ID {
+        return Err(value_error(format!(
+            "client_id {client_id:?} is {} bytes{}: AWS IoT Core takes at most {}",
+            client_id.len() + suffix,
+            if suffix > 0 {
+                " with its pool suffix"
+            } else {
+                ""
+            },
+            link::AWS_MAX_CLIENT_ID
+        )));
+    }
+    Ok(())
 }
 
 /// The presence source: `presence` names it (`aws-lifecycle`, `retained-status`,
@@ -261,9 +294,14 @@ pub fn responder_options(
         };
     }
     let service = service_identity(&mut reader)?;
+    let max_subscriptions = reader.take::<usize>("max_subscriptions")?;
+    let aws_topic_rules = reader.take::<bool>("aws_topic_rules")?.unwrap_or(false);
     reader.finish()?;
     if limits.max_concurrency == 0 {
         return Err(value_error("max_concurrency must be at least 1"));
+    }
+    if aws_topic_rules {
+        check_aws_client_id(&connection.client_id, 0)?;
     }
     Ok(ResponderOptions {
         connection,
@@ -273,6 +311,8 @@ pub fn responder_options(
         mqtt5_only: false,
         limits,
         service,
+        max_subscriptions,
+        aws_topic_rules,
     })
 }
 
@@ -304,6 +344,12 @@ fn service_identity(reader: &mut Reader<'_>) -> PyResult<Option<ServiceIdentity>
         .validate()
         .map_err(|e| value_error(e.to_string()))?;
     Ok(Some(identity))
+}
+
+/// A client id with its placeholders (`{pid}`, `{hostname}`, `{random}`) filled in.
+#[pyfunction]
+pub fn expand_client_id(template: &str) -> PyResult<String> {
+    link::expand_client_id(template).map_err(value_error)
 }
 
 /// The core's defaults of the options Python documents, by name.

@@ -298,6 +298,8 @@ impl CoreResponder {
                                 counters: counters.clone(),
                             }),
                             Incoming::FirstDrop(counter) => return told(counter),
+                            // Told as the counter's name, like a drop: Python logs it.
+                            Incoming::TakenOver => return told("takeovers"),
                         };
                         // The loop is far behind: answer at once rather than queue without
                         // bound (a notification is dropped); counted either way, and the
@@ -323,9 +325,10 @@ impl CoreResponder {
                     LinkErrorKind::SubscriptionRefused => {
                         CallError::SubscribeRefused { filter: e.message }
                     }
-                    LinkErrorKind::Closed | LinkErrorKind::TimedOut | LinkErrorKind::Other => {
-                        CallError::NotConnected(why)
-                    }
+                    LinkErrorKind::Closed
+                    | LinkErrorKind::TakenOver
+                    | LinkErrorKind::TimedOut
+                    | LinkErrorKind::Other => CallError::NotConnected(why),
                 }
             });
             queue.push(Completion::Done {

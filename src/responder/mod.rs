@@ -20,7 +20,7 @@ pub use ledger::{Admission, Outcome, RequestLedger, RequestLimits, Ticket};
 pub use route::{progress_body, reply_body, route, ReplyRoute};
 pub use services::{control_topic, ServiceIdentity, ServiceState, Verb, DEFAULT_SERVICE_PREFIX};
 
-use crate::link::{self, ConnectionOptions, Inbound, LinkError, LinkErrorKind};
+use crate::link::{self, Backoff, ConnectionOptions, Inbound, LinkError, LinkErrorKind, Takeover};
 use crate::protocol::{self, RemoteError};
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -41,7 +41,8 @@ pub fn overloaded() -> RemoteError {
     }
 }
 
-/// Reconnect attempts back off from the first delay to the second, doubling, with jitter.
+/// Reconnect attempts back off from the first delay to the second, doubling, with jitter
+/// (`link::Backoff`; a connect interval of the options' own comes on top).
 const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(100);
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(10);
 
@@ -61,6 +62,13 @@ pub struct ResponderOptions {
     pub limits: RequestLimits,
     /// A named service also answers discovery and health requests (PING, INFO, STATS).
     pub service: Option<ServiceIdentity>,
+    /// The broker's quota of subscriptions per connection (AWS IoT Core: 50), which every
+    /// filter counts: handler and discovery filters alike. A responder over it is refused
+    /// before it connects.
+    pub max_subscriptions: Option<usize>,
+    /// AWS IoT Core's topic rules for the handler filters and the answers' topics (at most
+    /// 7 slashes and 256 bytes).
+    pub aws_topic_rules: bool,
 }
 
 /// Why a responder with a share group cannot serve on this broker.
@@ -104,6 +112,10 @@ pub enum Incoming {
     /// The first request of a kind the responder dropped or refused rather than ran (its
     /// counter's name): say it once; the counter says how many followed.
     FirstDrop(&'static str),
+    /// Another connection with this responder's client id took its connection over, the
+    /// first time since the connection was last stable (`link::Backoff`): say it loudly,
+    /// a deploy gave two processes one id.
+    TakenOver,
 }
 
 /// Counters of what a responder received and did with it.
@@ -135,13 +147,15 @@ pub struct ResponderCounters {
     pub answers_queued: AtomicU64,
     pub answers_sent: AtomicU64,
     pub answers_unsent: AtomicU64,
+    /// Connections lost to another connection with the same client id.
+    pub takeovers: AtomicU64,
     /// Each filter's handler, in the order of `ResponderOptions::filters`.
     pub handlers: Box<[HandlerStats]>,
 }
 
 impl ResponderCounters {
     /// Every counter by the name `Responder.stats()` gives it: the one list of names.
-    pub fn counts(&self) -> [(&'static str, u64); 14] {
+    pub fn counts(&self) -> [(&'static str, u64); 15] {
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         [
             ("requests", read(&self.requests)),
@@ -161,6 +175,7 @@ impl ResponderCounters {
             ("answers_queued", read(&self.answers_queued)),
             ("answers_sent", read(&self.answers_sent)),
             ("answers_unsent", read(&self.answers_unsent)),
+            ("takeovers", read(&self.takeovers)),
         ]
     }
 }
@@ -213,9 +228,32 @@ impl Responder {
         }
         for filter in &options.filters {
             protocol::validate_filter(filter)?;
+            if options.aws_topic_rules {
+                // A request on the filter has as many levels; its answer two more.
+                protocol::check_aws_topic_rules(filter)?;
+            }
         }
         if let Some(service) = &options.service {
             service.validate()?;
+        }
+        if let Some(quota) = options.max_subscriptions {
+            let handlers = options.filters.len();
+            let control = (options.service.iter())
+                .map(|s| s.filters(&options.connection.client_id).len())
+                .sum::<usize>();
+            if handlers + control > quota {
+                return Err(protocol::InputError::OverQuota(format!(
+                    "the responder needs {} subscriptions ({handlers} handler filters{}) but the \
+                     broker's quota allows {quota} per connection: serve fewer filters per \
+                     responder (a wildcard filter covers many topics) or split them over \
+                     several responders",
+                    handlers + control,
+                    match control {
+                        0 => String::new(),
+                        n => format!(" and {n} discovery filters"),
+                    },
+                )));
+            }
         }
         if let Some(group) = &options.share_group {
             if group.is_empty() || group.contains(['/', '+', '#']) {
@@ -294,7 +332,7 @@ impl Responder {
         let mut unacknowledged = subscriptions.len();
         let mut ever_connected = false;
         let mut ever_ready = false;
-        let mut failed_attempts = 0u32;
+        let mut backoff = Backoff::new(RECONNECT_MIN_DELAY, RECONNECT_MAX_DELAY);
         loop {
             let next = tokio::select! {
                 biased;
@@ -315,7 +353,7 @@ impl Responder {
                         ));
                     }
                     ever_connected = true;
-                    failed_attempts = 0;
+                    backoff.connected(Instant::now());
                     unacknowledged = subscriptions.len();
                     for topic in &subscriptions {
                         // Not queued: the next reconnect subscribes again.
@@ -371,12 +409,18 @@ impl Responder {
                         let why = format!("it closed the connection at the SUBSCRIBE ({error})");
                         return Err(no_shared_subscriptions(group, &why));
                     }
-                    let delay = link::reconnect_delay(
-                        RECONNECT_MIN_DELAY,
-                        RECONNECT_MAX_DELAY,
-                        failed_attempts,
-                    );
-                    failed_attempts = failed_attempts.saturating_add(1);
+                    let (delay, takeover) = backoff.lost(error.kind, Instant::now());
+                    let counters = &self.replier.counters;
+                    match takeover {
+                        Takeover::No => {}
+                        Takeover::Began { losses } => {
+                            counters
+                                .takeovers
+                                .fetch_add(u64::from(losses), Ordering::Relaxed);
+                            on_request(Incoming::TakenOver);
+                        }
+                        Takeover::Again => count(&counters.takeovers),
+                    }
                     tokio::select! {
                         _ = stop.wait_for(|stop| *stop) => break,
                         _ = tokio::time::sleep(delay) => {}

@@ -6,6 +6,7 @@
 use super::{CallError, Dropped, Engine, Transmit, Unsent};
 use crate::acks::{PubAckReason, Sent};
 use crate::client::{ConnectionEvent, Waiter};
+use crate::link::Takeover;
 use crate::protocol::{self, Reply, ReplyOutcome};
 use crate::subscriptions::Settled;
 use serde_json::{Map, Value};
@@ -48,8 +49,19 @@ impl<W: Waiter> Engine<W> {
 
     /// The connection dropped (or could not be made). Returns false when it was the first
     /// attempt, which then fails `connect()` rather than retrying.
-    pub fn on_connection_lost(&mut self, error: CallError, reason: &str) -> bool {
+    /// `takeover` says whether another connection with our client id caused it.
+    pub fn on_connection_lost(
+        &mut self,
+        error: CallError,
+        reason: &str,
+        takeover: Takeover,
+    ) -> bool {
         let was_connected = std::mem::replace(&mut self.connected, false);
+        self.counts.takeovers += match takeover {
+            Takeover::No => 0,
+            Takeover::Began { losses } => u64::from(losses),
+            Takeover::Again => 1,
+        };
         if self.connecting {
             self.connecting = false;
             self.ready = Some(Err(error));
@@ -61,6 +73,7 @@ impl<W: Waiter> Engine<W> {
         if was_connected {
             self.events.push(ConnectionEvent::Disconnected {
                 reason: reason.to_owned(),
+                takeover,
             });
         }
         true
