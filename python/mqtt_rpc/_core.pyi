@@ -198,9 +198,11 @@ class CoreResponder:
         `on_cancel(number)` when its caller gives up on the run with that number,
         `on_drop(counter)` for the first request of each kind dropped or refused; fails if
         the first connection does."""
-    def close(self, flush_timeout: float) -> None:
-        """Disconnects once the answers already queued are written (or after
-        ``flush_timeout`` seconds); the `serve` future then resolves."""
+    def leave(self, grace: float) -> None:
+        """Leaves gracefully: unsubscribes, lets the runs answer, disconnects once every
+        answer is out or after ``grace`` seconds; the `serve` future then resolves."""
+    def stop(self) -> None:
+        """Stops serving at once, without a DISCONNECT."""
     def detach(self) -> None:
         """Stops watching the loop (after `serve` resolved)."""
     def stats(self) -> Dict[str, int]: ...

@@ -28,7 +28,7 @@ from .errors import (
     RemoteError,
     RpcTimeoutError,
 )
-from .responder import Responder, RpcHandlerError
+from .responder import DEFAULT_GRACE, Responder, RpcHandlerError
 
 EXIT_BAD_INPUT, EXIT_TIMEOUT, EXIT_REMOTE_ERROR, EXIT_NO_CONNECTION = 2, 3, 4, 5
 EXIT_NO_RESPONDERS, EXIT_REJECTED = 6, 7
@@ -57,7 +57,7 @@ def connection_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--qos", type=int, choices=[0, 1])
     group.add_argument("--username")
     group.add_argument("--password")
-    group.add_argument("--client-id", help="default: a unique id")
+    group.add_argument("--client-id", help="default: a unique id; {pid}, {hostname} and {random} are filled in")
     tls = parser.add_argument_group("TLS")
     tls.add_argument("--tls", action="store_true", default=None, help="connect with TLS (implied by the files below)")
     tls.add_argument("--ca-certs", help="PEM file of the CAs to trust (default: the system's)")
@@ -219,12 +219,19 @@ def echo_responder(args: argparse.Namespace) -> Responder:
     async def echo(request: Dict[str, Any]) -> Dict[str, Any]:
         if fail_action is not None and request.get("action") == fail_action:
             raise RpcHandlerError(423, f"{fail_action} refused by the test device", {"action": fail_action})
+        # As the Rust test device: a request may ask to be answered after a while.
+        steering = request.get("_responder")
+        delay = steering.get("delay_ms") if isinstance(steering, dict) else None
+        if isinstance(delay, (int, float)) and delay > 0:
+            await asyncio.sleep(min(delay, 60_000) / 1000)
         return {"status": "ok", "echo": request}
 
     return responder
 
 
 async def serve_command(args: argparse.Namespace) -> int:
+    if not args.grace > 0:
+        return fail(EXIT_BAD_INPUT, f"--grace must be a positive number of seconds, not {args.grace:g}")
     try:
         responder = echo_responder(args)
     except ValueError as error:
@@ -233,11 +240,15 @@ async def serve_command(args: argparse.Namespace) -> int:
         await responder.start()
     except NotConnectedError as error:
         return fail(EXIT_NO_CONNECTION, str(error))
-    print(f"serving {args.filter} on {responder._address} (Ctrl-C stops)", flush=True)
+    print(f"serving {args.filter} on {responder._address} (Ctrl-C or SIGTERM leaves, a second one stops)", flush=True)
     try:
-        await responder.serve()
+        await responder.serve_until_signal(args.grace)
     finally:
         await responder.close_now()
+    stats = responder.stats()
+    if stats.get("leave_ms") or stats.get("leave_answered"):
+        print(f"left in {stats['leave_ms']} ms: {stats['leave_answered']} answers sent during the leave, "
+              f"{stats['leave_unsent']} not delivered", file=sys.stderr, flush=True)
     return 0
 
 
@@ -385,6 +396,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--name", help="a service name: answer discovery and health requests (mqtt-rpc services)")
     serve.add_argument("--service-version", help="the version discovery tells (with --name)")
     serve.add_argument("--service-prefix", help="where discovery requests come (default: mqtt-rpc/_srv)")
+    serve.add_argument("--grace", type=float, default=DEFAULT_GRACE, metavar="SECONDS",
+                       help=f"on SIGTERM or Ctrl-C, leave gracefully within this long (default: {DEFAULT_GRACE:g})")
     connection_arguments(serve)
 
     services = commands.add_parser("services", help="list the named responders that are up, or their statistics",

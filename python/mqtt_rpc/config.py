@@ -73,6 +73,7 @@ _SHARED: Dict[str, Converter] = {
     "keyfile": _text,
     "alpn_protocols": _word_list,
     "quotas": _text,
+    "session_expiry": _number,
 }
 
 CLIENT_OPTIONS: Dict[str, Converter] = {
@@ -84,7 +85,6 @@ CLIENT_OPTIONS: Dict[str, Converter] = {
     "max_in_flight": _integer,
     "max_packet_size": _integer,
     "timeout": _number,
-    "session_expiry": _number,
     "fail_fast": _boolean,
     "reconnect_min_delay": _number,
     "reconnect_max_delay": _number,

@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import os
+import signal
 import time
 from types import TracebackType
 from typing import Any, Awaitable, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, Type, Union
@@ -34,8 +35,12 @@ PathLike = Union[str, "os.PathLike[str]"]
 INTERNAL_ERROR = -32603
 #: The code of the answer to a request that found the responder over its queue limit.
 OVERLOADED = -32000
-#: How long `close()` waits for the answers already given to be written.
-_FLUSH_TIMEOUT = 5.0
+#: How long a leave started by a signal (`run`, `serve_until_signal`, ``mqtt-rpc serve``)
+#: may take: within Kubernetes' default termination period of 30 s.
+DEFAULT_GRACE = 25.0
+#: How long after its grace a leave still waits for its DISCONNECT to be written (a broker
+#: that stopped reading) before the connection is dropped.
+_DISCONNECT_TIMEOUT = 5.0
 #: Options of `MQTT_RPC_URL` that only a client takes: a responder passes over them.
 _CLIENT_ONLY = frozenset(config.CLIENT_OPTIONS) - frozenset(config.RESPONDER_OPTIONS)
 
@@ -93,6 +98,11 @@ class Responder:
             is docs/services.md): its name (shared by its instances, each told apart by its
             client id), its version, and a JSON object of facts for operators.
         service_prefix: the topic levels those requests come under (as the client's).
+        session_expiry: how long the broker keeps the session after the connection drops
+            (as for `MqttRpcClient`; MQTT 5 default 60 s). In a ``share_group`` the default
+            is 0: the broker then stops routing requests to a member that crashed as soon
+            as it notices (at most 1.5 times ``keepalive``), instead of queueing them for
+            the session's life; a longer one is kept but warned about.
         quotas: ``"aws-iot-core"`` keeps AWS IoT Core's per-connection limits: every
             filter (handlers and discovery) counts against its 50 subscriptions, and
             `start` refuses a responder that needs more, before subscribing anything;
@@ -138,6 +148,7 @@ class Responder:
         metadata: Optional[Dict[str, Any]] = None,
         service_prefix: str = "mqtt-rpc/_srv",
         quotas: Optional[str] = None,
+        session_expiry: Optional[float] = None,
     ) -> None:
         service = {"name": name, "version": version, "metadata": metadata}
         arguments = {key: value for key, value in locals().items() if key in config.RESPONDER_OPTIONS}
@@ -174,6 +185,25 @@ class Responder:
         )
         for option in ("max_concurrency", "max_queued", "reply_cache_size", "reply_cache_ttl"):
             self._options[option] = settings[option]
+        session = settings["session_expiry"]
+        if settings["share_group"] is not None:
+            if session is None:
+                # A session that outlived a member would keep its share of the group's
+                # requests queued for it: a crash would cost the session's life, not the
+                # keep-alive. So a member's session ends with its connection.
+                session = 0.0
+            elif session > 0:
+                logger.warning(
+                    "responder in share group %r with session_expiry=%g: after a crash the broker "
+                    "goes on routing that member's share of the requests to its session for up to "
+                    "%g s, and its callers time out (docs/scaling.md)",
+                    settings["share_group"],
+                    session,
+                    session,
+                )
+        self._options["session_expiry"] = session
+        if session is not None:
+            self._chosen = self._chosen | {"session_expiry"}
         preset = _quotas.preset(settings["quotas"], _quotas.RESPONDER_QUOTA_PRESETS)
         self._options.update(preset)
         self._chosen = self._chosen | frozenset(preset)
@@ -183,6 +213,7 @@ class Responder:
         self._handlers: List[Handler] = []
         self._max_concurrency = max_concurrency
         self._core: Optional[_core.CoreResponder] = None
+        self._left = False
         self._peer: Peer  # once started: the client id is the core's
         self._serving: Optional["asyncio.Future[None]"] = None
         self._ready: Optional[asyncio.Event] = None
@@ -253,26 +284,102 @@ class Responder:
         await asyncio.shield(self._serving)
 
     async def close(self, grace: float = 5.0) -> None:
-        """Stops serving: waits up to ``grace`` seconds for running handlers to answer,
-        cancels the rest (their callers get no answer), and disconnects once every answer
-        given is written (at most 5 seconds more, if the connection is down)."""
-        if self._core is None or self._serving is None:
-            return
-        if self._tasks:
-            _, late = await asyncio.wait(set(self._tasks), timeout=grace) if grace > 0 else (set(), set(self._tasks))
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.gather(*late, return_exceptions=True)
-        self._core.close(_FLUSH_TIMEOUT)
-        try:
-            await self._serving
-        finally:
-            self._core.detach()
+        """Leaves gracefully, as a member of a pool must in a rolling deploy: unsubscribes
+        every filter first, so that the broker routes new requests to the other members;
+        lets the handlers running, and those of requests that arrived before the
+        unsubscribe took effect, answer within ``grace`` seconds; publishes their answers
+        (QoS 1: until the broker acknowledges them); then disconnects (MQTT 5: ending the
+        session at once). Handlers still running when the grace is over are cancelled and
+        their callers get no answer. ``stats()`` says what the leave did (``leave_answered``,
+        ``leave_unsent``, ``leave_ms``), and the log says it once. It never takes much more
+        than ``grace``, even with the broker gone."""
+        if not (isinstance(grace, (int, float)) and grace > 0):
+            raise ValueError(f"grace must be a positive number of seconds, not {grace!r}")
+        await self._leave(float(grace))
 
     async def close_now(self) -> None:
-        """Stops at once: handlers still running are cancelled, unanswered."""
-        await self.close(grace=0)
+        """Stops at once: handlers still running are cancelled, unanswered; the answers
+        already given are written, then it disconnects."""
+        await self._cancel_runs()
+        await self._leave(0.0)
+
+    async def _cancel_runs(self) -> None:
+        tasks = set(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _leave(self, grace: float) -> None:
+        core, serving = self._core, self._serving
+        if core is None or serving is None or self._left:
+            return
+        self._left = True
+        try:
+            if not serving.done():
+                core.leave(grace)
+                # The core disconnects once every run answered, or at the deadline.
+                await asyncio.wait({serving}, timeout=grace)
+                await self._cancel_runs()
+                await asyncio.wait({serving}, timeout=_DISCONNECT_TIMEOUT)
+                if not serving.done():
+                    core.stop()
+            await serving
+        finally:
+            core.detach()
+        self._report_leave(core.stats())
+
+    def _report_leave(self, stats: Dict[str, int]) -> None:
+        if not (stats["leave_ms"] or stats["leave_answered"] or stats["leave_unsent"]):
+            return
+        level = logging.WARNING if stats["leave_unsent"] else logging.INFO
+        logger.log(
+            level,
+            "responder %s left in %d ms: %d answers sent during the leave, %d not delivered",
+            self.client_id,
+            stats["leave_ms"],
+            stats["leave_answered"],
+            stats["leave_unsent"],
+        )
+
+    def run(self, grace: float = DEFAULT_GRACE) -> None:
+        """Serves until SIGTERM or SIGINT, then leaves gracefully within ``grace`` seconds
+        (see `close`); a second signal stops at once. The entry point of a device process:
+        it blocks, running an event loop of its own."""
+        asyncio.run(self.serve_until_signal(grace))
+
+    async def serve_until_signal(self, grace: float = DEFAULT_GRACE) -> None:
+        """`serve`, until SIGTERM or SIGINT starts a graceful leave within ``grace`` seconds
+        (a second signal stops at once). For the event loop's main thread (signals are
+        delivered there)."""
+        if not (isinstance(grace, (int, float)) and grace > 0):
+            raise ValueError(f"grace must be a positive number of seconds, not {grace!r}")
+        loop = asyncio.get_running_loop()
+        signalled = asyncio.Event()
+
+        def on_signal() -> None:
+            if signalled.is_set() and self._core is not None:
+                self._core.stop()  # the second one: at once
+            signalled.set()
+
+        for number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(number, on_signal)
+        try:
+            if self._core is None:
+                await self.start()
+            assert self._serving is not None
+            waiting: "asyncio.Future[Any]" = asyncio.ensure_future(signalled.wait())
+            serving: "asyncio.Future[Any]" = self._serving
+            await asyncio.wait({waiting, serving}, return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
+            if signalled.is_set():
+                logger.info("responder %s: signalled, leaving within %g s", self.client_id, grace)
+                await self.close(grace)
+            else:
+                await self._serving  # it ended by itself: its error, if any
+        finally:
+            for number in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(number)
 
     async def __aenter__(self) -> "Responder":
         await self.start()

@@ -33,6 +33,11 @@
 //! With `--service NAME` (and `--service-version V`, `--service-prefix P`) it is a named
 //! service: it answers discovery and health requests (PING, INFO, STATS; docs/services.md).
 //!
+//! SIGTERM or SIGINT makes it leave gracefully (a rolling deploy's step): it unsubscribes,
+//! answers what it had started, disconnects within `--grace SECONDS` (25 by default), and
+//! says on stderr what the leave did; a second signal stops it at once. `--client-id`
+//! takes the placeholders `{pid}`, `{hostname}` and `{random}`.
+//!
 //! It prints `READY` on stdout once every filter is subscribed (again after each
 //! reconnect), so that whoever started it can wait for that line instead of sleeping, and
 //! `NOTIFICATION <topic> <payload>` for each request that asks for no answer.
@@ -41,20 +46,22 @@ use mqtt_rpc::link::{self, ConnectionOptions, Protocol};
 use mqtt_rpc::protocol::{self, RemoteError};
 use mqtt_rpc::responder::{
     reply_body, Incoming, IncomingRequest, PendingAnswer, Replier, ReplyRoute, RequestLimits,
-    Responder, ResponderOptions, ServiceIdentity, DEFAULT_SERVICE_PREFIX,
+    Responder, ResponderOptions, ServiceIdentity, Shutdown, DEFAULT_SERVICE_PREFIX,
 };
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 const USAGE: &str = "usage: mqtt-rpc-responder [--host H] [--port P] [--protocol 3.1.1|5] \
 [--qos 0|1] [--client-id ID] [--session-expiry SECONDS] [--username U --password P] \
 [--share-group NAME] [--mqtt5-only] [--max-concurrency N] [--max-queued N] \
+[--keepalive SECONDS] [--grace SECONDS] \
 [--service NAME [--service-version V] [--service-prefix P]] FILTER...";
 
 struct Args {
@@ -71,7 +78,23 @@ struct Args {
     limits: RequestLimits,
     service: Option<ServiceIdentity>,
     filters: Vec<String>,
+    keepalive: Duration,
+    /// How long a graceful leave (SIGTERM) may take: Kubernetes waits 30 s by default.
+    grace: Duration,
 }
+
+/// A positive number of seconds, for `name`.
+fn seconds(name: &str, text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value > 0.0 && value.is_finite() => Ok(Duration::from_secs_f64(value)),
+        _ => Err(format!(
+            "{name} must be a positive number of seconds, not {text:?}"
+        )),
+    }
+}
+
+/// A graceful leave's default grace: within Kubernetes' default termination period (30 s).
+const DEFAULT_GRACE: Duration = Duration::from_secs(25);
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -88,6 +111,8 @@ fn parse_args() -> Result<Args, String> {
         limits: RequestLimits::default(),
         service: None,
         filters: Vec::new(),
+        keepalive: Duration::from_secs(30),
+        grace: DEFAULT_GRACE,
     };
     let mut service_version = None;
     let mut service_prefix = DEFAULT_SERVICE_PREFIX.to_owned();
@@ -116,6 +141,8 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|e| format!("--session-expiry: {e}"))?;
                 args.session_expiry = Duration::from_secs(seconds);
             }
+            "--keepalive" => args.keepalive = seconds("--keepalive", &value("--keepalive")?)?,
+            "--grace" => args.grace = seconds("--grace", &value("--grace")?)?,
             "--username" => args.username = Some(value("--username")?),
             "--password" => args.password = Some(value("--password")?),
             "--share-group" => args.share_group = Some(value("--share-group")?),
@@ -153,6 +180,12 @@ fn parse_args() -> Result<Args, String> {
         service.version = service_version;
         service.prefix = service_prefix;
         service.validate().map_err(|e| e.to_string())?;
+    }
+    if args.share_group.is_some() && !args.session_expiry.is_zero() {
+        eprintln!(
+            "mqtt-rpc-responder: warning: a session that outlives this member keeps its share \
+             of the group's requests queued for it after it is gone (--session-expiry 0 avoids it)"
+        );
     }
     if args.mqtt5_only && args.protocol != Protocol::V5 {
         return Err("--mqtt5-only needs --protocol 5".into());
@@ -256,6 +289,31 @@ impl Delayed {
             }
         }
     }
+}
+
+/// The first SIGTERM or SIGINT starts a graceful leave (unsubscribe, let the runs answer,
+/// disconnect) within `grace`; a second one stops at once.
+async fn leave_on_signals(shutdown: watch::Sender<Shutdown>, grace: Duration) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return eprintln!("mqtt-rpc-responder: cannot watch SIGTERM and SIGINT");
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    eprintln!("mqtt-rpc-responder: leaving within {grace:?} (a second signal stops at once)");
+    let _ = shutdown.send(Shutdown::Leave {
+        by: Instant::now() + grace,
+    });
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    let _ = shutdown.send(Shutdown::Now);
 }
 
 fn take(waiting: &Waiting) -> Option<PendingAnswer> {
@@ -372,7 +430,7 @@ async fn main() -> ExitCode {
         port: args.port,
         client_id: args.client_id.clone(),
         protocol: args.protocol,
-        keepalive: Duration::from_secs(30),
+        keepalive: args.keepalive,
         connect_timeout: Duration::from_secs(5),
         session_expiry: args.session_expiry,
         username: args.username.clone(),
@@ -398,8 +456,10 @@ async fn main() -> ExitCode {
     };
     let mut seen_ids = SeenIds::default();
     let mut delayed = Delayed::default();
-    // Runs until the process is stopped.
-    let (_stop, stop_requested) = watch::channel(false);
+    let counters = responder.counters();
+    // Serves until SIGTERM or SIGINT: then it leaves its pool gracefully.
+    let (shutdown, shutdown_requested) = watch::channel(Shutdown::Serve);
+    tokio::spawn(leave_on_signals(shutdown, args.grace));
     let served = responder
         .serve(
             |incoming| handle(&args, &mut seen_ids, &mut delayed, incoming),
@@ -407,11 +467,22 @@ async fn main() -> ExitCode {
                 println!("READY");
                 let _ = std::io::stdout().flush();
             },
-            stop_requested,
+            shutdown_requested,
         )
         .await;
     match served {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            let read = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+            if read(&counters.leave_ms) > 0 || read(&counters.leave_answered) > 0 {
+                eprintln!(
+                    "mqtt-rpc-responder: left in {} ms: {} answers sent during the leave, {} unsent",
+                    read(&counters.leave_ms),
+                    read(&counters.leave_answered),
+                    read(&counters.leave_unsent),
+                );
+            }
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!(
                 "mqtt-rpc-responder: could not connect to {}:{}: {error}",

@@ -169,7 +169,7 @@ fn on_inbound<W: Waiter>(shared: &Shared<W>, inbound: Inbound) {
             shared.with_ledger(|l| l.reconnected(session_present));
             shared.run(|engine, now| engine.on_connected(session_present, now));
         }
-        Inbound::Other => {}
+        Inbound::UnsubAck | Inbound::Other => {}
     }
 }
 

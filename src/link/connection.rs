@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -30,6 +30,9 @@ const WRITE_HIGH_WATER: usize = 256 * 1024;
 /// Room made in the read buffer before each read: a busy connection reads many packets
 /// per system call.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// How long a deliberate close waits for the broker to close its side after DISCONNECT.
+const DRAIN_ON_CLOSE: Duration = Duration::from_secs(2);
 
 /// What the connection needs from one MQTT version: rumqttc's codec and state machine.
 pub trait Wire {
@@ -498,6 +501,16 @@ impl<W: Wire> Connection<W> {
             .map_err(|_| LinkError::of(LinkErrorKind::TimedOut, "DISCONNECT not written"))?
             .map_err(io_error)?;
         self.write_buffer.clear();
+        // Closing a socket with unread bytes makes the kernel reset the connection, and a
+        // reset may discard what the broker had received but not yet read: the answers
+        // written just before. So half-close, and read until the broker closes its side.
+        let drained = async {
+            socket.shutdown().await?;
+            let mut discard = [0u8; 4096];
+            while socket.read(&mut discard).await? > 0 {}
+            io::Result::Ok(())
+        };
+        let _ = tokio::time::timeout(DRAIN_ON_CLOSE, drained).await;
         Ok(())
     }
 

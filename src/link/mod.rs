@@ -201,6 +201,8 @@ pub enum Inbound {
         packet_id: u16,
         granted: bool,
     },
+    /// The broker acknowledged an UNSUBSCRIBE: no message of that filter comes any more.
+    UnsubAck,
     DisconnectSent,
     Other,
 }

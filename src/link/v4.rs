@@ -124,6 +124,7 @@ impl Wire for V4 {
                         .iter()
                         .all(|c| matches!(c, SubscribeReasonCode::Success(_))),
                 },
+                Packet::UnsubAck(_) => Inbound::UnsubAck,
                 _ => Inbound::Other,
             },
             Event::Outgoing(outgoing) => super::outgoing_event(outgoing),

@@ -6,8 +6,8 @@ use super::connection::{same_in_both_versions, Accepted, RequestKind, Wire};
 use super::{ConnectionOptions, Inbound, LinkError, LinkErrorKind};
 use bytes::BytesMut;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnectProperties, ConnectReturnCode, DisconnectReasonCode, Login, Packet, PubAckReason,
-    SubscribeReasonCode,
+    ConnectProperties, ConnectReturnCode, DisconnectProperties, DisconnectReasonCode, Login,
+    Packet, PubAckReason, SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::Error as CodecError;
 use rumqttc::v5::{Event, MqttState, Request, StateError};
@@ -96,8 +96,11 @@ impl Wire for V5 {
             Request::Publish(_)
             | Request::Subscribe(_)
             | Request::Unsubscribe(_)
-            | Request::Disconnect
             | Request::PubAck(_) => state.handle_outgoing_packet(request).map_err(state_error),
+            Request::Disconnect => {
+                let packet = state.handle_outgoing_packet(request).map_err(state_error)?;
+                Ok(packet.map(without_session))
+            }
             other => Err(LinkError::other(format!("cannot send {other:?}"))),
         }
     }
@@ -144,6 +147,7 @@ impl Wire for V5 {
                         .iter()
                         .all(|c| matches!(c, SubscribeReasonCode::Success(_))),
                 },
+                Packet::UnsubAck(_) => Inbound::UnsubAck,
                 _ => Inbound::Other,
             },
             Event::Outgoing(outgoing) => super::outgoing_event(outgoing),
@@ -160,6 +164,24 @@ impl Wire for V5 {
             Request::Disconnect => RequestKind::Disconnect,
             _ => RequestKind::Other,
         }
+    }
+}
+
+/// A DISCONNECT that ends the session too (Session Expiry Interval 0): whoever closes on
+/// purpose has no use for it, and a session left behind would keep a shared subscription's
+/// share routed to a member that is gone, and queue requests for it until it expired.
+fn without_session(packet: Packet) -> Packet {
+    match packet {
+        Packet::Disconnect(mut disconnect) => {
+            disconnect.properties = Some(DisconnectProperties {
+                session_expiry_interval: Some(0),
+                reason_string: None,
+                user_properties: Vec::new(),
+                server_reference: None,
+            });
+            Packet::Disconnect(disconnect)
+        }
+        other => other,
     }
 }
 

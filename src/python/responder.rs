@@ -13,7 +13,7 @@ use crate::link::{BrokerAddress, ConnectedTo, LinkErrorKind};
 use crate::metrics::cumulative;
 use crate::protocol::RemoteError;
 use crate::responder::{
-    Incoming, IncomingRequest, Outcome, PendingAnswer, Replier, Responder, ResponderCounters,
+    Incoming, IncomingRequest, Outcome, PendingAnswer, Responder, ResponderCounters, Shutdown,
 };
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -26,9 +26,8 @@ use tokio::sync::watch;
 #[pyclass(frozen, module = "mqtt_rpc._core")]
 pub struct CoreResponder {
     responder: Mutex<Option<Responder>>,
-    replier: Replier,
     counters: Arc<ResponderCounters>,
-    stop: Arc<watch::Sender<bool>>,
+    stop: Arc<watch::Sender<Shutdown>>,
     bridge: Mutex<Option<Py<LoopBridge>>>,
     client_id: String,
     connected_to: ConnectedTo,
@@ -223,10 +222,9 @@ impl CoreResponder {
         let options = responder_options(options, filters)?;
         let client_id = options.connection.client_id.clone();
         let responder = Responder::new(options).map_err(|e| value_error(e.to_string()))?;
-        let (stop, _) = watch::channel(false);
+        let (stop, _) = watch::channel(Shutdown::Serve);
         let connected_to = responder.connected_to();
         Ok(CoreResponder {
-            replier: responder.replier(),
             counters: responder.counters(),
             responder: Mutex::new(Some(responder)),
             stop: Arc::new(stop),
@@ -339,23 +337,20 @@ impl CoreResponder {
         Ok(future)
     }
 
-    /// Stops serving: queues DISCONNECT behind the answers already queued, so they are
-    /// written first; the `serve` future resolves once it is written, or after
-    /// `flush_timeout` seconds (a connection that is down writes nothing). Call `detach`
-    /// after.
-    fn close(&self, flush_timeout: f64) -> PyResult<()> {
-        if !Responder::disconnect(&self.replier) {
-            let _ = self.stop.send(true);
-            return Ok(());
-        }
-        let runtime = runtime().map_err(PyRuntimeError::new_err)?;
-        let stop = self.stop.clone();
-        let wait = Duration::from_secs_f64(flush_timeout.clamp(0.0, 3600.0));
-        runtime.spawn(async move {
-            tokio::time::sleep(wait).await;
-            let _ = stop.send(true);
-        });
+    /// Leaves gracefully: unsubscribes every filter, lets the runs under way answer, and
+    /// disconnects once every answer is written (and, QoS 1, acknowledged), or `grace`
+    /// seconds from now at the latest; the `serve` future then resolves. A grace of 0 stops
+    /// taking requests and disconnects behind the answers already queued.
+    fn leave(&self, grace: f64) -> PyResult<()> {
+        let grace = Duration::from_secs_f64(grace.clamp(0.0, 3600.0));
+        let by = Instant::now() + grace;
+        let _ = self.stop.send(Shutdown::Leave { by });
         Ok(())
+    }
+
+    /// Stops serving at once, without a DISCONNECT (the connection is dropped).
+    fn stop(&self) {
+        let _ = self.stop.send(Shutdown::Now);
     }
 
     /// Stops watching the loop (after `serve` resolved).

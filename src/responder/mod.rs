@@ -10,12 +10,15 @@
 
 mod answer;
 mod handlers;
+mod leave;
 mod ledger;
 mod route;
 mod services;
 
 pub use answer::{PendingAnswer, Replier};
 pub use handlers::HandlerStats;
+use leave::{Leave, Progress, Step};
+pub use leave::{LeaveReport, Shutdown};
 pub use ledger::{Admission, Outcome, RequestLedger, RequestLimits, Ticket};
 pub use route::{progress_body, reply_body, route, ReplyRoute};
 pub use services::{control_topic, ServiceIdentity, ServiceState, Verb, DEFAULT_SERVICE_PREFIX};
@@ -40,6 +43,9 @@ pub fn overloaded() -> RemoteError {
         data: Value::Null,
     }
 }
+
+/// How often a leave looks again whether its runs have answered.
+const LEAVE_RECHECK: Duration = Duration::from_millis(10);
 
 /// Reconnect attempts back off from the first delay to the second, doubling, with jitter
 /// (`link::Backoff`; a connect interval of the options' own comes on top).
@@ -149,13 +155,18 @@ pub struct ResponderCounters {
     pub answers_unsent: AtomicU64,
     /// Connections lost to another connection with the same client id.
     pub takeovers: AtomicU64,
+    /// The last graceful leave: answers queued during it, answers (and runs) it could not
+    /// deliver by its deadline, and how long it took.
+    pub leave_answered: AtomicU64,
+    pub leave_unsent: AtomicU64,
+    pub leave_ms: AtomicU64,
     /// Each filter's handler, in the order of `ResponderOptions::filters`.
     pub handlers: Box<[HandlerStats]>,
 }
 
 impl ResponderCounters {
     /// Every counter by the name `Responder.stats()` gives it: the one list of names.
-    pub fn counts(&self) -> [(&'static str, u64); 15] {
+    pub fn counts(&self) -> [(&'static str, u64); 18] {
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         [
             ("requests", read(&self.requests)),
@@ -176,7 +187,18 @@ impl ResponderCounters {
             ("answers_sent", read(&self.answers_sent)),
             ("answers_unsent", read(&self.answers_unsent)),
             ("takeovers", read(&self.takeovers)),
+            ("leave_answered", read(&self.leave_answered)),
+            ("leave_unsent", read(&self.leave_unsent)),
+            ("leave_ms", read(&self.leave_ms)),
         ]
+    }
+
+    fn record_leave(&self, report: LeaveReport) {
+        let took = u64::try_from(report.took.as_millis()).unwrap_or(u64::MAX);
+        self.leave_answered
+            .store(report.answered, Ordering::Relaxed);
+        self.leave_unsent.store(report.unsent, Ordering::Relaxed);
+        self.leave_ms.store(took, Ordering::Relaxed);
     }
 }
 
@@ -317,26 +339,69 @@ impl Responder {
         requests.chain(control).collect()
     }
 
-    /// Serves until its DISCONNECT is written (`disconnect`: answers queued before it go
-    /// out first) or `stop` turns true: subscribes its filters on every connection (calling
-    /// `on_ready` once all are granted), hands each request to `on_request`, and reconnects
-    /// after a lost connection, backing off. Fails if the first connection fails, or if the
-    /// broker refuses a filter (a responder that cannot receive its requests must say so).
+    /// Serves until `shutdown` says to stop: subscribes its filters on every connection
+    /// (calling `on_ready` once all are granted), hands each request to `on_request`, and
+    /// reconnects after a lost connection, backing off. `Shutdown::Leave` leaves gracefully
+    /// (`leave.rs`): it unsubscribes, lets the runs answer, and disconnects once every
+    /// answer is out or the grace is over; `Shutdown::Now` stops at once. Fails if the first
+    /// connection fails, or if the broker refuses a filter (a responder that cannot receive
+    /// its requests must say so).
     pub async fn serve(
         mut self,
         mut on_request: impl FnMut(Incoming),
         mut on_ready: impl FnMut(),
-        mut stop: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<Shutdown>,
     ) -> Result<(), LinkError> {
         let subscriptions = self.subscriptions();
         let mut unacknowledged = subscriptions.len();
         let mut ever_connected = false;
         let mut ever_ready = false;
+        let mut connected = false;
+        let mut leave: Option<Leave> = None;
         let mut backoff = Backoff::new(RECONNECT_MIN_DELAY, RECONNECT_MAX_DELAY);
         loop {
+            // What the application asks, looked at on every turn (a change wakes the loop).
+            match *shutdown.borrow_and_update() {
+                Shutdown::Now => break,
+                Shutdown::Leave { by } if leave.is_none() => {
+                    let unsubscribes = match connected {
+                        true => self.unsubscribe_all(&subscriptions),
+                        false => 0,
+                    };
+                    leave = Some(Leave::start(
+                        Instant::now(),
+                        by,
+                        unsubscribes,
+                        self.progress(),
+                    ));
+                }
+                Shutdown::Serve | Shutdown::Leave { .. } => {}
+            }
+            if let Some(leaving) = leave.as_mut() {
+                match leaving.step(Instant::now(), self.progress(), connected) {
+                    Step::Wait => {}
+                    Step::Disconnect if Responder::disconnect(&self.replier) => {}
+                    Step::Disconnect | Step::End => break,
+                }
+            }
+            // While leaving, look again now and then: runs end without telling the loop.
+            let recheck = async {
+                match &leave {
+                    Some(leaving) => {
+                        let soon = Instant::now() + LEAVE_RECHECK;
+                        let at = soon.min(leaving.deadline());
+                        tokio::time::sleep_until(at.into()).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             let next = tokio::select! {
                 biased;
-                _ = stop.wait_for(|stop| *stop) => break,
+                changed = shutdown.changed() => match changed {
+                    Ok(()) => continue,
+                    Err(_) => break, // the application is gone
+                },
+                _ = recheck => continue,
                 next = self.events.next() => next,
             };
             match next {
@@ -353,8 +418,12 @@ impl Responder {
                         ));
                     }
                     ever_connected = true;
+                    connected = true;
                     backoff.connected(Instant::now());
                     unacknowledged = subscriptions.len();
+                    if leave.is_some() {
+                        continue; // leaving: not subscribed again
+                    }
                     for topic in &subscriptions {
                         // Not queued: the next reconnect subscribes again.
                         let _ = self.replier.outbox.subscribe(topic, self.options.qos);
@@ -376,6 +445,11 @@ impl Responder {
                         on_ready();
                     }
                 }
+                Ok(Inbound::UnsubAck) => {
+                    if let Some(leaving) = leave.as_mut() {
+                        leaving.unsubscribed();
+                    }
+                }
                 Ok(Inbound::Message {
                     topic,
                     payload,
@@ -394,12 +468,21 @@ impl Responder {
                     };
                     self.take(message, &mut on_request);
                 }
-                Ok(Inbound::PublishWritten(_)) => {
+                Ok(Inbound::PublishWritten(packet_id)) => {
                     count(&self.replier.counters.answers_sent);
+                    if let Some(leaving) = leave.as_mut() {
+                        leaving.written(packet_id);
+                    }
+                }
+                Ok(Inbound::PubAck { packet_id, .. }) => {
+                    if let Some(leaving) = leave.as_mut() {
+                        leaving.acknowledged(packet_id);
+                    }
                 }
                 Ok(Inbound::DisconnectSent) => break,
                 Ok(_) => {}
                 Err(error) => {
+                    connected = false;
                     if !ever_connected {
                         return Err(error);
                     }
@@ -421,14 +504,46 @@ impl Responder {
                         }
                         Takeover::Again => count(&counters.takeovers),
                     }
+                    let delay = match leave.as_mut() {
+                        Some(leaving) => {
+                            leaving.connection_lost();
+                            // Back in time to send what the runs answer, or not at all.
+                            let left = leaving.deadline().saturating_duration_since(Instant::now());
+                            delay.min(left)
+                        }
+                        None => delay,
+                    };
                     tokio::select! {
-                        _ = stop.wait_for(|stop| *stop) => break,
+                        changed = shutdown.changed() => if changed.is_err() { break },
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
             }
         }
+        if let Some(leaving) = &leave {
+            self.replier
+                .counters
+                .record_leave(leaving.report(Instant::now(), self.progress()));
+        }
         Ok(())
+    }
+
+    /// Unsubscribes every filter (a leave's first step); returns how many UNSUBSCRIBEs went.
+    fn unsubscribe_all(&self, subscriptions: &[String]) -> usize {
+        let outbox = &self.replier.outbox;
+        (subscriptions.iter())
+            .filter(|topic| outbox.unsubscribe(topic).is_ok())
+            .count()
+    }
+
+    /// How far the answers are, for a leave.
+    fn progress(&self) -> Progress {
+        let counters = &self.replier.counters;
+        Progress {
+            running: self.replier.ledger().held(),
+            queued: counters.answers_queued.load(Ordering::Relaxed),
+            written: counters.answers_sent.load(Ordering::Relaxed),
+        }
     }
 
     /// Decides what a message from the network becomes: dropped (oversized, not a JSON
@@ -559,8 +674,8 @@ impl Responder {
     }
 
     /// Queues DISCONNECT behind the answers already queued; `serve` ends once it is
-    /// written. False if it could not be queued (then set `stop`).
-    pub fn disconnect(replier: &Replier) -> bool {
+    /// written. False if it could not be queued (then the leave ends without it).
+    fn disconnect(replier: &Replier) -> bool {
         replier.outbox.disconnect().is_ok()
     }
 }
