@@ -64,7 +64,7 @@ def test_the_guides_url_gives_the_settings_it_describes() -> None:
     assert {"certfile", "keyfile", "ca_certs"} <= set(settings)
     assert settings["client_id"] == "web-{hostname}-{pid}"
     # The placeholders expand, and the id the client uses is one the policy's Connect allows.
-    client = MqttRpcClient("127.0.0.1", 1, client_id=settings["client_id"], quotas="aws-iot-core")
+    client = MqttRpcClient("127.0.0.1", 1, client_id=settings["client_id"], limits="aws-iot-core")
     assert allowed(policies()["service-topic"], "iot:Connect", f"client/{client.client_id}", {})
 
 
@@ -120,7 +120,7 @@ async def test_the_guides_policies_allow_what_the_service_and_the_device_really_
         async with MqttRpcClient(broker.host, broker.port, client_id="web-{pid}") as per_topic:
             await per_topic.call(topic, {"action": "GET_HEALTH_CHECK"})
         async with MqttRpcClient(
-            broker.host, broker.port, client_id="web-{hostname}-{pid}", reply_to="inbox", presence="aws-lifecycle"
+            broker.host, broker.port, client_id="web-{hostname}-{pid}", replies="inbox", presence="aws-lifecycle"
         ) as inbox:
             # AWS's lifecycle event for the device, as AWS would publish it.
             aws = paho.Client(CallbackAPIVersion.VERSION2, client_id="aws-events")

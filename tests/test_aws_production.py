@@ -17,6 +17,8 @@ from typing import List, Optional, Set, Tuple
 
 import pytest
 
+from mqtt_rpc import Reconnect
+
 from mqtt_rpc import (
     ConnectionEvent,
     ConnectionLostError,
@@ -183,9 +185,9 @@ def test_client_id_placeholders_are_expanded_once_and_checked_before_connecting(
     with pytest.raises(ValueError, match=r"\{worker\}"):
         MqttRpcClient.from_url("mqtt://127.0.0.1:1?client_id=svc-%7Bworker%7D")
     with pytest.raises(ValueError, match="128"):
-        MqttRpcClient("127.0.0.1", 1, client_id="x" * 129, quotas="aws-iot-core")
+        MqttRpcClient("127.0.0.1", 1, client_id="x" * 129, limits="aws-iot-core")
     with pytest.raises(ValueError, match="pool suffix"):
-        MqttRpcClient("127.0.0.1", 1, client_id="x" * 127, quotas="aws-iot-core", connections=2)
+        MqttRpcClient("127.0.0.1", 1, client_id="x" * 127, limits="aws-iot-core", connections=2)
     assert MqttRpcClient("127.0.0.1", 1, client_id="x" * 129).client_id == "x" * 129  # not AWS: allowed
     responder = Responder("127.0.0.1", 1, client_id="dev-{pid}")
     assert responder.client_id == f"dev-{os.getpid()}"
@@ -220,7 +222,7 @@ async def test_the_aws_preset_counts_the_presence_filter_in_its_50(
     run = uuid.uuid4().hex[:6]
     topics = [f"aws{i}-{run}/device/control/set" for i in range(60)]
     async with MqttRpcClient(
-        broker.host, broker.port, quotas="aws-iot-core", presence="aws-lifecycle", reply_to=reply_to
+        broker.host, broker.port, limits="aws-iot-core", presence="aws-lifecycle", replies=reply_to
     ) as client:
         replies = await asyncio.gather(*(client.call(topic, {"i": i}, timeout=30) for i, topic in enumerate(topics)))
         assert [r["result"]["topic"] for r in replies] == topics
@@ -245,12 +247,12 @@ def responder_with_handlers(count: int, **options: object) -> Responder:
 
 async def test_a_responder_over_the_subscription_quota_is_refused_before_subscribing(broker: MosquittoBroker) -> None:
     client_id = f"dev-{uuid.uuid4().hex[:6]}"
-    over = responder_with_handlers(48, host=broker.host, port=broker.port, client_id=client_id, quotas="aws-iot-core", name="svc")
+    over = responder_with_handlers(48, host=broker.host, port=broker.port, client_id=client_id, limits="aws-iot-core", name="svc")
     with pytest.raises(ValueError, match=r"needs 51 subscriptions \(48 handler filters and 3 discovery filters\).*allows 50"):
         await over.start()
     assert broker.connections(client_id) == 0 and broker.subscribes(client_id) == []
     # 47 handler filters and the 3 of discovery fill the quota exactly: served.
-    fits = responder_with_handlers(47, host=broker.host, port=broker.port, client_id=client_id, quotas="aws-iot-core", name="svc")
+    fits = responder_with_handlers(47, host=broker.host, port=broker.port, client_id=client_id, limits="aws-iot-core", name="svc")
     async with fits:
         assert len(broker.subscribes(client_id)) == 50
     # Without the preset nothing is counted.
@@ -258,7 +260,7 @@ async def test_a_responder_over_the_subscription_quota_is_refused_before_subscri
         pass
     # The preset's topic rules apply to handler filters: an answer two levels deeper than
     # a request on a/b/c/d/e/f would have 7 slashes, one on a/b/c/d/e/f/g 8.
-    deep = responder_with_handlers(0, host=broker.host, port=broker.port, quotas="aws-iot-core")
+    deep = responder_with_handlers(0, host=broker.host, port=broker.port, limits="aws-iot-core")
 
     @deep.handle("a/b/c/d/e/f/g")
     async def too_deep(request: dict) -> dict:
@@ -302,7 +304,7 @@ async def test_connects_under_the_aws_preset_are_at_least_a_second_apart(broker:
     proxy = ClosingProxy(broker)
     port = await proxy.start()
     # Even with a reconnect delay shorter than AWS allows, CONNECTs keep one second apart.
-    client = MqttRpcClient("127.0.0.1", port, quotas="aws-iot-core", reconnect_min_delay=0.05)
+    client = MqttRpcClient("127.0.0.1", port, limits="aws-iot-core", reconnect=Reconnect(min_delay=0.05))
     await client.connect()
     while len(proxy.arrivals) < 5:
         await asyncio.sleep(0.05)

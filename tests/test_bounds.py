@@ -12,8 +12,10 @@ import uuid
 
 import pytest
 
+from mqtt_rpc import Limits
+
 from mqtt_rpc import MqttRpcClient, Responder, RpcTimeoutError
-from mqtt_rpc.client import MAX_BUFFERED_MESSAGES
+from mqtt_rpc.streams import MAX_BUFFERED_MESSAGES
 from mqtt_rpc.testing import MosquittoBroker, ResponderDevice
 
 #: The Rust side's bound on interim messages waiting for one loop (src/python/bridge.rs).
@@ -96,7 +98,7 @@ import asyncio, json, sys
 from mqtt_rpc import MqttRpcClient, RemoteError
 
 async def main(port, count):
-    async with MqttRpcClient("127.0.0.1", port, max_in_flight=count) as client:
+    async with MqttRpcClient("127.0.0.1", port, limits=Limits(max_in_flight=count)) as client:
         results = await client.call_many(
             [("blocked/d/set", {"i": i}) for i in range(count)], timeout=60, return_exceptions=True
         )

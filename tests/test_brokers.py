@@ -111,7 +111,7 @@ async def test_bad_replies_are_dropped_and_counted(clients: List[MqttRpcClient],
 
 async def test_inbox_replies(matrix_broker: RunningBroker, matrix_device: ResponderDevice) -> None:
     for protocol in protocols(matrix_broker):
-        options = dict(protocol=protocol, reply_to="inbox", **matrix_broker.credentials())
+        options = dict(protocol=protocol, replies="inbox", **matrix_broker.credentials())
         async with MqttRpcClient(matrix_broker.host, matrix_broker.port, **options) as client:
             replies = await asyncio.gather(*(client.call(topic(), {"i": i}, timeout=10) for i in range(20)))
             assert [r["result"]["request"]["i"] for r in replies] == list(range(20))

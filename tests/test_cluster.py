@@ -12,6 +12,8 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
+from mqtt_rpc import Reconnect
+
 from cluster import NatsCluster
 from mqtt_rpc import ConnectionLostError, MqttRpcClient, NotConnectedError, Responder, RpcTimeoutError
 
@@ -46,7 +48,7 @@ async def test_calls_cross_the_cluster_and_fail_over_when_the_callers_node_dies(
     release = asyncio.Event()
     responders = [await serving(nodes[1], "+/alpha/set", release), await serving(nodes[2], "+/beta/set", release)]
     try:
-        async with MqttRpcClient(hosts=nodes, reconnect_max_delay=1.0) as client:
+        async with MqttRpcClient(hosts=nodes, reconnect=Reconnect(max_delay=1.0)) as client:
             assert client.connected_to == nodes[0]
             # Published on node 0, answered from nodes 1 and 2.
             for n in range(20):

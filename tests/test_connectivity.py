@@ -12,6 +12,8 @@ from typing import AsyncIterator, Iterator, List
 
 import pytest
 
+from mqtt_rpc import Reconnect
+
 from mqtt_rpc import ConnectionEvent, ConnectionLostError, MqttRpcClient, NotConnectedError, RpcTimeoutError
 from mqtt_rpc.testing import MosquittoBroker, ResponderDevice
 
@@ -39,8 +41,7 @@ class Watched:
         self.client = MqttRpcClient(
             broker.host,
             broker.port,
-            reconnect_min_delay=0.05,
-            reconnect_max_delay=0.2,
+            reconnect=Reconnect(min_delay=0.05, max_delay=0.2),
             on_connection_change=self._on_change,
             **options,  # type: ignore[arg-type]
         )

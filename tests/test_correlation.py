@@ -9,6 +9,8 @@ import random
 
 import pytest
 
+from mqtt_rpc import Limits
+
 from mqtt_rpc import MqttRpcClient, RpcTimeoutError
 
 from mqtt_rpc.testing import MosquittoBroker
@@ -88,7 +90,7 @@ async def test_a_thousand_concurrent_calls(client: MqttRpcClient, device_topic: 
 
 
 async def test_calls_beyond_max_in_flight_wait_for_a_slot(broker: MosquittoBroker, device_topic: str) -> None:
-    async with MqttRpcClient(broker.host, broker.port, max_in_flight=4) as client:
+    async with MqttRpcClient(broker.host, broker.port, limits=Limits(max_in_flight=4)) as client:
         replies = await asyncio.gather(*(client.call(device_topic, {"i": i}) for i in range(50)))
         assert [r["result"]["request"]["i"] for r in replies] == list(range(50))
         assert client.pending == 0
@@ -97,7 +99,7 @@ async def test_calls_beyond_max_in_flight_wait_for_a_slot(broker: MosquittoBroke
 async def test_calls_waiting_for_a_slot_count_as_pending_and_keep_their_deadline(
     broker: MosquittoBroker, silent_topic: str
 ) -> None:
-    async with MqttRpcClient(broker.host, broker.port, max_in_flight=4) as client:
+    async with MqttRpcClient(broker.host, broker.port, limits=Limits(max_in_flight=4)) as client:
         calls = [asyncio.ensure_future(client.call(silent_topic, {"i": i}, timeout=0.3)) for i in range(10)]
         await asyncio.sleep(0)  # let every call start
         assert client.pending == 10

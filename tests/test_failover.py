@@ -10,6 +10,8 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
+from mqtt_rpc import Reconnect
+
 from mqtt_rpc import (
     ConnectionLostError,
     MqttRpcClient,
@@ -50,7 +52,7 @@ async def test_calls_fail_over_to_the_next_node_when_one_dies() -> None:
         async def answer(request: Dict[str, Any]) -> Any:
             return {"n": request["n"]}
 
-        async with responder, MqttRpcClient(hosts=nodes, reconnect_max_delay=0.5) as client:
+        async with responder, MqttRpcClient(hosts=nodes, reconnect=Reconnect(max_delay=0.5)) as client:
             assert client.connected_to == responder.connected_to == address(first)
             assert (await client.call("d/failover/set", {"n": 0}))["result"] == {"n": 0}
             first.kill()

@@ -18,7 +18,7 @@ async def test_inbox_mode_holds_one_subscription_for_five_hundred_devices(
 ) -> None:
     run = uuid.uuid4().hex[:6]
     topics = [f"inbox{i}-{run}/device/control/set" for i in range(500)]
-    async with MqttRpcClient(broker.host, broker.port, protocol=protocol, reply_to="inbox") as client:
+    async with MqttRpcClient(broker.host, broker.port, protocol=protocol, replies="inbox") as client:
         replies = await asyncio.gather(*(client.call(t, {"t": t}) for t in topics))
         assert [r["result"]["topic"] for r in replies] == topics
         # The device was told where to answer in the body (and, on MQTT 5, the Response Topic).

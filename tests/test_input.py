@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from mqtt_rpc import Limits
+
 from mqtt_rpc import MqttRpcClient, PayloadError
 
 from mqtt_rpc.testing import MosquittoBroker
@@ -44,7 +46,7 @@ async def test_bad_input_raises_payload_error_before_publishing(
 
 
 async def test_a_payload_over_the_packet_limit_is_refused(broker: MosquittoBroker) -> None:
-    async with MqttRpcClient(broker.host, broker.port, max_packet_size=1000) as client:
+    async with MqttRpcClient(broker.host, broker.port, limits=Limits(max_packet_size=1000)) as client:
         with pytest.raises(PayloadError, match="maximum packet size of 1000"):
             await client.call("dev1/device/control/set", {"blob": "x" * 1000})
         assert client.stats()["calls_started"] == 0

@@ -14,6 +14,8 @@ from typing import Dict, Iterator, List, Tuple
 
 import paho.mqtt.client as paho
 import pytest
+
+from mqtt_rpc import Limits
 from paho.mqtt.enums import CallbackAPIVersion
 
 from mqtt_rpc import MqttRpcClient, PayloadError, RpcTimeoutError
@@ -100,7 +102,7 @@ async def test_a_pool_keeps_every_connection_under_its_publish_rate(
 ) -> None:
     client_id = f"svc-{uuid.uuid4().hex[:6]}"
     async with MqttRpcClient(
-        broker.host, broker.port, client_id=client_id, reply_to="inbox", connections=4, publishes_per_second=50
+        broker.host, broker.port, client_id=client_id, replies="inbox", connections=4, limits=Limits(publishes_per_second=50)
     ) as pool:
         assert pool.client_ids == [f"{client_id}-{i}" for i in range(4)]
         started = time.monotonic()
@@ -125,7 +127,7 @@ async def test_a_pool_keeps_every_connection_under_its_publish_rate(
 async def test_reply_subscriptions_never_exceed_their_limit(broker: MosquittoBroker, seed_device: ResponderDevice) -> None:
     run = uuid.uuid4().hex[:6]
     topics = [f"cap{i}-{run}/device/control/set" for i in range(40)]
-    async with MqttRpcClient(broker.host, broker.port, max_reply_subscriptions=10) as client:
+    async with MqttRpcClient(broker.host, broker.port, limits=Limits(max_subscriptions=10)) as client:
         calls = [client.call(topic, {"n": n}, timeout=20) for n in range(3) for topic in topics]
         replies = await asyncio.gather(*calls)
         assert [r["result"]["topic"] for r in replies] == topics * 3
@@ -186,7 +188,7 @@ async def test_one_dropped_connection_leaves_the_others_calling(
 async def test_a_call_that_gets_no_turn_before_its_deadline_times_out_by_it(
     broker: MosquittoBroker, device_topic: str
 ) -> None:
-    async with MqttRpcClient(broker.host, broker.port, publishes_per_second=1) as client:
+    async with MqttRpcClient(broker.host, broker.port, limits=Limits(publishes_per_second=1)) as client:
         await client.call(device_topic, {})
         started = time.monotonic()
         with pytest.raises(RpcTimeoutError, match="throttled on the client") as raised:
@@ -200,7 +202,7 @@ async def test_a_call_that_gets_no_turn_before_its_deadline_times_out_by_it(
 
 
 async def test_the_aws_iot_core_preset_sets_awss_limits(broker: MosquittoBroker, device_topic: str) -> None:
-    async with MqttRpcClient(broker.host, broker.port, quotas="aws-iot-core") as client:
+    async with MqttRpcClient(broker.host, broker.port, limits="aws-iot-core") as client:
         stats = client.stats()
         assert (stats["publish_rate_limit"], stats["reply_subscriptions_limit"]) == (100, 50)
         with pytest.raises(PayloadError, match="maximum packet size of 131072"):
@@ -209,9 +211,9 @@ async def test_the_aws_iot_core_preset_sets_awss_limits(broker: MosquittoBroker,
             await client.call("a/b/c/d/e/f/g/h", {})  # its reply topic would have 9 slashes
         assert (await client.call(device_topic, {}))["result"]["topic"] == device_topic
     # A value given explicitly wins over the preset.
-    client = MqttRpcClient(broker.host, broker.port, quotas="aws-iot-core", max_reply_subscriptions=20)
+    client = MqttRpcClient(broker.host, broker.port, limits=Limits.aws_iot_core(max_subscriptions=20))
     assert client.stats()["reply_subscriptions_limit"] == 20
-    with pytest.raises(ValueError, match="quotas"):
-        MqttRpcClient(broker.host, broker.port, quotas="aws")
+    with pytest.raises(ValueError, match="limits"):
+        MqttRpcClient(broker.host, broker.port, limits="aws")
     with pytest.raises(ValueError, match="connections"):
         MqttRpcClient(broker.host, broker.port, connections=0)

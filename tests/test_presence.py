@@ -12,6 +12,8 @@ import uuid
 from typing import Any, AsyncIterator, Iterator, Optional
 
 import pytest
+
+from mqtt_rpc import Limits
 from prometheus_client import CollectorRegistry, generate_latest
 
 from mqtt_rpc import (
@@ -54,7 +56,7 @@ def topic(device: str) -> str:
 @pytest.fixture(params=["3.1.1", "5"])
 async def aws_client(request: pytest.FixtureRequest, broker: MosquittoBroker, aws_events: AwsEvents) -> AsyncIterator[MqttRpcClient]:
     client = MqttRpcClient(
-        broker.host, broker.port, protocol=request.param, presence="aws-lifecycle", presence_prefix=aws_events.prefix
+        broker.host, broker.port, protocol=request.param, presence=AwsLifecycle(prefix=aws_events.prefix)
     )
     async with client:
         yield client
@@ -248,7 +250,7 @@ def test_the_blocking_client(broker: MosquittoBroker, device: str) -> None:
 
 
 async def test_the_presence_cache_is_bounded(broker: MosquittoBroker, aws_events: AwsEvents) -> None:
-    async with MqttRpcClient(broker.host, broker.port, presence="aws-lifecycle", presence_prefix=aws_events.prefix, presence_capacity=10) as client:
+    async with MqttRpcClient(broker.host, broker.port, presence=AwsLifecycle(prefix=aws_events.prefix), limits=Limits(max_devices=10)) as client:
         for n in range(200):
             aws_events.publish(f"flood-{n}", "disconnected", 1, n)
         await until(lambda: client.presence("flood-199") is not None, "the last event")

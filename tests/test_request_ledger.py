@@ -73,7 +73,7 @@ async def test_the_rust_device_refuses_past_its_limits_and_a_cancellation_frees_
     try:
         # Inbox replies: a call publishes at its first step (no subscription to wait for), so
         # tasks publish in the order they were created.
-        async with MqttRpcClient(broker.host, broker.port, reply_to="inbox", cancel_on_abandon=True) as client:
+        async with MqttRpcClient(broker.host, broker.port, replies="inbox", cancel_on_abandon=True) as client:
             topic = f"held/{uuid.uuid4().hex[:6]}/set"
             held = [
                 asyncio.ensure_future(client.call(topic, {"_responder": {"delay_ms": 60_000}}, timeout=120))

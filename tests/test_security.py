@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+from mqtt_rpc import TLS, Replies
 import trustme
 
 from mqtt_rpc import (
@@ -75,7 +77,7 @@ def device() -> str:
 
 async def test_calls_work_over_mutual_tls(tls_broker: TlsBroker, pki: Pki) -> None:
     client = MqttRpcClient(
-        tls_broker.host, tls_broker.tls_port, ca_certs=pki.ca_file, certfile=pki.client_cert, keyfile=pki.client_key
+        tls_broker.host, tls_broker.tls_port, tls=TLS(ca_certs=pki.ca_file, certfile=pki.client_cert, keyfile=pki.client_key)
     )
     async with client:
         reply = await client.call(device(), {"over": "tls"})
@@ -173,11 +175,11 @@ async def test_with_inbox_replies_an_acl_keeps_each_clients_replies_its_own(pass
     device_options = ["--username", "service", "--password", "s3cret"]
     with ResponderDevice.start(password_broker, "+/device/control/set", options=device_options):
         host, port = password_broker.host, password_broker.port
-        async with MqttRpcClient(host, port, username="guest", password="guest", reply_to="inbox") as owner:
+        async with MqttRpcClient(host, port, username="guest", password="guest", replies="inbox") as owner:
             inbox = f"mqtt-rpc/inbox/{owner.client_id}/+"
             # Another guest subscribes to the owner's inbox: the broker accepts the SUBSCRIBE
             # but delivers it none of the owner's replies.
-            async with MqttRpcClient(host, port, username="guest", password="guest", reply_filter=inbox) as snoop:
+            async with MqttRpcClient(host, port, username="guest", password="guest", replies=Replies.shared_filter(inbox)) as snoop:
                 assert password_broker.subscribes(snoop.client_id) == [inbox]
                 topic = device()
                 replies = await asyncio.gather(*(owner.call(topic, {"n": n}) for n in range(10)))

@@ -7,6 +7,8 @@ import uuid
 
 import pytest
 
+from mqtt_rpc import Limits, Replies
+
 from mqtt_rpc import MqttRpcClient, PayloadError
 
 from mqtt_rpc.testing import MosquittoBroker
@@ -30,7 +32,7 @@ async def test_exactly_one_subscribe_per_request_topic(broker: MosquittoBroker, 
 async def test_one_reply_filter_covers_every_device(broker: MosquittoBroker, seed_device: object) -> None:
     topics = [f"dev-{uuid.uuid4().hex[:8]}/device/control/set" for _ in range(5)]
     reply_filter = "+/device/control/set/response/+"
-    async with MqttRpcClient(broker.host, broker.port, reply_filter=reply_filter) as client:
+    async with MqttRpcClient(broker.host, broker.port, replies=Replies.shared_filter(reply_filter)) as client:
         replies = await asyncio.gather(*(client.call(t, {"t": t}) for t in topics for _ in range(10)))
         assert all(r["result"]["request"]["t"] == r["result"]["topic"] for r in replies)
         assert broker.subscribes(client.client_id) == [reply_filter]
@@ -46,7 +48,7 @@ async def test_idle_reply_filters_beyond_the_limit_are_unsubscribed_least_recent
     broker: MosquittoBroker, seed_device: object
 ) -> None:
     topics = [f"lru{i}-{uuid.uuid4().hex[:8]}/device/control/set" for i in range(4)]
-    async with MqttRpcClient(broker.host, broker.port, max_reply_subscriptions=2) as client:
+    async with MqttRpcClient(broker.host, broker.port, limits=Limits(max_subscriptions=2)) as client:
         await client.call(topics[0], {})
         await client.call(topics[1], {})
         await client.call(topics[0], {})  # topics[1] is now the least recently used

@@ -126,7 +126,7 @@ def test_the_sync_client_reads_the_environment(
     with SyncMqttRpcClient() as client:
         assert client.call("url-sync/device/control/set", {"y": 2})["result"]["request"]["y"] == 2
     with SyncMqttRpcClient.from_url(f"mqtt://{broker.host}:{broker.port}?timeout=3") as client:
-        assert client._client._timeout == 3.0
+        assert client._timeout == 3.0
 
 
 async def test_mqtts_against_a_plain_listener_fails_in_connect(broker: MosquittoBroker) -> None:

@@ -9,6 +9,7 @@
 from ._core import __version__
 from .client import CallStream, ConnectionEvent, MqttRpcClient, Retry
 from .context import RequestContext, current_request
+from .options import TLS, Limits, Reconnect, Replies
 from .presence import AwsLifecycle, DevicePresence, PresenceSource, RetainedStatus
 from .responder import Responder, RpcHandlerError
 from .sync import SyncMqttRpcClient
@@ -38,6 +39,10 @@ __all__ = [
     "Retry",
     "CallStream",
     "ConnectionEvent",
+    "TLS",
+    "Limits",
+    "Reconnect",
+    "Replies",
     "AwsLifecycle",
     "RetainedStatus",
     "PresenceSource",

@@ -103,8 +103,21 @@ class CoreClient:
         headers: Optional[_Headers] = None,
         device: Optional[str] = None,
         wait_for_device: Optional[float] = None,
+        request_id: Optional[str] = None,
+        on_progress: Optional[Callable[[Dict[str, Any]], None]] = None,
     ) -> Dict[str, Any]:
-        """A call that blocks the calling thread (GIL released) until its outcome."""
+        """A call that blocks the calling thread (GIL released) until its outcome;
+        `request_id`: a retry's; `on_progress`: each progress message, on this thread."""
+    def many_blocking(
+        self,
+        requests: List[Tuple[str, Union[str, bytes, bytearray]]],
+        timeout: float,
+        return_exceptions: bool,
+        headers: Optional[List[_Headers]] = None,
+        devices: Optional[List[str]] = None,
+    ) -> List[Any]:
+        """A batch, blocking the calling thread until every call ended; results in input
+        order (failures in place with `return_exceptions`)."""
     def gather_blocking(
         self,
         topic: str,
@@ -112,8 +125,10 @@ class CoreClient:
         timeout: float,
         max_replies: Optional[int] = None,
         headers: Optional[_Headers] = None,
+        on_reply: Optional[Callable[[Dict[str, Any]], None]] = None,
     ) -> List[Dict[str, Any]]:
-        """Scatter-gather, blocking the calling thread (GIL released) until the call ends."""
+        """Scatter-gather, blocking the calling thread (GIL released) until the call ends;
+        with `on_reply`, each answer goes to it as it comes (and the list stays empty)."""
     def connect_blocking(self) -> None:
         """Connects, blocking the calling thread (GIL released)."""
     def close_blocking(self, grace: float) -> None:

@@ -19,7 +19,9 @@ from types import TracebackType
 from typing import Any, Awaitable, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, Type, Union
 
 from . import _core, _observer, config
-from . import _logs, quotas as _quotas
+from . import _logs, options as _options, quotas as _quotas
+from .options import TLS, Limits
+from ._responder_options import CLIENT_ONLY, FLAT_DEFAULTS, LIMIT_FIELDS, grouped_options, member_session_expiry, service_options
 from ._logs import LogOncePerKind
 from .context import RequestContext, serving
 from ._observer import Headers, Peer, ServerSpan
@@ -41,10 +43,6 @@ DEFAULT_GRACE = 25.0
 #: How long after its grace a leave still waits for its DISCONNECT to be written (a broker
 #: that stopped reading) before the connection is dropped.
 _DISCONNECT_TIMEOUT = 5.0
-#: Options of `MQTT_RPC_URL` that only a client takes: a responder passes over them.
-_CLIENT_ONLY = frozenset(config.CLIENT_OPTIONS) - frozenset(config.RESPONDER_OPTIONS)
-
-
 class RpcHandlerError(MqttRpcError):
     """Raise it in a handler to answer with this error: the caller gets a `RemoteError`
     with the same ``code``, ``message`` and ``data``."""
@@ -82,8 +80,8 @@ class Responder:
 
     Args:
         host, port, hosts, client_id, protocol, qos, keepalive, username, password, tls,
-            ca_certs, certfile, keyfile, alpn_protocols, connect_timeout: as for
-            `MqttRpcClient`.
+            connect_timeout, session_expiry: as for `MqttRpcClient` (``tls``: True or a
+            `TLS`).
         share_group: join an MQTT shared-subscription group (``$share/<group>/<filter>``):
             the broker gives each request to one responder of the group (a pool).
         max_concurrency: handlers running at once; more requests wait for a turn.
@@ -103,7 +101,8 @@ class Responder:
             is 0: the broker then stops routing requests to a member that crashed as soon
             as it notices (at most 1.5 times ``keepalive``), instead of queueing them for
             the session's life; a longer one is kept but warned about.
-        quotas: ``"aws-iot-core"`` keeps AWS IoT Core's per-connection limits: every
+        limits: a `Limits` (of which a responder takes ``max_subscriptions`` and
+            ``aws_rules``), or ``"aws-iot-core"``, which keeps AWS IoT Core's per-connection limits: every
             filter (handlers and discovery) counts against its 50 subscriptions, and
             `start` refuses a responder that needs more, before subscribing anything;
             handler filters must fit its topic rules (7 slashes, 256 bytes, with the
@@ -138,22 +137,21 @@ class Responder:
         reply_cache_size: int = 10_000,
         reply_cache_ttl: float = 300.0,
         connect_timeout: float = 10,
-        tls: bool = False,
-        ca_certs: Optional[PathLike] = None,
-        certfile: Optional[PathLike] = None,
-        keyfile: Optional[PathLike] = None,
-        alpn_protocols: Sequence[str] = (),
+        tls: Union[bool, TLS] = False,
+        limits: Union[Limits, str, None] = None,
         name: Optional[str] = None,
         version: Optional[str] = None,
         metadata: Optional[Dict[str, Any]] = None,
         service_prefix: str = "mqtt-rpc/_srv",
-        quotas: Optional[str] = None,
         session_expiry: Optional[float] = None,
+        **deprecated: Any,
     ) -> None:
         service = {"name": name, "version": version, "metadata": metadata}
         arguments = {key: value for key, value in locals().items() if key in config.RESPONDER_OPTIONS}
-        arguments.update(host=host, port=port, hosts=hosts)
-        settings, self._chosen = config.resolve(self._given, arguments, config.RESPONDER_OPTIONS, _CLIENT_ONLY)
+        arguments.update(host=host, port=port, hosts=hosts, **FLAT_DEFAULTS)
+        given, grouped = grouped_options(self._given, tls, limits, deprecated)
+        arguments.update(grouped)
+        settings, self._chosen = config.resolve(given, arguments, config.RESPONDER_OPTIONS, CLIENT_ONLY)
         max_concurrency, max_queued = settings["max_concurrency"], settings["max_queued"]
         if max_concurrency < 1 or max_queued < 0 or settings["reply_cache_size"] < 0:
             raise ValueError("max_concurrency must be at least 1, max_queued and reply_cache_size not negative")
@@ -185,29 +183,15 @@ class Responder:
         )
         for option in ("max_concurrency", "max_queued", "reply_cache_size", "reply_cache_ttl"):
             self._options[option] = settings[option]
-        session = settings["session_expiry"]
-        if settings["share_group"] is not None:
-            if session is None:
-                # A session that outlived a member would keep its share of the group's
-                # requests queued for it: a crash would cost the session's life, not the
-                # keep-alive. So a member's session ends with its connection.
-                session = 0.0
-            elif session > 0:
-                logger.warning(
-                    "responder in share group %r with session_expiry=%g: after a crash the broker "
-                    "goes on routing that member's share of the requests to its session for up to "
-                    "%g s, and its callers time out (docs/scaling.md)",
-                    settings["share_group"],
-                    session,
-                    session,
-                )
+        session = member_session_expiry(settings["session_expiry"], settings["share_group"])
         self._options["session_expiry"] = session
         if session is not None:
             self._chosen = self._chosen | {"session_expiry"}
         preset = _quotas.preset(settings["quotas"], _quotas.RESPONDER_QUOTA_PRESETS)
+        preset.update((name, grouped[name]) for name in LIMIT_FIELDS if name in grouped)
         self._options.update(preset)
         self._chosen = self._chosen | frozenset(preset)
-        self._service = _service_options(service, settings["service_prefix"])
+        self._service = service_options(service, settings["service_prefix"])
         self._descriptions: List[Optional[str]] = []
         self._filters: List[str] = []
         self._handlers: List[Handler] = []
@@ -228,7 +212,9 @@ class Responder:
     def from_url(cls, url: str, **options: Any) -> "Responder":
         """A responder for the broker at ``url``, as `MqttRpcClient.from_url` (query
         parameters: the responder's own options); keyword arguments win over the URL's."""
-        return cls(**config.url_arguments(url, config.RESPONDER_OPTIONS, options))
+        settings = _options.group_arguments(config.parse_url(url, config.RESPONDER_OPTIONS))
+        settings.update(options)
+        return cls(**settings)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._address} filters={self._filters!r}>"
@@ -568,25 +554,6 @@ _DROPPED = {
 
 #: A handler's outcome, ready to send: ("result", json) or ("error", code, message, data json).
 Answer = Tuple[Any, ...]
-
-
-def _service_options(service: Dict[str, Any], prefix: str) -> Dict[str, Any]:
-    """What the core needs to answer discovery for a named responder (empty: unnamed)."""
-    name, version, metadata = service["name"], service["version"], service["metadata"]
-    if name is None:
-        if version is not None or metadata is not None:
-            raise ValueError("version and metadata describe a named service: give name= too")
-        return {}
-    if not isinstance(name, str) or not name or any(c in name for c in "/+#"):
-        raise ValueError(f"name must be one topic level (no '/', '+' or '#'), not {name!r}")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
-    options: Dict[str, Any] = {"name": name, "service_prefix": prefix}
-    if version is not None:
-        options["version"] = str(version)
-    if metadata is not None:
-        options["metadata"] = json.dumps(metadata, default=str)
-    return options
 
 
 def _takes_report(handler: Handler) -> bool:

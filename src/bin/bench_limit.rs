@@ -5,6 +5,8 @@
 //! Prints one JSON object: calls, seconds, cpu_seconds, p50_ms, p99_ms (measured after a
 //! warm-up) and peak_rss_mb, the format every benchmark client of `benches/` prints.
 
+#![forbid(unsafe_code)]
+
 use mqtt_rpc::{ClientOptions, ConnectionOptions, RpcClient};
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -42,6 +42,8 @@
 //! reconnect), so that whoever started it can wait for that line instead of sleeping, and
 //! `NOTIFICATION <topic> <payload>` for each request that asks for no answer.
 
+#![forbid(unsafe_code)]
+
 use mqtt_rpc::link::{self, ConnectionOptions, Protocol};
 use mqtt_rpc::protocol::{self, RemoteError};
 use mqtt_rpc::responder::{

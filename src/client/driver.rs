@@ -6,9 +6,10 @@
 //! next waiting publish go.
 
 use super::engine::{Engine, Transmit, Unsent};
-use super::{lock, CallError, Shared, Waiter};
+use super::{CallError, Shared, Waiter};
 use crate::acks::{AckLedger, PubAckReason, Sent};
 use crate::link::{Backoff, Events, Inbound, LinkError, LinkErrorKind, Properties, Takeover};
+use crate::locking::lock;
 use crate::protocol::{self, Reply};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;

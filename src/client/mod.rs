@@ -24,13 +24,14 @@ use crate::acks::AckLedger;
 use crate::link::{
     self, BrokerAddress, ConnectedTo, Events, LinkErrorKind, Outbox, Properties, Protocol, Takeover,
 };
+use crate::locking::lock;
 use crate::metrics::LatencyHistogram;
 use crate::presence::{self, Presence};
 use crate::protocol::{self, Headers, InputError, Outgoing};
 use engine::{DeadlineCarrier, Engine, EngineConfig};
 use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
@@ -700,14 +701,6 @@ impl<W: Waiter> Drop for ForgetOnDrop<'_, W> {
             self.client.forget(&id);
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock cannot leave the tables half-updated in a way that
-    // matters more than stopping every caller would: keep going with the data as it is.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Where a request's headers go: members of the body on 3.1.1 (the first), user

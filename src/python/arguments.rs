@@ -71,11 +71,6 @@ pub fn seconds(name: &str, value: f64) -> PyResult<Duration> {
     Ok(Duration::from_secs_f64(value))
 }
 
-/// A time the core keeps in milliseconds since the Unix epoch, as Python's seconds.
-pub fn unix_seconds(ms: i64) -> f64 {
-    ms as f64 / 1000.0
-}
-
 /// Python's Unix time in seconds as the core's milliseconds; ValueError if it is not one.
 pub fn unix_ms(name: &str, seconds: f64) -> PyResult<i64> {
     if !(seconds.is_finite() && seconds.abs() < 1e15) {

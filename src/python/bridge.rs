@@ -12,13 +12,14 @@ use super::convert::object_to_py;
 use super::errors::call_error;
 use crate::client::{CallError, ConnectionEvent, Outcome, Waiter};
 use crate::link::Takeover;
+use crate::locking::lock;
 use pyo3::intern;
 use pyo3::prelude::*;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 /// Completions handled per loop wake-up; the rest wait for the next turn of the loop, so a
 /// burst of replies cannot starve the application's other callbacks.
@@ -137,12 +138,6 @@ impl CompletionQueue {
         // A full socket buffer means a wake-up is already pending: nothing is lost.
         let _ = (&self.wake_writer).write(&[1]);
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Wakes a Python caller: an asyncio future (one call, or one call of a batch), or a thread

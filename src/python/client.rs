@@ -2,16 +2,17 @@
 //! asyncio future on the caller's loop, and maps errors. The public, documented class is
 //! `mqtt_rpc.MqttRpcClient` (python/mqtt_rpc/client.py), which wraps this one.
 
-use super::arguments::{payload_bytes, seconds, timeout_seconds, unix_ms, unix_seconds};
+use super::arguments::{payload_bytes, seconds, timeout_seconds, unix_ms};
 use super::bridge::{
     outcome_to_py, Batch, Blocked, Completion, CompletionQueue, LoopBridge, PyWaiter,
 };
-use super::convert::object_to_py;
+use super::convert::{object_to_py, unix_seconds};
 use super::errors::{call_error, value_error};
 use super::options::client_options;
 use super::runtime::runtime;
 use crate::client::{CallError, Stats};
 use crate::link::BrokerAddress;
+use crate::locking::lock;
 use crate::pool::{PoolPrepared, RpcPool};
 use crate::protocol::Headers;
 use pyo3::exceptions::PyRuntimeError;
@@ -20,7 +21,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[pyclass(frozen, module = "mqtt_rpc._core")]
@@ -37,12 +38,6 @@ pub struct CoreClient {
     event_target: Arc<Mutex<Option<Arc<CompletionQueue>>>>,
     /// Called on the connecting loop as `handler(connected, reconnect, session_present, reason)`.
     event_handler: Option<Arc<Py<PyAny>>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A call with one answer (a retry's given request id, if any), or a scatter-gather call.
@@ -513,8 +508,10 @@ impl CoreClient {
     }
 
     /// A call that blocks its thread (with the GIL released) until the answer: for code
-    /// without an event loop. Ctrl-C and other signals interrupt it.
-    #[pyo3(signature = (topic, payload, timeout, headers=None, device=None, wait_for_device=None))]
+    /// without an event loop. Ctrl-C and other signals interrupt it. `request_id`: a
+    /// retry's, to send the same request again; `on_progress`: called (on this thread)
+    /// with each progress message before the answer.
+    #[pyo3(signature = (topic, payload, timeout, headers=None, device=None, wait_for_device=None, request_id=None, on_progress=None))]
     #[allow(clippy::too_many_arguments)]
     fn call_blocking(
         &self,
@@ -525,20 +522,93 @@ impl CoreClient {
         headers: Option<Headers>,
         device: Option<&str>,
         wait_for_device: Option<f64>,
+        request_id: Option<&str>,
+        on_progress: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        let mut prepared = self.prepare(py, topic, payload, timeout, NEW_CALL, headers)?;
+        let kind = CallKind::Call { request_id };
+        let mut prepared = self.prepare(py, topic, payload, timeout, kind, headers)?;
         let aim = Aim {
             device,
             wait_for_device,
         };
         aim.apply(&mut prepared.0)?;
-        let outcome = self.wait_blocking(py, prepared, |_| Ok(()))?;
+        let outcome = self.wait_blocking(py, prepared, |message| match &on_progress {
+            Some(callback) => callback.call1((object_to_py(py, &message)?,)).map(drop),
+            None => Ok(()),
+        })?;
         outcome_to_py(py, &outcome, timeout)
+    }
+
+    /// `call_many` for code without an event loop: every request checked, then all
+    /// published at once, then the outcomes waited for in input order (the slowest bounds
+    /// the wait). A failure is raised (the calls still waiting forgotten) unless
+    /// `return_exceptions`, which puts each failure in its place.
+    #[pyo3(signature = (requests, timeout, return_exceptions, headers=None, devices=None))]
+    fn many_blocking<'py>(
+        &self,
+        py: Python<'py>,
+        requests: Vec<(String, Bound<'py, PyAny>)>,
+        timeout: &Bound<'py, PyAny>,
+        return_exceptions: bool,
+        headers: Option<Vec<Headers>>,
+        devices: Option<Vec<String>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let duration = timeout_seconds(timeout)?;
+        let mut headers = headers.unwrap_or_default().into_iter();
+        let mut devices = devices.unwrap_or_default().into_iter();
+        let mut prepared = Vec::with_capacity(requests.len());
+        for (index, (topic, payload)) in requests.iter().enumerate() {
+            let body = payload_bytes(payload).map_err(|e| in_batch(py, index, e))?;
+            let mut request = self
+                .inner
+                .prepare(topic, &body, None, headers.next().unwrap_or_default())
+                .map_err(|error| in_batch(py, index, call_error(py, &error, Some(timeout))))?;
+            let device = devices.next();
+            let aim = Aim {
+                device: device.as_deref(),
+                ..Aim::default()
+            };
+            aim.apply(&mut request)?;
+            prepared.push(request);
+        }
+        let started: Vec<_> = prepared
+            .into_iter()
+            .map(|request| {
+                let (sender, receiver) = std::sync::mpsc::channel();
+                let waiting = Arc::new(AtomicUsize::new(0));
+                let waiter = PyWaiter::Blocking {
+                    sender,
+                    waiting: waiting.clone(),
+                    dropped: self.interim_dropped.clone(),
+                };
+                let request_id = self.inner.start(request, duration, waiter);
+                (request_id, receiver, waiting)
+            })
+            .collect();
+        let results = PyList::empty(py);
+        let mut started = started.into_iter();
+        while let Some((request_id, receiver, waiting)) = started.next() {
+            let outcome = self.wait_on(py, receiver, &waiting, &request_id, |_| Ok(()));
+            let result = outcome.and_then(|outcome| outcome_to_py(py, &outcome, timeout));
+            match result {
+                Ok(reply) => results.append(reply)?,
+                Err(error) if return_exceptions => results.append(error.into_value(py))?,
+                Err(error) => {
+                    for (rest, _, _) in started {
+                        self.inner.forget(&rest);
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        Ok(results)
     }
 
     /// `gather_all` for code without an event loop: blocks until the scatter-gather call
     /// ends and returns the answers in the order they arrived.
-    #[pyo3(signature = (topic, payload, timeout, max_replies=None, headers=None))]
+    /// With `on_reply`, each answer goes to it (on this thread) as it comes instead.
+    #[pyo3(signature = (topic, payload, timeout, max_replies=None, headers=None, on_reply=None))]
+    #[allow(clippy::too_many_arguments)]
     fn gather_blocking<'py>(
         &self,
         py: Python<'py>,
@@ -547,12 +617,17 @@ impl CoreClient {
         timeout: &Bound<'py, PyAny>,
         max_replies: Option<usize>,
         headers: Option<Headers>,
+        on_reply: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let gather = CallKind::Gather { max_replies };
         let prepared = self.prepare(py, topic, payload, timeout, gather, headers)?;
         let replies = PyList::empty(py);
         let outcome = self.wait_blocking(py, prepared, |message| {
-            replies.append(object_to_py(py, &message)?)
+            let reply = object_to_py(py, &message)?;
+            match &on_reply {
+                Some(callback) => callback.call1((reply,)).map(drop),
+                None => replies.append(reply),
+            }
         })?;
         match outcome {
             Ok(_) | Err(CallError::NoResponders { .. }) => Ok(replies),

@@ -42,3 +42,8 @@ pub fn value_to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, P
         Value::Object(object) => object_to_py(py, object)?.into_any(),
     })
 }
+
+/// A time the core keeps in milliseconds since the Unix epoch, as Python's seconds.
+pub fn unix_seconds(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}

@@ -8,7 +8,7 @@ use super::route::{progress_body, reply_body, ReplyRoute};
 use super::{overloaded, ResponderCounters};
 use crate::link::{Outbox, Properties, Unsent};
 use serde_json::Value;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -148,6 +148,8 @@ impl PendingAnswer {
         if let Some(handler) = self.replier.counters.handlers.get(self.filter_index) {
             handler.answered(self.admitted.elapsed(), outcome.as_ref().err());
         }
+        let counters = Arc::clone(&self.replier.counters);
+        let _in_hand = InHand::new(&counters.answers_in_hand);
         let repeats = self.end(Some(&outcome));
         let Some(route) = self.route.take() else {
             return Ok(());
@@ -161,6 +163,8 @@ impl PendingAnswer {
     /// Answers "overloaded" without running a handler (the loop was too far behind); the
     /// answer is not remembered, so a retry runs.
     pub fn refuse(mut self) {
+        let counters = Arc::clone(&self.replier.counters);
+        let _in_hand = InHand::new(&counters.answers_in_hand);
         self.end(None);
         if let Some(route) = self.route.take() {
             let _ = self.replier.answer(&route, &Err(overloaded()));
@@ -183,5 +187,22 @@ impl PendingAnswer {
 impl Drop for PendingAnswer {
     fn drop(&mut self) {
         self.end(None);
+    }
+}
+
+/// An answer between the end of its run in the ledger and its publish: a leave that looked
+/// in between would see neither the run nor the answer, and disconnect before it.
+struct InHand<'a>(&'a AtomicUsize);
+
+impl<'a> InHand<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        InHand(count)
+    }
+}
+
+impl Drop for InHand<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -27,7 +27,7 @@ use crate::link::{self, Backoff, ConnectionOptions, Inbound, LinkError, LinkErro
 use crate::protocol::{self, RemoteError};
 use bytes::Bytes;
 use serde_json::{Map, Value};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
@@ -160,6 +160,8 @@ pub struct ResponderCounters {
     pub leave_answered: AtomicU64,
     pub leave_unsent: AtomicU64,
     pub leave_ms: AtomicU64,
+    /// Answers being handed from their run to the connection (see `answer.rs`).
+    pub answers_in_hand: AtomicUsize,
     /// Each filter's handler, in the order of `ResponderOptions::filters`.
     pub handlers: Box<[HandlerStats]>,
 }
@@ -539,8 +541,10 @@ impl Responder {
     /// How far the answers are, for a leave.
     fn progress(&self) -> Progress {
         let counters = &self.replier.counters;
+        // The ledger first: an answer leaves it before its publish, and is in hand meanwhile.
+        let held = self.replier.ledger().held();
         Progress {
-            running: self.replier.ledger().held(),
+            running: held + counters.answers_in_hand.load(Ordering::SeqCst),
             queued: counters.answers_queued.load(Ordering::Relaxed),
             written: counters.answers_sent.load(Ordering::Relaxed),
         }
