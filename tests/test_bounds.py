@@ -95,7 +95,7 @@ async def test_an_oversized_reply_is_dropped_and_the_session_lives_on(broker: Mo
 
 CALLER = """
 import asyncio, json, sys
-from mqtt_rpc import MqttRpcClient, RemoteError
+from mqtt_rpc import Limits, MqttRpcClient, RemoteError
 
 async def main(port, count):
     async with MqttRpcClient("127.0.0.1", port, limits=Limits(max_in_flight=count)) as client:
