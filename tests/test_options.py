@@ -153,3 +153,17 @@ async def test_grouped_options_work_against_a_broker(broker: MosquittoBroker, de
         replies = [await client.call(device_topic, {"i": i}) for i in range(3)]
         assert [r["result"]["request"]["i"] for r in replies] == [0, 1, 2]
         assert broker.subscribes(client.client_id) == [f"mqtt-rpc/inbox/{client.client_id}/+"]
+
+
+def test_the_readmes_options_snippet_runs(broker: MosquittoBroker, tmp_path: Any) -> None:
+    import trustme
+
+    from readme_snippet import run_readme_snippet
+
+    # The files it names, in the fresh project it runs in (it connects to nothing).
+    ca = trustme.CA()
+    client_cert = ca.issue_cert("web-service")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    client_cert.private_key_pem.write_to_path(str(tmp_path / "client.key"))
+    (tmp_path / "client.pem").write_bytes(b"".join(blob.bytes() for blob in client_cert.cert_chain_pems))
+    run_readme_snippet("from mqtt_rpc import TLS, Limits, MqttRpcClient, Reconnect, Replies", broker, tmp_path)

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from . import __version__
 from .client import MqttRpcClient
+from .options import group_arguments
 from .errors import (
     ConnectionLostError,
     NoRespondersError,
@@ -86,6 +87,7 @@ def connection_options(args: argparse.Namespace) -> Dict[str, Any]:
 def make(kind: Any, args: argparse.Namespace, **options: Any) -> Any:
     """A client or responder from --url (or MQTT_RPC_URL), with the given options on top."""
     options.update(connection_options(args))
+    options = group_arguments(options)  # the command line's flat names, in their groups
     if args.url:
         return kind.from_url(args.url, **options)
     return kind(**options)
