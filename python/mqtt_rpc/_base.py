@@ -65,6 +65,12 @@ FLAT_DEFAULTS: Dict[str, Any] = {
         if flat in config.CLIENT_OPTIONS
     },
 }
+#: The clients' keywords that are flat options (the others are groups, or not options).
+_PLAIN_KEYWORDS = (
+    "host", "port", "hosts", "client_id", "protocol", "qos", "keepalive", "username", "password",
+    "timeout", "connect_timeout", "session_expiry", "presence", "connections", "fail_fast",
+    "cancel_on_abandon", "propagate_deadline", "service_prefix",
+)
 #: Options the Python classes handle themselves (the call timeout, the reply mode, presets).
 _PYTHON_ONLY = frozenset({"timeout", "reply_to", "inbox_prefix", "quotas", "service_prefix", "presence", "device_of"})
 _RESPONDER_ONLY = frozenset(config.RESPONDER_OPTIONS) - frozenset(config.CLIENT_OPTIONS)
@@ -142,13 +148,12 @@ class ClientBase:
     _given: FrozenSet[str]
     _on_connection_change: Optional[Callable[[ConnectionEvent], None]] = None
 
-    def _configure(
-        self,
-        plain: Mapping[str, Any],
-        groups: Mapping[str, Any],
-        deprecated: Mapping[str, Any],
-        device_of: Optional[DeviceOf],
-    ) -> None:
+    def _configure(self, constructor: Mapping[str, Any]) -> None:
+        """Resolves the constructor's arguments (its ``locals()``) into settings and a core."""
+        plain = {name: constructor[name] for name in _PLAIN_KEYWORDS}
+        groups = {name: constructor[name] for name in ("tls", "limits", "reconnect", "replies")}
+        device_of: Optional[DeviceOf] = constructor["device_of"]
+        deprecated = constructor["deprecated"]
         arguments, given = client_arguments(plain, self._given, groups, deprecated, type(self).__name__)
         settings, chosen = config.resolve(given, arguments, config.CLIENT_OPTIONS, _RESPONDER_ONLY)
         self._settings, self._chosen = checked(settings, chosen)

@@ -150,16 +150,8 @@ class MqttRpcClient(ClientBase):
         on_connection_change: Optional[Callable[[ConnectionEvent], None]] = None,
         **deprecated: Any,
     ) -> None:
-        plain = dict(
-            host=host, port=port, hosts=hosts, client_id=client_id, protocol=protocol, qos=qos,
-            keepalive=keepalive, username=username, password=password, timeout=timeout,
-            connect_timeout=connect_timeout, session_expiry=session_expiry, presence=presence,
-            connections=connections, fail_fast=fail_fast, cancel_on_abandon=cancel_on_abandon,
-            propagate_deadline=propagate_deadline, service_prefix=service_prefix,
-        )
-        groups = dict(tls=tls, limits=limits, reconnect=reconnect, replies=replies)
         self._on_connection_change = on_connection_change
-        self._configure(plain, groups, deprecated, device_of)
+        self._configure(locals())
         self._connecting: Optional["asyncio.Task[None]"] = None
         self._source_task: Optional["asyncio.Task[None]"] = None
 

@@ -10,8 +10,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Tuple, Type, Union
+from typing import Any, Callable, Coroutine, Dict, Iterable, List, Optional, Tuple, Type, Union
 
 from . import _core, _observer, typed
 from ._observer import ClientSpan, Headers, Peer
@@ -20,6 +19,7 @@ from .errors import ConnectionLostError, PayloadError, ReplyValidationError, Rpc
 from .presence import DeviceOf
 
 _get_running_loop = asyncio.get_running_loop
+_CancelledError = asyncio.CancelledError
 
 
 @dataclass(frozen=True)
@@ -160,14 +160,14 @@ def timed_out(call: Prepared, last: Optional[BaseException]) -> BaseException:
 
 def call_async(
     core: _core.CoreClient, call: Prepared, retry: Optional[Retry], peer: Peer
-) -> Awaitable[Dict[str, Any]]:
-    """Runs a prepared call on the running loop: its span, its attempts, its outcome. A
-    plain call is its future itself, awaited without a coroutine around it (the hot path)."""
+) -> Coroutine[Any, Any, Dict[str, Any]]:
+    """Runs a prepared call on the running loop: its span, its attempts, its outcome. (The
+    coroutine that does it, without a frame of its own around it: the hot path.)"""
     observer = _observer.current
     if observer is not None:
         return _traced(core, call, retry, peer, observer)
     if retry is None:
-        return _attempt(core, call, call.timeout, None, None)[0]
+        return _attempt(core, call, call.timeout, None, None)
     return _with_retries(core, call, retry, None)
 
 
@@ -176,38 +176,27 @@ async def _traced(
 ) -> Dict[str, Any]:
     with observer.client_span("call", call.topic, peer) as span:
         if retry is None:
-            reply: Dict[str, Any] = await _attempt(core, call, call.timeout, None, span)[0]
-            return reply
+            return await _attempt(core, call, call.timeout, None, span)
         return await _with_retries(core, call, retry, span)
 
 
-def _attempt(
-    core: _core.CoreClient,
-    call: Prepared,
-    wait: float,
-    request_id: Optional[str],
-    span: Optional[ClientSpan],
-    first: bool = True,
-) -> Tuple["asyncio.Future[Dict[str, Any]]", str]:
-    """Starts one attempt (a retry's with the same ``request_id``): its future, which
-    forgets the call if its waiter is cancelled, and the request id. The first attempt
-    names the request in the span; every attempt carries its trace context."""
+async def _attempt(
+    core: _core.CoreClient, call: Prepared, wait: float, request_id: Optional[str], span: Optional[ClientSpan]
+) -> Dict[str, Any]:
     loop = _get_running_loop()
     if span is None and request_id is None and not call.aim:
         future, request_id = core.start_call(loop, call.topic, call.body, wait)
     else:
         headers = None if span is None else span.headers
         future, request_id = core.start_call(loop, call.topic, call.body, wait, request_id, headers, *call.aim)
-        if span is not None and first:
+        if span is not None:
             span.sent(request_id)
-    future.add_done_callback(partial(_forget_if_cancelled, core, request_id))
-    return future, request_id
-
-
-def _forget_if_cancelled(core: _core.CoreClient, request_id: str, future: "asyncio.Future[Any]") -> None:
-    # Awaiting a future and being cancelled cancels the future: nobody waits any more.
-    if future.cancelled():
-        core.forget(request_id)
+    try:
+        reply: Dict[str, Any] = await future
+    except _CancelledError:
+        core.forget(request_id)  # nobody waits for the answer any more
+        raise
+    return reply
 
 
 async def _with_retries(core: _core.CoreClient, call: Prepared, retry: Retry, span: Optional[ClientSpan]) -> Dict[str, Any]:
@@ -221,10 +210,17 @@ async def _with_retries(core: _core.CoreClient, call: Prepared, retry: Retry, sp
         if left <= 0:
             break
         wait = left if attempt == retry.attempts - 1 else min(per_attempt, left)
-        future, request_id = _attempt(core, call, wait, request_id, span, first=attempt == 0)
+        loop_span = span if attempt == 0 else None
+        headers = None if span is None else span.headers
+        future, request_id = core.start_call(loop, call.topic, call.body, wait, request_id, headers, *call.aim)
+        if loop_span is not None:
+            loop_span.sent(request_id)
         try:
             reply: Dict[str, Any] = await future
             return reply
+        except _CancelledError:
+            core.forget(request_id)
+            raise
         except retry.on as error:
             last = error
         if attempt < len(pauses):

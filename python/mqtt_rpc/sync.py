@@ -72,15 +72,7 @@ class SyncMqttRpcClient(ClientBase):
                 "a presence source's run() needs an event loop: use presence=\"reported\" and "
                 "call report_presence() from your own source"
             )
-        plain = dict(
-            host=host, port=port, hosts=hosts, client_id=client_id, protocol=protocol, qos=qos,
-            keepalive=keepalive, username=username, password=password, timeout=timeout,
-            connect_timeout=connect_timeout, session_expiry=session_expiry, presence=presence,
-            connections=connections, fail_fast=fail_fast, cancel_on_abandon=cancel_on_abandon,
-            propagate_deadline=propagate_deadline, service_prefix=service_prefix,
-        )
-        groups = dict(tls=tls, limits=limits, reconnect=reconnect, replies=replies)
-        self._configure(plain, groups, deprecated, device_of)
+        self._configure(locals())
         # Threads that find the client unconnected take turns here; one connects, and those
         # that waited meanwhile share its outcome (one CONNECT at the broker).
         self._connect_lock = threading.Lock()

@@ -128,6 +128,36 @@ impl CoreClient {
         Ok(bridge)
     }
 
+    /// A batch's calls checked and prepared, none sent: the first bad one raises, naming its
+    /// index. `headers` and `devices`, if given, have each request's.
+    fn prepare_batch(
+        &self,
+        py: Python<'_>,
+        requests: &[(String, Bound<'_, PyAny>)],
+        timeout: &Bound<'_, PyAny>,
+        headers: Option<Vec<Headers>>,
+        devices: Option<Vec<String>>,
+    ) -> PyResult<Vec<PoolPrepared>> {
+        let mut headers = headers.unwrap_or_default().into_iter();
+        let mut devices = devices.unwrap_or_default().into_iter();
+        let mut prepared = Vec::with_capacity(requests.len());
+        for (index, (topic, payload)) in requests.iter().enumerate() {
+            let body = payload_bytes(payload).map_err(|e| in_batch(py, index, e))?;
+            let mut request = self
+                .inner
+                .prepare(topic, &body, None, headers.next().unwrap_or_default())
+                .map_err(|error| in_batch(py, index, call_error(py, &error, Some(timeout))))?;
+            let device = devices.next();
+            let aim = Aim {
+                device: device.as_deref(),
+                ..Aim::default()
+            };
+            aim.apply(&mut request)?;
+            prepared.push(request);
+        }
+        Ok(prepared)
+    }
+
     /// Starts one call awaited through an asyncio future: `(future, request_id)`.
     fn start_future<'py>(
         &self,
@@ -466,23 +496,7 @@ impl CoreClient {
     ) -> PyResult<Bound<'py, PyTuple>> {
         let py = event_loop.py();
         let duration = timeout_seconds(timeout)?;
-        let mut headers = headers.unwrap_or_default().into_iter();
-        let mut devices = devices.unwrap_or_default().into_iter();
-        let mut prepared = Vec::with_capacity(requests.len());
-        for (index, (topic, payload)) in requests.iter().enumerate() {
-            let body = payload_bytes(payload).map_err(|e| in_batch(py, index, e))?;
-            let mut request = self
-                .inner
-                .prepare(topic, &body, None, headers.next().unwrap_or_default())
-                .map_err(|error| in_batch(py, index, call_error(py, &error, Some(timeout))))?;
-            let device = devices.next();
-            let aim = Aim {
-                device: device.as_deref(),
-                ..Aim::default()
-            };
-            aim.apply(&mut request)?;
-            prepared.push(request);
-        }
+        let prepared = self.prepare_batch(py, &requests, timeout, headers, devices)?;
         let bridge = self.bridge(event_loop)?;
         let bridge = bridge.get();
         let future = bridge.new_future(py)?;
@@ -554,23 +568,7 @@ impl CoreClient {
         devices: Option<Vec<String>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let duration = timeout_seconds(timeout)?;
-        let mut headers = headers.unwrap_or_default().into_iter();
-        let mut devices = devices.unwrap_or_default().into_iter();
-        let mut prepared = Vec::with_capacity(requests.len());
-        for (index, (topic, payload)) in requests.iter().enumerate() {
-            let body = payload_bytes(payload).map_err(|e| in_batch(py, index, e))?;
-            let mut request = self
-                .inner
-                .prepare(topic, &body, None, headers.next().unwrap_or_default())
-                .map_err(|error| in_batch(py, index, call_error(py, &error, Some(timeout))))?;
-            let device = devices.next();
-            let aim = Aim {
-                device: device.as_deref(),
-                ..Aim::default()
-            };
-            aim.apply(&mut request)?;
-            prepared.push(request);
-        }
+        let prepared = self.prepare_batch(py, &requests, timeout, headers, devices)?;
         let started: Vec<_> = prepared
             .into_iter()
             .map(|request| {
