@@ -3,7 +3,7 @@
 
 Against one Mosquitto and the Rust device: calls per second with 1, 2 and 4 connections
 and no limits (256 calls in flight over 64 device topics), in the seed reply mode and in
-the inbox mode; then with `quotas="aws-iot-core"` (100 publishes per second per
+the inbox mode; then with `limits="aws-iot-core"` (100 publishes per second per
 connection). The pool of one is the baseline of its mode. Medians of the runs, as JSON."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def main() -> None:
         for mode in ("topic", "inbox"):
             for connections in (1, 2, 4):
                 rates = [
-                    asyncio.run(rate(broker, seconds, 256, reply_to=mode, connections=connections))
+                    asyncio.run(rate(broker, seconds, 256, replies=mode, connections=connections))
                     for _ in range(runs)
                 ]
                 results[f"{mode}_{connections}_calls_per_s"] = round(statistics.median(rates))
@@ -60,7 +60,7 @@ def main() -> None:
         for connections in (1, 2, 4):
             rates = [
                 asyncio.run(
-                    rate(broker, seconds, 256, reply_to="inbox", connections=connections, quotas="aws-iot-core")
+                    rate(broker, seconds, 256, replies="inbox", connections=connections, limits="aws-iot-core")
                 )
                 for _ in range(runs)
             ]

@@ -64,8 +64,8 @@ async def failure_ms(client: MqttRpcClient, topic: str, error: type, calls: int)
 async def measure(broker: MosquittoBroker, reps: int) -> dict:
     # Inbox replies: each client gets only its own (in the seed mode both would receive
     # every reply from dev1, and drop the other's).
-    plain = MqttRpcClient(broker.host, broker.port, reply_to="inbox")
-    aware = MqttRpcClient(broker.host, broker.port, reply_to="inbox", presence="reported")
+    plain = MqttRpcClient(broker.host, broker.port, replies="inbox")
+    aware = MqttRpcClient(broker.host, broker.port, replies="inbox", presence="reported")
     mqtt5 = MqttRpcClient(broker.host, broker.port, protocol="5", qos=1, presence="reported")
     async with plain, aware, mqtt5:
         aware.report_presence("dev1", True)

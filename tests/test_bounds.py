@@ -83,7 +83,7 @@ async def test_an_oversized_reply_is_dropped_and_the_session_lives_on(broker: Mo
     async def answer(request: dict) -> dict:
         return {"blob": "x" * (200 * 1024) if request.get("big") else "small"}
 
-    options = dict(qos=1, session_expiry=3600, max_packet_size=64 * 1024)
+    options = dict(qos=1, session_expiry=3600, limits=Limits(max_packet_size=64 * 1024))
     async with responder, MqttRpcClient(broker.host, broker.port, **options) as client:  # type: ignore[arg-type]
         with pytest.raises(RpcTimeoutError):
             await client.call("big/d/set", {"big": True}, timeout=2)

@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 
-from mqtt_rpc import TLS, Replies
+from mqtt_rpc import TLS, Limits, Replies
 import trustme
 
 from mqtt_rpc import (
@@ -206,7 +206,7 @@ def test_for_aws_iot_sets_what_aws_iot_core_wants(pki: Pki) -> None:
 
 
 async def test_aws_topic_rules_refuse_topics_aws_would_drop(broker: MosquittoBroker) -> None:
-    async with MqttRpcClient(broker.host, broker.port, aws_topic_rules=True) as client:
+    async with MqttRpcClient(broker.host, broker.port, limits=Limits(aws_rules=True)) as client:
         with pytest.raises(PayloadError, match="slashes"):
             await client.call("a/b/c/d/e/f/g", {})
         assert client.stats()["calls_started"] == 0

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from mqtt_rpc import BrokerRefusedError, MqttRpcClient, NotConnectedError, Responder, SyncMqttRpcClient
+from mqtt_rpc import BrokerRefusedError, Limits, MqttRpcClient, NotConnectedError, Responder, SyncMqttRpcClient
 from mqtt_rpc.testing import MosquittoBroker, free_port
 
 
@@ -60,7 +60,8 @@ def test_an_explicit_host_ignores_the_environment(monkeypatch: pytest.MonkeyPatc
 
 def test_a_preset_never_overrides_a_value_asked_for() -> None:
     # Equal to the default, but asked for: kept (the preset's would be 50 and 128 KB).
-    s = settings(MqttRpcClient("h", quotas="aws-iot-core", max_reply_subscriptions=1000, max_packet_size=1024 * 1024))
+    limits = Limits.aws_iot_core(max_subscriptions=1000, max_packet_size=1024 * 1024)
+    s = settings(MqttRpcClient("h", limits=limits))
     assert (s["max_reply_subscriptions"], s["max_packet_size"], s["publishes_per_second"]) == (1000, 1024 * 1024, 100)
     s = settings(MqttRpcClient.from_url("mqtt://h?quotas=aws-iot-core&max_reply_subscriptions=20"))
     assert (s["max_reply_subscriptions"], s["max_packet_size"]) == (20, 128 * 1024)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, FrozenSet, Mapping, Optional, Sequence, Tuple, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -103,6 +103,8 @@ class Limits:
     aws_rules: bool = False
     #: The preset the other fields start from (``"aws-iot-core"``), if any.
     preset: Optional[str] = field(default=None, repr=False)
+    #: Fields given to a preset's constructor: they win over it even when equal to a default.
+    explicit: FrozenSet[str] = field(default=frozenset(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("max_in_flight", "max_subscriptions", "max_packet_size", "max_devices"):
@@ -119,7 +121,7 @@ class Limits:
         """AWS IoT Core's per-connection quotas: 100 publishes a second, 50 subscriptions,
         128 KB payloads, 100 unacknowledged QoS 1 publishes, its topic and client-id rules,
         and reconnects no faster than one CONNECT a second. ``overrides`` win."""
-        return cls(preset="aws-iot-core", **overrides)
+        return cls(preset="aws-iot-core", explicit=frozenset(overrides), **overrides)
 
 
 @dataclass(frozen=True)
@@ -226,9 +228,10 @@ def chosen(group: Any) -> Dict[str, Any]:
     """A group's fields set to something other than their defaults, by flat option name."""
     kind = {TLS: "tls", Limits: "limits", Reconnect: "reconnect", Replies: "replies"}[type(group)]
     flat = {}
+    explicit: FrozenSet[str] = getattr(group, "explicit", frozenset())
     for spec in fields(group):
         value = getattr(group, spec.name)
-        if value != spec.default and (kind, spec.name) in _FLAT_NAME:
+        if (value != spec.default or spec.name in explicit) and (kind, spec.name) in _FLAT_NAME:
             flat[_FLAT_NAME[(kind, spec.name)]] = value
     return flat
 
