@@ -95,7 +95,7 @@ def test_the_documented_defaults_are_the_cores() -> None:
 
     from mqtt_rpc import Responder, _core
 
-    from mqtt_rpc._base import group_defaults
+    from mqtt_rpc.options import group_defaults
 
     client = inspect.signature(mqtt_rpc.MqttRpcClient.__init__).parameters
     responder = inspect.signature(Responder.__init__).parameters

@@ -7,12 +7,11 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 from . import _core, _logs, config, options as _options, presence as _presence, quotas as _quotas
 from ._observer import Peer
-from .options import TLS, Limits, Reconnect, Replies
 from .presence import AwsLifecycle, DeviceOf, DevicePresence, Presence
 from .quotas import QUOTA_PRESETS
 
@@ -58,12 +57,7 @@ FLAT_DEFAULTS: Dict[str, Any] = {
     "presence": None,
     "presence_prefix": AwsLifecycle().prefix,
     "connections": 1,
-    **{
-        flat: getattr(group(), name)
-        for flat, (kind, name) in _options.GROUP_FIELDS.items()
-        for group in [{"tls": TLS, "limits": Limits, "reconnect": Reconnect, "replies": Replies}[kind]]
-        if flat in config.CLIENT_OPTIONS
-    },
+    **{flat: default for flat, default in _options.group_defaults().items() if flat in config.CLIENT_OPTIONS},
 }
 #: The clients' keywords that are flat options (the others are groups, or not options).
 _PLAIN_KEYWORDS = (
@@ -310,15 +304,6 @@ def url_keywords(url: str, overrides: Mapping[str, Any], tolerated: Sequence[str
         keywords["presence"] = AwsLifecycle(prefix=prefix)
     keywords.update(overrides)
     return keywords
-
-
-def group_defaults() -> Dict[str, Any]:
-    """Each group field's default by its flat name (for the defaults test and the docs)."""
-    return {
-        flat: next(f.default for f in fields(group) if f.name == name)
-        for flat, (kind, name) in _options.GROUP_FIELDS.items()
-        for group in [{"tls": TLS, "limits": Limits, "reconnect": Reconnect, "replies": Replies}[kind]]
-    }
 
 
 def _weak_handler(client: ClientBase) -> Callable[[str, bool, bool, str, str], None]:

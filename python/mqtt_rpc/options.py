@@ -220,13 +220,17 @@ DEPRECATED_KEYWORDS: Dict[str, str] = {
     "presence_prefix": 'presence=AwsLifecycle(prefix=...)',
 }
 
+#: Each group by the keyword that takes it.
+GROUPS: Dict[str, Any] = {"tls": TLS, "limits": Limits, "reconnect": Reconnect, "replies": Replies}
+_KEYWORD_OF = {group: keyword for keyword, group in GROUPS.items()}
+
 #: The flat name each group field is given to the core under (first one listed wins).
 _FLAT_NAME = {value: name for name, value in reversed(list(GROUP_FIELDS.items()))}
 
 
 def chosen(group: Any) -> Dict[str, Any]:
     """A group's fields set to something other than their defaults, by flat option name."""
-    kind = {TLS: "tls", Limits: "limits", Reconnect: "reconnect", Replies: "replies"}[type(group)]
+    kind = _KEYWORD_OF[type(group)]
     flat = {}
     explicit: FrozenSet[str] = getattr(group, "explicit", frozenset())
     for spec in fields(group):
@@ -309,13 +313,20 @@ def group_arguments(flat: Mapping[str, Any]) -> Dict[str, Any]:
             arguments[name] = value
     if grouped.get("replies", {}).get("filter") is not None:
         grouped["replies"]["mode"] = "filter"
-    makers = {"tls": TLS, "limits": Limits, "reconnect": Reconnect, "replies": Replies}
     for group, values in grouped.items():
         try:
-            made = makers[group](**values)
+            made = GROUPS[group](**values)
         except ValueError as error:
             # Said in the URL's words: the parameters that were given.
             names = sorted(name for name in flat if _group_of(name) == group)
             raise ValueError(f"{', '.join(names)}: {error}") from None
         arguments[group] = False if group == "tls" and flat.get("tls") is False else made
     return arguments
+
+
+def group_defaults() -> Dict[str, Any]:
+    """Each group field's default, by its flat option name."""
+    return {
+        flat: next(spec.default for spec in fields(GROUPS[keyword]) if spec.name == name)
+        for flat, (keyword, name) in GROUP_FIELDS.items()
+    }

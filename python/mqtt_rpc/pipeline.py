@@ -10,7 +10,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Coroutine, Dict, Iterable, List, Optional, Tuple, Type, Union
+from typing import Any, Callable, Coroutine, Dict, Iterable, Iterator, List, Optional, Tuple, Type, Union
 
 from . import _core, _observer, typed
 from ._observer import ClientSpan, Headers, Peer
@@ -49,12 +49,24 @@ class Retry:
         if self.attempt_timeout is not None and self.attempt_timeout <= 0:
             raise ValueError(f"attempt_timeout must be positive, not {self.attempt_timeout}")
 
-    def schedule(self, timeout: float) -> Tuple[float, List[float]]:
-        """Each attempt's share of ``timeout`` and the pauses between attempts."""
+    def steps(self, timeout: float, clock: Callable[[], float]) -> Iterator[Tuple[bool, float]]:
+        """What a call with this policy does, one step at a time, all within ``timeout``
+        from now by ``clock``: an attempt, ``(True, seconds it waits)`` (the last waits for
+        whatever is left), then a pause, ``(False, seconds)``, then the next attempt. Read
+        lazily: each step is worked out when the one before it is over."""
         pauses = [min(self.backoff * 2**k, self.max_backoff) for k in range(self.attempts - 1)]
         total = sum(pauses)
         per_attempt = self.attempt_timeout or (timeout - total if timeout > total else timeout) / self.attempts
-        return per_attempt, pauses
+        deadline = clock() + timeout
+        for attempt in range(self.attempts):
+            left = deadline - clock()
+            if left <= 0:
+                return
+            yield True, left if attempt == self.attempts - 1 else min(per_attempt, left)
+            if attempt < len(pauses):
+                pause = min(pauses[attempt], deadline - clock())
+                if pause > 0:
+                    yield False, pause
 
 
 @dataclass
@@ -183,13 +195,16 @@ async def _traced(
 async def _attempt(
     core: _core.CoreClient, call: Prepared, wait: float, request_id: Optional[str], span: Optional[ClientSpan]
 ) -> Dict[str, Any]:
+    """One attempt: start, wait, and forget the call if the waiter is cancelled. With a
+    ``request_id`` (a retry's), the caller has named the request in the span already."""
     loop = _get_running_loop()
     if span is None and request_id is None and not call.aim:
         future, request_id = core.start_call(loop, call.topic, call.body, wait)
     else:
         headers = None if span is None else span.headers
+        chosen = request_id
         future, request_id = core.start_call(loop, call.topic, call.body, wait, request_id, headers, *call.aim)
-        if span is not None:
+        if span is not None and chosen is None:
             span.sent(request_id)
     try:
         reply: Dict[str, Any] = await future
@@ -200,33 +215,18 @@ async def _attempt(
 
 
 async def _with_retries(core: _core.CoreClient, call: Prepared, retry: Retry, span: Optional[ClientSpan]) -> Dict[str, Any]:
-    loop = _get_running_loop()
-    deadline = loop.time() + call.timeout
-    per_attempt, pauses = retry.schedule(call.timeout)
-    request_id: Optional[str] = None
+    request_id = str(uuid.uuid4())  # every attempt sends the same request
+    if span is not None:
+        span.sent(request_id)
     last: Optional[BaseException] = None
-    for attempt in range(retry.attempts):
-        left = deadline - loop.time()
-        if left <= 0:
-            break
-        wait = left if attempt == retry.attempts - 1 else min(per_attempt, left)
-        loop_span = span if attempt == 0 else None
-        headers = None if span is None else span.headers
-        future, request_id = core.start_call(loop, call.topic, call.body, wait, request_id, headers, *call.aim)
-        if loop_span is not None:
-            loop_span.sent(request_id)
+    for attempt, seconds in retry.steps(call.timeout, _get_running_loop().time):
+        if not attempt:
+            await asyncio.sleep(seconds)
+            continue
         try:
-            reply: Dict[str, Any] = await future
-            return reply
-        except _CancelledError:
-            core.forget(request_id)
-            raise
+            return await _attempt(core, call, seconds, request_id, span)
         except retry.on as error:
             last = error
-        if attempt < len(pauses):
-            pause = min(pauses[attempt], deadline - loop.time())
-            if pause > 0:
-                await asyncio.sleep(pause)
     raise timed_out(call, last)
 
 
@@ -251,26 +251,17 @@ def call_blocking(core: _core.CoreClient, call: Prepared, retry: Optional[Retry]
 
 
 def _with_retries_blocking(core: _core.CoreClient, call: Prepared, retry: Retry, headers: Optional[Headers]) -> Dict[str, Any]:
-    deadline = time.monotonic() + call.timeout
-    per_attempt, pauses = retry.schedule(call.timeout)
     device, wait_for_device = call.aim or (None, None)
-    request_id: Optional[str] = None
+    request_id = str(uuid.uuid4())  # every attempt sends the same request
     last: Optional[BaseException] = None
-    for attempt in range(retry.attempts):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        wait = left if attempt == retry.attempts - 1 else min(per_attempt, left)
-        if request_id is None:
-            request_id = str(uuid.uuid4())  # every attempt sends the same request
+    for attempt, seconds in retry.steps(call.timeout, time.monotonic):
+        if not attempt:
+            time.sleep(seconds)
+            continue
         try:
-            return core.call_blocking(call.topic, call.body, wait, headers, device, wait_for_device, request_id)
+            return core.call_blocking(call.topic, call.body, seconds, headers, device, wait_for_device, request_id)
         except retry.on as error:
             last = error
-        if attempt < len(pauses):
-            pause = min(pauses[attempt], deadline - time.monotonic())
-            if pause > 0:
-                time.sleep(pause)
     raise timed_out(call, last)
 
 

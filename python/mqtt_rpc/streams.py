@@ -10,7 +10,7 @@ import asyncio
 import collections
 import logging
 import threading
-from typing import Any, Awaitable, Callable, Deque, Dict, Iterator, Optional, Tuple
+from typing import Any, Awaitable, Callable, Deque, Dict, Optional, Tuple
 
 from . import _core, _observer
 from ._observer import ClientSpan, Headers, Peer

@@ -31,6 +31,17 @@ pub enum Takeover {
     Again,
 }
 
+impl Takeover {
+    /// How many connections it counts as taken over (for `stats()["takeovers"]`).
+    pub fn losses(self) -> u64 {
+        match self {
+            Takeover::No => 0,
+            Takeover::Began { losses } => u64::from(losses),
+            Takeover::Again => 1,
+        }
+    }
+}
+
 /// The reconnect schedule of one connection.
 #[derive(Debug)]
 pub struct Backoff {
@@ -92,8 +103,9 @@ impl Backoff {
                 self.in_episode = true;
                 // The doubling starts again, from the takeover's own first delay.
                 self.failed_attempts = 0;
-                let losses = std::mem::take(&mut self.young_closes).max(1);
-                Takeover::Began { losses }
+                Takeover::Began {
+                    losses: self.young_closes.max(1),
+                }
             }
         };
         if taken_over {

@@ -96,8 +96,12 @@ macro_rules! same_in_both_versions {
             state.collision.is_some()
         }
     };
+    // Each version says first what its broker's own DISCONNECT means (`server_disconnect`).
     (state_error) => {
         fn state_error(error: StateError) -> LinkError {
+            if let Some(said) = server_disconnect(&error) {
+                return said;
+            }
             match &error {
                 StateError::Io(io) | StateError::Deserialization(CodecError::Io(io)) => {
                     super::classify_io(io, error.to_string())

@@ -9,7 +9,7 @@ mod connection;
 mod v4;
 mod v5;
 
-pub use backoff::{Backoff, Takeover, STABLE_AFTER};
+pub use backoff::{Backoff, Takeover};
 
 use crate::tls::TlsOptions;
 use bytes::Bytes;

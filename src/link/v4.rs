@@ -144,4 +144,9 @@ impl Wire for V4 {
     }
 }
 
+/// MQTT 3.1.1 has no DISCONNECT from the broker: it just closes the connection.
+fn server_disconnect(_: &StateError) -> Option<LinkError> {
+    None
+}
+
 same_in_both_versions!(state_error);

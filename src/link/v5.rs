@@ -200,29 +200,29 @@ fn puback_code(reason: PubAckReason) -> u8 {
     }
 }
 
-/// The state machine's error as a `LinkError`; a DISCONNECT from the broker says why it
-/// closed the connection (only MQTT 5 has one).
-fn state_error(error: StateError) -> LinkError {
-    match &error {
-        StateError::ServerDisconnect {
-            reason_code,
-            reason_string,
-        } => {
-            let (kind, why) = match reason_code {
-                DisconnectReasonCode::SessionTakenOver => (
-                    LinkErrorKind::TakenOver,
-                    "session taken over by another connection with the same client id",
-                ),
-                _ => (LinkErrorKind::Closed, "the broker disconnected"),
-            };
-            let said = reason_string
-                .as_deref()
-                .map_or(String::new(), |text| format!(": {text}"));
-            LinkError::of(kind, format!("{why} ({reason_code:?}){said}"))
-        }
-        StateError::Io(io) | StateError::Deserialization(CodecError::Io(io)) => {
-            super::classify_io(io, error.to_string())
-        }
-        _ => LinkError::other(error.to_string()),
-    }
+/// A DISCONNECT from the broker, as the `LinkError` that says why it closed the connection.
+fn server_disconnect(error: &StateError) -> Option<LinkError> {
+    let StateError::ServerDisconnect {
+        reason_code,
+        reason_string,
+    } = error
+    else {
+        return None;
+    };
+    let (kind, why) = match reason_code {
+        DisconnectReasonCode::SessionTakenOver => (
+            LinkErrorKind::TakenOver,
+            "session taken over by another connection with the same client id",
+        ),
+        _ => (LinkErrorKind::Closed, "the broker disconnected"),
+    };
+    let said = reason_string
+        .as_deref()
+        .map_or(String::new(), |text| format!(": {text}"));
+    Some(LinkError::of(
+        kind,
+        format!("{why} ({reason_code:?}){said}"),
+    ))
 }
+
+same_in_both_versions!(state_error);

@@ -20,7 +20,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::RecvTimeoutError;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -197,6 +197,19 @@ impl CoreClient {
         on_message: impl FnMut(serde_json::Map<String, serde_json::Value>) -> PyResult<()>,
     ) -> PyResult<crate::client::Outcome> {
         let dropped_before = self.interim_dropped.load(Ordering::Relaxed);
+        let (request_id, receiver, waiting) = self.start_blocking(prepared, duration);
+        let outcome = self.wait_on(py, receiver, &waiting, &request_id, on_message);
+        self.tell_first_blocking_drop(py, dropped_before);
+        outcome
+    }
+
+    /// Starts a prepared call whose waiter is a channel: its request id, the channel's
+    /// receiving end, and the count of interim messages waiting in it.
+    fn start_blocking(
+        &self,
+        prepared: PoolPrepared,
+        duration: Duration,
+    ) -> (String, Receiver<Blocked>, Arc<AtomicUsize>) {
         let (sender, receiver) = std::sync::mpsc::channel();
         let waiting = Arc::new(AtomicUsize::new(0));
         let waiter = PyWaiter::Blocking {
@@ -205,16 +218,14 @@ impl CoreClient {
             dropped: self.interim_dropped.clone(),
         };
         let request_id = self.inner.start(prepared, duration, waiter);
-        let outcome = self.wait_on(py, receiver, &waiting, &request_id, on_message);
-        self.tell_first_blocking_drop(py, dropped_before);
-        outcome
+        (request_id, receiver, waiting)
     }
 
     /// `wait_blocking`'s wait: the outcome, with the interim messages handed on meanwhile.
     fn wait_on(
         &self,
         py: Python<'_>,
-        mut receiver: std::sync::mpsc::Receiver<Blocked>,
+        mut receiver: Receiver<Blocked>,
         waiting: &AtomicUsize,
         request_id: &str,
         mut on_message: impl FnMut(serde_json::Map<String, serde_json::Value>) -> PyResult<()>,
@@ -569,19 +580,8 @@ impl CoreClient {
     ) -> PyResult<Bound<'py, PyList>> {
         let duration = timeout_seconds(timeout)?;
         let prepared = self.prepare_batch(py, &requests, timeout, headers, devices)?;
-        let started: Vec<_> = prepared
-            .into_iter()
-            .map(|request| {
-                let (sender, receiver) = std::sync::mpsc::channel();
-                let waiting = Arc::new(AtomicUsize::new(0));
-                let waiter = PyWaiter::Blocking {
-                    sender,
-                    waiting: waiting.clone(),
-                    dropped: self.interim_dropped.clone(),
-                };
-                let request_id = self.inner.start(request, duration, waiter);
-                (request_id, receiver, waiting)
-            })
+        let started: Vec<_> = (prepared.into_iter())
+            .map(|request| self.start_blocking(request, duration))
             .collect();
         let results = PyList::empty(py);
         let mut started = started.into_iter();

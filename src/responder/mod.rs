@@ -496,15 +496,11 @@ impl Responder {
                     }
                     let (delay, takeover) = backoff.lost(error.kind, Instant::now());
                     let counters = &self.replier.counters;
-                    match takeover {
-                        Takeover::No => {}
-                        Takeover::Began { losses } => {
-                            counters
-                                .takeovers
-                                .fetch_add(u64::from(losses), Ordering::Relaxed);
-                            on_request(Incoming::TakenOver);
-                        }
-                        Takeover::Again => count(&counters.takeovers),
+                    counters
+                        .takeovers
+                        .fetch_add(takeover.losses(), Ordering::Relaxed);
+                    if matches!(takeover, Takeover::Began { .. }) {
+                        on_request(Incoming::TakenOver);
                     }
                     let delay = match leave.as_mut() {
                         Some(leaving) => {

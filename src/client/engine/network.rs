@@ -57,11 +57,7 @@ impl<W: Waiter> Engine<W> {
         takeover: Takeover,
     ) -> bool {
         let was_connected = std::mem::replace(&mut self.connected, false);
-        self.counts.takeovers += match takeover {
-            Takeover::No => 0,
-            Takeover::Began { losses } => u64::from(losses),
-            Takeover::Again => 1,
-        };
+        self.counts.takeovers += takeover.losses();
         if self.connecting {
             self.connecting = false;
             self.ready = Some(Err(error));
