@@ -25,7 +25,7 @@ from mqtt_rpc import (
     SubscriptionRefusedError,
 )
 from mqtt_rpc.testing import MosquittoBroker, ResponderDevice, find_responder
-from test_rolling_deploy import Callers, python_member as pool_member, rolling_restart
+from test_rolling_deploy import restart_python_pool
 
 pytestmark = pytest.mark.brokers
 
@@ -173,27 +173,9 @@ async def test_a_rolling_restart_of_a_pool_loses_no_call(matrix_broker: RunningB
     if matrix_broker.profile.shared_subscriptions != "yes":
         pytest.skip("no shared subscriptions on this broker: no pool to deploy (docs/brokers.md)")
     for protocol in protocols(matrix_broker):
-        group = f"g{uuid.uuid4().hex[:6]}"
-
-        async def start() -> Responder:
-            member = pool_member(matrix_broker, group, protocol, 1, **matrix_broker.credentials())
-            await member.start()
-            return member
-
-        async def leave(member: Responder) -> None:
-            await member.close(grace=10)
-            assert member.stats()["leave_unsent"] == 0
-
-        members = [await start() for _ in range(3)]
-        options = dict(protocol=protocol, qos=1, **matrix_broker.credentials())
-        async with MqttRpcClient(matrix_broker.host, matrix_broker.port, **options) as client:
-            callers = Callers(client)
-            callers.start()
-            await rolling_restart(callers, members, start, leave)
-            await callers.stop()
-        for member in members:
-            await member.close()
-        assert callers.failures == [], (protocol, callers.failures[:3])
+        failures, left = await restart_python_pool(matrix_broker, protocol, 1, **matrix_broker.credentials())
+        assert all(stats["leave_unsent"] == 0 for stats in left)
+        assert failures == [], (protocol, failures[:3])
 
 
 async def test_no_responders(matrix_broker: RunningBroker) -> None:
