@@ -5,7 +5,6 @@ and a named device make on a real broker, as that broker logged them."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import uuid
